@@ -1,0 +1,99 @@
+"""What every mechanism declares, so receipts and accountants can read it uniformly."""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+
+from dp_accounting import dp_event
+
+from .budgets import ApproxDP, Budget, PureDP
+from .rng import Randomness
+
+__all__ = [
+    "Guarantee",
+    "Mechanism",
+    "check_positive_finite",
+    "check_probability",
+    "pure_or_approx",
+]
+
+
+def check_positive_finite(name: str, value: float) -> float:
+    """Validate a strictly positive, finite real parameter (epsilon, sensitivity, scale...)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value) or value <= 0.0:
+        raise ValueError(f"{name} must be > 0 and finite, got {value}")
+    return value
+
+
+def check_probability(name: str, value: float, *, open_low: bool, open_high: bool) -> float:
+    """Validate a probability-like parameter (delta, sampling rate)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    low_ok = value > 0.0 if open_low else value >= 0.0
+    high_ok = value < 1.0 if open_high else value <= 1.0
+    if math.isnan(value) or not (low_ok and high_ok):
+        lo = "(0" if open_low else "[0"
+        hi = "1)" if open_high else "1]"
+        raise ValueError(f"{name} must lie in {lo}, {hi}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    """A human- and machine-readable statement of what a mechanism promises."""
+
+    budget: Budget
+    privacy_unit: str
+    neighbouring: str
+    sensitivity: str
+    is_dp: bool = True
+    note: str = ""
+
+    def statement(self) -> str:
+        head = str(self.budget) if self.is_dp else "NOT a differential-privacy guarantee"
+        text = f"{head} for {self.privacy_unit}; neighbours: {self.neighbouring}; {self.sensitivity}"
+        return f"{text}. {self.note}".strip() if self.note else text
+
+
+class Mechanism(abc.ABC):
+    """Base class: a randomised map with a declared guarantee and privacy map."""
+
+    randomness: Randomness
+
+    @property
+    @abc.abstractmethod
+    def guarantee(self) -> Guarantee:
+        """The promise at the declared sensitivity."""
+
+    @abc.abstractmethod
+    def privacy_map(self, d_in: float) -> Budget:
+        """Loss for neighbours at input distance ``d_in`` (in the mechanism's own metric)."""
+
+    @abc.abstractmethod
+    def event(self) -> dp_event.DpEvent:
+        """The dp-accounting event one release emits (for PLD / RDP accountants)."""
+
+    @property
+    def seeded(self) -> bool:
+        """True when the randomness is reproducible (tests only): receipts must say so."""
+        return self.randomness.seeded
+
+    @staticmethod
+    def _check_d_in(d_in: float) -> float:
+        if isinstance(d_in, bool) or not isinstance(d_in, (int, float)):
+            raise TypeError("d_in must be a real number")
+        d = float(d_in)
+        if math.isnan(d) or d < 0:
+            raise ValueError(f"d_in must be >= 0, got {d_in}")
+        return d
+
+
+def pure_or_approx(epsilon: float, delta: float) -> Budget:
+    return PureDP(epsilon) if delta == 0.0 else ApproxDP(epsilon, delta)
+

@@ -1,0 +1,138 @@
+"""Privacy budgets as frozen, validated values.
+
+Three notions are supported:
+
+* :class:`PureDP` -- epsilon-DP.
+* :class:`ApproxDP` -- (epsilon, delta)-DP.
+* :class:`ZCDP` -- rho-zero-concentrated DP (Bun & Steinke 2016).
+
+Conversions are offered only where a theorem makes them sound, and always round *up* the
+resulting loss (a conversion may overstate privacy loss, never understate it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union
+
+__all__ = ["ApproxDP", "Budget", "PureDP", "ZCDP", "compose_basic"]
+
+
+def _check_nonneg(name: str, value: float, *, allow_inf: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if math.isinf(value) and not allow_inf:
+        raise ValueError(
+            f"{name} = inf means no privacy at all; pass allow_inf=True if that is really meant"
+        )
+    return value
+
+
+def _round_up(x: float) -> float:
+    """Next float above ``x`` (conservative rounding of a computed loss)."""
+    return x if math.isinf(x) or x == 0.0 else math.nextafter(x, math.inf)
+
+
+@dataclass(frozen=True, slots=True)
+class PureDP:
+    """epsilon-differential privacy: Pr[M(x) in S] <= e^epsilon Pr[M(x') in S]."""
+
+    epsilon: float
+    allow_inf: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "epsilon", _check_nonneg("epsilon", self.epsilon, allow_inf=self.allow_inf)
+        )
+
+    def to_approx(self) -> ApproxDP:
+        """epsilon-DP is (epsilon, 0)-DP."""
+        return ApproxDP(self.epsilon, 0.0, allow_inf=self.allow_inf)
+
+    def to_zcdp(self) -> ZCDP:
+        """epsilon-DP implies (epsilon^2 / 2)-zCDP (Bun & Steinke 2016, Prop. 1.4)."""
+        return ZCDP(_round_up(self.epsilon**2 / 2.0), allow_inf=self.allow_inf)
+
+    def __str__(self) -> str:
+        return f"{self.epsilon:.6g}-DP"
+
+
+@dataclass(frozen=True, slots=True)
+class ApproxDP:
+    """(epsilon, delta)-DP: Pr[M(x) in S] <= e^epsilon Pr[M(x') in S] + delta."""
+
+    epsilon: float
+    delta: float
+    allow_inf: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "epsilon", _check_nonneg("epsilon", self.epsilon, allow_inf=self.allow_inf)
+        )
+        delta = _check_nonneg("delta", self.delta, allow_inf=False)
+        if delta >= 1.0:
+            raise ValueError(f"delta must be < 1, got {delta}")
+        object.__setattr__(self, "delta", delta)
+
+    def to_pure(self) -> PureDP:
+        """Only sound when delta == 0."""
+        if self.delta != 0.0:
+            raise ValueError("an (epsilon, delta) guarantee with delta > 0 is not pure DP")
+        return PureDP(self.epsilon, allow_inf=self.allow_inf)
+
+    def __str__(self) -> str:
+        return f"({self.epsilon:.6g}, {self.delta:.3g})-DP"
+
+
+@dataclass(frozen=True, slots=True)
+class ZCDP:
+    """rho-zCDP: every Renyi divergence D_alpha(M(x) || M(x')) <= rho * alpha."""
+
+    rho: float
+    allow_inf: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rho", _check_nonneg("rho", self.rho, allow_inf=self.allow_inf))
+
+    def to_approx(self, delta: float) -> ApproxDP:
+        """rho-zCDP implies (rho + 2 sqrt(rho ln(1/delta)), delta)-DP (Bun & Steinke, Prop. 1.3)."""
+        if not 0.0 < delta < 1.0:
+            raise ValueError(f"delta must lie in (0, 1), got {delta}")
+        eps = self.rho + 2.0 * math.sqrt(self.rho * math.log(1.0 / delta))
+        return ApproxDP(_round_up(eps), delta, allow_inf=self.allow_inf)
+
+    def __str__(self) -> str:
+        return f"{self.rho:.6g}-zCDP"
+
+
+Budget = Union[PureDP, ApproxDP, ZCDP]
+
+
+def compose_basic(budgets: list[Budget] | tuple[Budget, ...]) -> Budget:
+    """Basic (sequential) composition: losses add up.
+
+    All pure -> pure (sum of epsilons). All zCDP -> zCDP (sum of rhos). Pure and approximate
+    mixed -> approximate (sums of epsilons and deltas). zCDP cannot be mixed with
+    (epsilon, delta) here: convert first, choosing delta deliberately.
+    """
+    if not budgets:
+        return PureDP(0.0)
+    allow_inf = any(b.allow_inf for b in budgets)
+    if all(isinstance(b, PureDP) for b in budgets):
+        return PureDP(_round_up(math.fsum(b.epsilon for b in budgets)), allow_inf=allow_inf)  # type: ignore[union-attr]
+    if all(isinstance(b, ZCDP) for b in budgets):
+        return ZCDP(_round_up(math.fsum(b.rho for b in budgets)), allow_inf=allow_inf)  # type: ignore[union-attr]
+    if any(isinstance(b, ZCDP) for b in budgets):
+        raise TypeError("cannot compose zCDP with (epsilon, delta) budgets; convert with to_approx(delta)")
+    approx = [b.to_approx() if isinstance(b, PureDP) else b for b in budgets]
+    eps = _round_up(math.fsum(b.epsilon for b in approx))  # type: ignore[union-attr]
+    delta = _round_up(math.fsum(b.delta for b in approx))  # type: ignore[union-attr]
+    if delta >= 1.0:
+        raise ValueError(f"composed delta = {delta} >= 1: the composition guarantees nothing")
+    return ApproxDP(eps, delta, allow_inf=allow_inf)
