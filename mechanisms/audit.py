@@ -333,7 +333,9 @@ class AuditResult:
     def __str__(self) -> str:
         verdict = "VIOLATION: claim refuted" if self.violates else "no violation found"
         lb = self.epsilon_lower_bound
-        lb_text = "-inf (no evidence of privacy loss)" if lb == -math.inf else f"{lb:.4f}"
+        lb_text = "-inf" if lb == -math.inf else f"{lb:.4f}"
+        if lb <= 0.0:
+            lb_text += " (no evidence of any privacy loss)"
         lines = [
             f"Privacy audit ({verdict})",
             f"  claimed:             {self.claimed} (epsilon = {self.claimed_epsilon:.6g})",
