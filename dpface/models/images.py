@@ -1,0 +1,72 @@
+"""Reading photos into one canonical form: RGB uint8 (H, W, 3), upright per EXIF.
+
+Grayscale, palette, RGBA/LA (composited on white), 16-bit and float images are converted;
+a truncated or unreadable file raises ``ImageError`` with the file name and the cause.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageError(ValueError):
+    """An input image could not be read or converted."""
+
+
+def to_rgb8(img: Image.Image) -> np.ndarray:
+    """Convert any PIL image (after EXIF transpose) to an RGB uint8 array."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if a.max() > 255 else 255.0
+        g = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if a.max() <= 1.0 else 1.0
+        g = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def array_to_rgb8(a: np.ndarray) -> np.ndarray:
+    """Normalise an in-memory array (gray/RGB/RGBA; uint8, uint16 or float in [0,1]) to RGB8."""
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ImageError(f"expected an (H, W[, 1|3|4]) image array, got shape {a.shape}")
+    if a.dtype == np.uint16:
+        a = (a.astype(np.float64) / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        a = np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise ImageError(f"unsupported image dtype {a.dtype}")
+    if a.shape[2] == 4:
+        alpha = a[..., 3:4].astype(np.float64) / 255.0
+        a = np.round(a[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(a)
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as upright RGB uint8; ``ImageError`` says why when it cannot."""
+    p = Path(path)
+    try:
+        with Image.open(p) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return np.ascontiguousarray(to_rgb8(img))
+    except FileNotFoundError as err:
+        raise ImageError(f"{p}: no such file") from err
+    except UnidentifiedImageError as err:
+        raise ImageError(f"{p}: not an image file PIL can read") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{p}: unreadable or truncated image ({err})") from err
