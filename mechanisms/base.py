@@ -16,6 +16,7 @@ __all__ = [
     "Mechanism",
     "check_positive_finite",
     "check_probability",
+    "pure_dp_event",
     "pure_or_approx",
 ]
 
@@ -57,7 +58,9 @@ class Guarantee:
 
     def statement(self) -> str:
         head = str(self.budget) if self.is_dp else "NOT a differential-privacy guarantee"
-        text = f"{head} for {self.privacy_unit}; neighbours: {self.neighbouring}; {self.sensitivity}"
+        text = (
+            f"{head} for {self.privacy_unit}; neighbours: {self.neighbouring}; {self.sensitivity}"
+        )
         return f"{text}. {self.note}".strip() if self.note else text
 
 
@@ -92,6 +95,17 @@ class Mechanism(abc.ABC):
         if math.isnan(d) or d < 0:
             raise ValueError(f"d_in must be >= 0, got {d_in}")
         return d
+
+
+def pure_dp_event(epsilon: float) -> dp_event.DpEvent:
+    """dp-accounting event that dominates ANY epsilon-DP mechanism: 2-bucket randomized response.
+
+    With noise parameter p (probability of a uniformly random bucket) the likelihood ratio is
+    (1 - p/2) / (p/2) = e^epsilon at p = 2 / (1 + e^epsilon); p is rounded down so the implied
+    epsilon is never below the true one.
+    """
+    p = math.nextafter(2.0 / (1.0 + math.exp(epsilon)), 0.0)
+    return dp_event.RandomizedResponseDpEvent(noise_parameter=p, num_buckets=2)
 
 
 def pure_or_approx(epsilon: float, delta: float) -> Budget:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
+from fractions import Fraction
 
-__all__ = ["ApproxDP", "Budget", "PureDP", "ZCDP", "compose_basic"]
+__all__ = ["ZCDP", "ApproxDP", "Budget", "PureDP", "ceil_float", "compose_basic"]
 
 
 def _check_nonneg(name: str, value: float, *, allow_inf: bool) -> float:
@@ -32,6 +32,12 @@ def _check_nonneg(name: str, value: float, *, allow_inf: bool) -> float:
             f"{name} = inf means no privacy at all; pass allow_inf=True if that is really meant"
         )
     return value
+
+
+def ceil_float(value: Fraction) -> float:
+    """Smallest float >= an exact rational (conservative rounding of a loss)."""
+    f = float(value)
+    return f if Fraction(f) >= value else math.nextafter(f, math.inf)
 
 
 def _round_up(x: float) -> float:
@@ -111,7 +117,7 @@ class ZCDP:
         return f"{self.rho:.6g}-zCDP"
 
 
-Budget = Union[PureDP, ApproxDP, ZCDP]
+Budget = PureDP | ApproxDP | ZCDP
 
 
 def compose_basic(budgets: list[Budget] | tuple[Budget, ...]) -> Budget:
@@ -124,15 +130,21 @@ def compose_basic(budgets: list[Budget] | tuple[Budget, ...]) -> Budget:
     if not budgets:
         return PureDP(0.0)
     allow_inf = any(b.allow_inf for b in budgets)
-    if all(isinstance(b, PureDP) for b in budgets):
-        return PureDP(_round_up(math.fsum(b.epsilon for b in budgets)), allow_inf=allow_inf)  # type: ignore[union-attr]
-    if all(isinstance(b, ZCDP) for b in budgets):
-        return ZCDP(_round_up(math.fsum(b.rho for b in budgets)), allow_inf=allow_inf)  # type: ignore[union-attr]
-    if any(isinstance(b, ZCDP) for b in budgets):
-        raise TypeError("cannot compose zCDP with (epsilon, delta) budgets; convert with to_approx(delta)")
-    approx = [b.to_approx() if isinstance(b, PureDP) else b for b in budgets]
-    eps = _round_up(math.fsum(b.epsilon for b in approx))  # type: ignore[union-attr]
-    delta = _round_up(math.fsum(b.delta for b in approx))  # type: ignore[union-attr]
+    pures = [b for b in budgets if isinstance(b, PureDP)]
+    zcdps = [b for b in budgets if isinstance(b, ZCDP)]
+    if len(pures) == len(budgets):
+        return PureDP(_round_up(math.fsum(b.epsilon for b in pures)), allow_inf=allow_inf)
+    if len(zcdps) == len(budgets):
+        return ZCDP(_round_up(math.fsum(b.rho for b in zcdps)), allow_inf=allow_inf)
+    if zcdps:
+        raise TypeError(
+            "cannot compose zCDP with (epsilon, delta) budgets; convert with to_approx(delta)"
+        )
+    approx = [
+        b if isinstance(b, ApproxDP) else b.to_approx() for b in budgets if not isinstance(b, ZCDP)
+    ]
+    eps = _round_up(math.fsum(b.epsilon for b in approx))
+    delta = _round_up(math.fsum(b.delta for b in approx))
     if delta >= 1.0:
         raise ValueError(f"composed delta = {delta} >= 1: the composition guarantees nothing")
     return ApproxDP(eps, delta, allow_inf=allow_inf)
