@@ -81,6 +81,7 @@ import numpy.typing as npt
 from dp_accounting import dp_event
 from scipy.special import logsumexp
 
+from .accounting import pure_event
 from .base import Guarantee, Mechanism, check_positive_finite
 from .budgets import PureDP
 from .rng import Randomness, resolve
@@ -235,15 +236,13 @@ class Exponential(Mechanism):
     def event(self) -> dp_event.DpEvent:
         """A pure eps-DP release, as 2-bucket randomized response (its dominating pair).
 
-        ``noise_parameter = 2 / (1 + e^eps)``: RR keeps the bucket w.p. ``1 - p/2`` and flips it
-        w.p. ``p/2``, a ratio of exactly ``e^eps``. Rounded down (more conservative). dp_accounting
-        accepts it only with ``NeighborRel.REPLACE_ONE`` or ``REPLACE_SPECIAL``.
+        ``RandomizedResponseDpEvent(noise_parameter=2 / (1 + e^eps), num_buckets=2)`` via
+        :func:`mechanisms.accounting.pure_event`: RR keeps the bucket w.p. ``1 - p/2`` and flips it
+        w.p. ``p/2``, a ratio of exactly ``e^eps`` (p rounded down, so never less than eps).
+        Account it through :mod:`mechanisms.accounting`, which works around dp-accounting 0.6.0's
+        handling of this event (refused under add/remove; count ignored by the PLD accountant).
         """
-        t = math.exp(-self._epsilon)
-        p = 2.0 * t / (1.0 + t)
-        return dp_event.RandomizedResponseDpEvent(
-            noise_parameter=math.nextafter(p, 0.0), num_buckets=2
-        )
+        return pure_event(self._epsilon)
 
     # ------------------------------------------------------------------ probabilities
     def log_probabilities(self, scores: npt.ArrayLike) -> FloatArray:
