@@ -37,6 +37,7 @@ Two workarounds for dp-accounting 0.6.0, both keeping results sound:
 
 from __future__ import annotations
 
+import decimal
 import math
 from collections.abc import Sequence
 from fractions import Fraction
@@ -48,7 +49,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from .base import check_positive_finite, check_probability
 from .budgets import ZCDP, Budget, PureDP, compose_basic
-from .subsampling import poisson_amplify
+from .subsampling import _float_at_least, poisson_amplify
 
 __all__ = [
     "Method",
@@ -74,13 +75,33 @@ _RELATIONS: dict[str, privacy_accountant.NeighboringRelation] = {
     "add_remove": privacy_accountant.NeighboringRelation.ADD_OR_REMOVE_ONE,
     "replace_one": privacy_accountant.NeighboringRelation.REPLACE_ONE,
 }
-# Relative margin by which a float-derived epsilon is rounded up (far above float error,
-# far below the PLD discretisation interval).
-_UP = 1.0 + 2.0**-44
+_DIGITS = 50  # decimal working precision for the randomised-response epsilon
 _DEFAULT_INTERVAL = 1e-4
 
 
 # --------------------------------------------------------------------------- event constructors
+
+
+def _at_least(approx: float, exact: Fraction) -> float:
+    """Smallest float >= ``exact``, starting from a float ``approx`` within a few ulps of it."""
+    while Fraction(approx) < exact:
+        approx = math.nextafter(approx, math.inf)
+    while approx > 0.0 and Fraction(math.nextafter(approx, 0.0)) >= exact:
+        approx = math.nextafter(approx, 0.0)
+    return approx
+
+
+def _rr2_log_ratio(p: float) -> decimal.Decimal:
+    """ln((2 - p) / p) for 0 < p < 1, to ``_DIGITS`` significant digits (correctly rounded ln)."""
+    ctx = decimal.Context(prec=_DIGITS)
+    p_d = decimal.Decimal(p)
+    return ctx.ln(ctx.divide(ctx.subtract(2, p_d), p_d))
+
+
+def _rr2_epsilon_up(p: float) -> float:
+    """A float >= the eps of 2-bucket randomised response with noise parameter p, 0 < p < 1."""
+    value = _rr2_log_ratio(p)
+    return _float_at_least(value * (1 + decimal.Decimal(10) ** -40))
 
 
 def _quotient_down(numerator: float, denominator: float) -> float:
@@ -115,11 +136,18 @@ def pure_event(epsilon: float) -> dp_event.DpEvent:
     and otherwise outputs a uniform bucket, so for k = 2 the likelihood ratio is
     (1 - p/2) / (p/2); it equals e^eps at p = 2 / (1 + e^eps). This two-point pair dominates every
     eps-DP mechanism (Kairouz, Oh & Viswanath 2015), whatever the neighbouring relation. ``p`` is
-    rounded down so the event never claims less than eps.
+    the largest float whose ratio is provably >= e^eps, so the event never claims less than eps
+    (and claims at most one float step of p more: about 2e-16 in eps).
     """
     epsilon = check_positive_finite("epsilon", epsilon)
     tail = math.exp(-epsilon)  # stable for large epsilon; underflows to 0 (non-private) past ~745
-    p = 2.0 * tail / (1.0 + tail) / _UP
+    p = 2.0 * tail / (1.0 + tail)
+    if p > 0.0:
+        need = decimal.Decimal(epsilon) * (1 + decimal.Decimal(10) ** -40)
+        while p > 0.0 and _rr2_log_ratio(p) < need:
+            p = math.nextafter(p, 0.0)
+        while _rr2_log_ratio(math.nextafter(p, 1.0)) >= need:
+            p = math.nextafter(p, 1.0)
     return dp_event.RandomizedResponseDpEvent(noise_parameter=p, num_buckets=2)
 
 
@@ -150,12 +178,6 @@ def self_compose(event: dp_event.DpEvent, count: int) -> dp_event.DpEvent:
 # --------------------------------------------------------------------------- event rewriting
 
 
-def _rr2_epsilon(event: dp_event.RandomizedResponseDpEvent) -> float:
-    """eps of a 2-bucket randomised response, rounded up: ln((2 - p) / p)."""
-    p = float(event.noise_parameter)
-    return math.log1p(2.0 * (1.0 - p) / p) * _UP
-
-
 def _is_rr2(event: dp_event.DpEvent) -> bool:
     return isinstance(event, dp_event.RandomizedResponseDpEvent) and event.num_buckets == 2
 
@@ -166,10 +188,10 @@ def _pure_as(event: dp_event.RandomizedResponseDpEvent, target: str) -> dp_event
         return dp_event.NoOpDpEvent()
     if p <= 0.0:
         return dp_event.NonPrivateDpEvent()
-    eps = _rr2_epsilon(event)
+    eps = _rr2_epsilon_up(p)
     if target == "pld":
         return dp_event.DiscreteLaplaceDpEvent(noise_parameter=eps, sensitivity=1)
-    return dp_event.ZCDpEvent(rho=eps * eps / 2.0 * _UP)
+    return dp_event.ZCDpEvent(rho=_at_least(eps * eps / 2.0, Fraction(eps) ** 2 / 2))
 
 
 def _contains_rr(event: dp_event.DpEvent) -> bool:
@@ -321,16 +343,23 @@ def _basic_budget(event: dp_event.DpEvent) -> Budget:
     """The budget of ``event`` under basic composition (pure and zCDP parts only)."""
     if isinstance(event, dp_event.NoOpDpEvent):
         return PureDP(0.0)
+    if isinstance(event, dp_event.NonPrivateDpEvent):
+        return PureDP(math.inf, allow_inf=True)
     if isinstance(event, dp_event.ComposedDpEvent):
         return compose_basic([_basic_budget(e) for e in event.events])
     if isinstance(event, dp_event.SelfComposedDpEvent):
         return compose_basic([_basic_budget(event.event)] * event.count)
     if isinstance(event, dp_event.LaplaceDpEvent):
-        return PureDP(1.0 / event.noise_multiplier * _UP)
+        nm = Fraction(event.noise_multiplier)
+        return PureDP(_at_least(1.0 / event.noise_multiplier, 1 / nm))
     if isinstance(event, dp_event.DiscreteLaplaceDpEvent):
-        return PureDP(event.noise_parameter * event.sensitivity * _UP)
+        a, c = event.noise_parameter, event.sensitivity
+        return PureDP(_at_least(a * c, Fraction(a) * Fraction(c)))
     if _is_rr2(event):
-        return PureDP(_rr2_epsilon(event))
+        p = float(event.noise_parameter)
+        if p <= 0.0:
+            return PureDP(math.inf, allow_inf=True)
+        return PureDP(0.0 if p >= 1.0 else _rr2_epsilon_up(p))
     if isinstance(event, dp_event.ZCDpEvent) and event.xi == 0:
         return ZCDP(event.rho)
     if isinstance(event, dp_event.PoissonSampledDpEvent):
