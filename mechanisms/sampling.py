@@ -227,7 +227,7 @@ def discrete_gaussian(
     exp(-(|Y| - s^2/t)^2 / (2 s^2)) = exp(-a^2 / (2 s^2 t^2)), a = |Y| t - s^2 (an integer).
     ``s`` is capped at 2^24 so that a is exact in int64 except with probability < exp(-2^13).
     """
-    if not isinstance(s, (int, np.integer)) or s < 1:
+    if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
         raise ValueError(f"s must be a positive integer, got {s!r}")
     s = int(s)
     if s > MAX_GAUSSIAN_S:
