@@ -19,13 +19,18 @@ import numpy.typing as npt
 import pytest
 
 from mechanisms.audit import (
+    AuditPlan,
     AuditResult,
     BatchMechanism,
+    ThresholdEvent,
     audit_mechanism,
     choose_set_event,
+    choose_threshold_event,
 )
-from mechanisms.budgets import PureDP
+from mechanisms.budgets import ApproxDP, PureDP
 from mechanisms.exponential import Exponential
+from mechanisms.gaussian import Gaussian
+from mechanisms.laplace import Laplace
 from mechanisms.rng import Randomness
 
 Array = npt.NDArray[Any]
@@ -130,3 +135,131 @@ def test_exponential_audit_large(monotonic: bool, u0: Array, u1: Array) -> None:
     assert not ok.violates and exact - 0.05 < ok.epsilon_lower_bound <= exact, str(ok)
     bad = _audit_exp(_exp(sensitivity=0.5, monotonic=monotonic), u0, u1, n=1_000_000, seed=6)
     assert bad.violates and bad.epsilon_lower_bound > 1.6, str(bad)
+
+
+# ------------------------------------------------------------------------------------------
+# Laplace mechanism (eps = 1, L1 sensitivity 1, x0 = 0, x1 = 1)
+# ------------------------------------------------------------------------------------------
+
+LAP_X0 = np.array([0.0])
+LAP_X1 = np.array([1.0])
+
+
+def _laplace(*, epsilon: float = 1.0, sensitivity: float = 1.0) -> Callable[[Randomness], Laplace]:
+    def factory(r: Randomness) -> Laplace:
+        return Laplace(epsilon=epsilon, sensitivity=sensitivity, randomness=r)
+
+    return factory
+
+
+def _laplace_pair_loss(coords: int) -> float:
+    """Exact loss for grid-aligned inputs at L1 distance 1: 1 / (t g), the realised scale."""
+    return 1.0 / Laplace(epsilon=1.0, sensitivity=1.0, seed=0).calibration(coords).scale
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_laplace_audit_respects_claim(seed: int) -> None:
+    res = audit_mechanism(_laplace(), LAP_X0, LAP_X1, n=1_000_000, seed=seed, claimed=PureDP(1.0))
+    exact = _laplace_pair_loss(1)
+    assert exact <= 1.0
+    assert not res.violates, str(res)
+    assert exact - 0.03 < res.epsilon_lower_bound <= exact, str(res)
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [_laplace(sensitivity=0.5), _laplace(epsilon=2.0)],
+    ids=["declares-half-sensitivity", "built-with-twice-epsilon"],
+)
+@pytest.mark.parametrize("seed", [4, 5])
+def test_laplace_with_half_the_noise_is_flagged(factory: Factory, seed: int) -> None:
+    res = audit_mechanism(factory, LAP_X0, LAP_X1, n=100_000, seed=seed, claimed=PureDP(1.0))
+    assert res.violates, str(res)
+    assert res.epsilon_lower_bound > 1.8
+
+
+def _first(y: Array) -> Array:
+    return np.asarray(y[:, 0])
+
+
+def _first_coordinate_chooser(c0: Array, c1: Array, plan: AuditPlan) -> ThresholdEvent:
+    return choose_threshold_event(c0, c1, plan, statistic=_first)
+
+
+@pytest.mark.parametrize(("sensitivity", "violates"), [(1.0, False), (0.5, True)])
+def test_laplace_vector_query(sensitivity: float, violates: bool) -> None:
+    """A 4-coordinate query, the whole L1 distance on one coordinate (its own grid and scale)."""
+    x0, x1 = np.zeros(4), np.array([1.0, 0.0, 0.0, 0.0])
+    res = audit_mechanism(
+        _laplace(sensitivity=sensitivity),
+        x0,
+        x1,
+        n=300_000,
+        seed=7,
+        claimed=PureDP(1.0),
+        chooser=_first_coordinate_chooser,
+    )
+    assert res.violates is violates, str(res)
+    if violates:
+        assert res.epsilon_lower_bound > 1.8
+    else:
+        assert res.epsilon_lower_bound <= _laplace_pair_loss(4)
+
+
+# ------------------------------------------------------------------------------------------
+# Gaussian mechanism (eps = 1, delta = 1e-5, L2 sensitivity 1, x0 = 0, x1 = 1)
+# ------------------------------------------------------------------------------------------
+# Its privacy loss sits in the tails (sigma = 3.75), so the audit needs more draws than for
+# Laplace: with 1e6 per input the bound reaches ~0.6 for the correct mechanism and ~1.4 for the
+# broken one (sigma 1.87), a margin of ~0.4 above the claim.
+
+GAUSS_CLAIM = ApproxDP(1.0, 1e-5)
+
+
+def _gaussian(*, sensitivity: float = 1.0) -> Callable[[Randomness], Gaussian]:
+    def factory(r: Randomness) -> Gaussian:
+        return Gaussian(epsilon=1.0, delta=1e-5, sensitivity=sensitivity, randomness=r)
+
+    return factory
+
+
+def test_gaussian_broken_variant_has_exactly_half_the_noise() -> None:
+    good = _gaussian()(Randomness.from_seed(0))
+    bad = _gaussian(sensitivity=0.5)(Randomness.from_seed(0))
+    assert bad.scale == pytest.approx(good.scale / 2, rel=1e-3)
+    assert good.guarantee.budget == GAUSS_CLAIM
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_gaussian_audit_respects_claim(seed: int) -> None:
+    res = audit_mechanism(_gaussian(), LAP_X0, LAP_X1, n=300_000, seed=seed)
+    assert res.claimed == GAUSS_CLAIM and res.claimed_delta == 1e-5
+    assert not res.violates, str(res)
+    assert 0.3 < res.epsilon_lower_bound <= 1.0, str(res)
+
+
+def test_gaussian_with_half_the_noise_is_flagged() -> None:
+    res = audit_mechanism(
+        _gaussian(sensitivity=0.5), LAP_X0, LAP_X1, n=1_000_000, seed=3, claimed=GAUSS_CLAIM
+    )
+    assert res.violates, str(res)
+    assert res.epsilon_lower_bound > 1.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [4, 5, 6])
+def test_gaussian_audit_large(seed: int) -> None:
+    ok = audit_mechanism(_gaussian(), LAP_X0, LAP_X1, n=1_000_000, seed=seed)
+    assert not ok.violates and 0.5 < ok.epsilon_lower_bound <= 1.0, str(ok)
+    bad = audit_mechanism(
+        _gaussian(sensitivity=0.5), LAP_X0, LAP_X1, n=1_000_000, seed=seed, claimed=GAUSS_CLAIM
+    )
+    assert bad.violates and bad.epsilon_lower_bound > 1.2, str(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [8, 9])
+def test_laplace_audit_large_broken(seed: int) -> None:
+    for factory in (_laplace(sensitivity=0.5), _laplace(epsilon=2.0)):
+        res = audit_mechanism(factory, LAP_X0, LAP_X1, n=1_000_000, seed=seed, claimed=PureDP(1.0))
+        assert res.violates and res.epsilon_lower_bound > 1.9, str(res)
