@@ -62,7 +62,7 @@ def _log_ratio_tolerance(lp: np.ndarray, lp2: np.ndarray, eps: float) -> np.ndar
 
 
 # --------------------------------------------------------------------------- privacy ratios
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(neighbours(monotone=False), epsilons)
 def test_ideal_ratio_bounded_general(nb: tuple[np.ndarray, np.ndarray, float], eps: float) -> None:
     u, u2, delta = nb
@@ -72,7 +72,7 @@ def test_ideal_ratio_bounded_general(nb: tuple[np.ndarray, np.ndarray, float], e
     assert np.all(np.abs(lp - lp2) <= eps + _log_ratio_tolerance(lp, lp2, eps))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(neighbours(monotone=True), epsilons)
 def test_ideal_ratio_bounded_monotone(nb: tuple[np.ndarray, np.ndarray, float], eps: float) -> None:
     u, u2, delta = nb
@@ -81,7 +81,7 @@ def test_ideal_ratio_bounded_monotone(nb: tuple[np.ndarray, np.ndarray, float], 
     assert np.all(np.abs(lp - lp2) <= eps + _log_ratio_tolerance(lp, lp2, eps))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.booleans(), st.data(), epsilons)
 def test_sampled_distribution_ratio_bounded(
     monotone: bool, data: st.DataObject, eps: float
@@ -228,7 +228,7 @@ def test_batch_matches_probabilities_chi_square() -> None:
 def test_call_matches_probabilities_chi_square() -> None:
     mech = Exponential(epsilon=2.0, sensitivity=1.0, monotonic=True, seed=999)
     u = [0.0, 0.5, 1.0]
-    n = 4000
+    n = 2000
     counts = np.bincount([mech(u) for _ in range(n)], minlength=3)
     assert scipy.stats.chisquare(counts, mech.probabilities(u) * n).pvalue > 1e-6
 
@@ -248,7 +248,7 @@ def test_sampler_is_fast() -> None:
     u = np.tile(np.linspace(0.0, 5.0, 20), (200_000, 1))
     t0 = time.perf_counter()
     mech.batch(u)
-    assert time.perf_counter() - t0 < 3.0
+    assert time.perf_counter() - t0 < 5.0  # ~0.5 s unloaded
 
 
 # --------------------------------------------------------------------------- float argument
