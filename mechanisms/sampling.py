@@ -140,7 +140,7 @@ def discrete_laplace_cks(t: int, size: int, rng: Randomness) -> IntArray:
     Slower than :func:`discrete_laplace`; kept as an independent implementation that tests
     compare the fast sampler against.
     """
-    if not isinstance(t, (int, np.integer)) or t < 1:
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
         raise ValueError(f"t must be a positive integer, got {t!r}")
     t = int(t)
     if t > _I64_SAFE // 64:

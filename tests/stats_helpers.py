@@ -65,7 +65,9 @@ def discrete_gaussian_pmf(s: float, support: npt.NDArray[np.int64]) -> npt.NDArr
     return np.exp(-(support.astype(np.float64) ** 2) / (2.0 * s * s)) / norm
 
 
-def two_sample_chi2(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], edges: npt.NDArray[np.int64]) -> float:
+def two_sample_chi2(
+    a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], edges: npt.NDArray[np.int64]
+) -> float:
     """p-value that two integer samples share a distribution, on cells cut at ``edges``."""
     ia = np.bincount(np.searchsorted(edges, a), minlength=edges.size + 1)
     ib = np.bincount(np.searchsorted(edges, b), minlength=edges.size + 1)

@@ -1,0 +1,127 @@
+"""The grid Gaussian mechanism: calibration (analytic and RDP), zCDP, lattice outputs, scale."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from dp_accounting import dp_event
+from dp_accounting.pld import PLDAccountant
+from dp_accounting.rdp import RdpAccountant
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mechanisms.budgets import ApproxDP
+from mechanisms.gaussian import Gaussian, analytic_gaussian_delta, analytic_gaussian_sigma
+from mechanisms.lattice import GRID_SHARE
+from mechanisms.sampling import MAX_GAUSSIAN_S
+from tests.stats_helpers import ALPHA, chi2_goodness_of_fit, discrete_gaussian_pmf
+
+
+def test_analytic_sigma_reference_value() -> None:
+    # Balle & Wang (2018): eps = 1, delta = 1e-5, sensitivity 1 needs sigma ~ 3.73
+    sigma = analytic_gaussian_sigma(epsilon=1.0, delta=1e-5, sensitivity=1.0)
+    assert 3.72 < sigma < 3.74
+    assert analytic_gaussian_delta(sigma, epsilon=1.0, sensitivity=1.0) <= 1e-5
+    assert analytic_gaussian_delta(sigma * 0.99, epsilon=1.0, sensitivity=1.0) > 1e-5
+
+
+def test_analytic_calibration_agrees_with_pld_accountant() -> None:
+    sigma = analytic_gaussian_sigma(epsilon=1.0, delta=1e-5, sensitivity=1.0)
+    acc = PLDAccountant(value_discretization_interval=1e-4)
+    acc.compose(dp_event.GaussianDpEvent(noise_multiplier=sigma))
+    assert abs(acc.get_epsilon(1e-5) - 1.0) < 0.01
+
+
+def test_rdp_calibration_is_certified_by_rdp_accountant() -> None:
+    mech = Gaussian(epsilon=1.0, delta=1e-6, sensitivity=2.0, calibration="rdp")
+    cal = mech.calibration(512)
+    acc = RdpAccountant()
+    acc.compose(
+        dp_event.GaussianDpEvent(noise_multiplier=cal.sigma / float(cal.relaxed_sensitivity))
+    )
+    assert acc.get_epsilon(1e-6) <= 1.0
+    assert cal.sigma > Gaussian(epsilon=1.0, delta=1e-6, sensitivity=2.0).calibration(512).sigma
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    eps=st.floats(min_value=0.05, max_value=50),
+    delta=st.floats(min_value=1e-12, max_value=1e-2),
+    sens=st.floats(min_value=1e-3, max_value=1e3),
+    coords=st.integers(min_value=1, max_value=10**7),
+)
+def test_calibration_meets_target_on_relaxed_sensitivity(
+    eps: float, delta: float, sens: float, coords: int
+) -> None:
+    cal = Gaussian(epsilon=eps, delta=delta, sensitivity=sens).calibration(coords)
+    relaxed = float(cal.relaxed_sensitivity)
+    assert cal.relaxed_sensitivity - Fraction(sens) <= GRID_SHARE * Fraction(sens) * 2**12
+    assert analytic_gaussian_delta(cal.sigma, epsilon=eps, sensitivity=relaxed) <= delta
+    assert 1024 <= cal.s <= MAX_GAUSSIAN_S
+
+
+def test_relaxation_is_small_for_embedding_sized_queries() -> None:
+    cal = Gaussian(epsilon=1.0, delta=1e-6, sensitivity=2.0).calibration(512)
+    assert cal.relaxed_sensitivity - 2 <= GRID_SHARE * 2
+
+
+def test_outputs_on_lattice_and_noise_is_discrete_gaussian() -> None:
+    mech = Gaussian(epsilon=1.0, delta=1e-5, sensitivity=1.0, seed=4)
+    cal = mech.calibration(1)
+    out = mech.batch(np.zeros((100_000, 1)))[:, 0]
+    steps = out / float(cal.grid)
+    assert np.array_equal(steps, np.round(steps))
+    z = steps.astype(np.int64)
+    edges = np.round(np.linspace(-4, 4, 41) * cal.s).astype(np.int64)
+    support = np.arange(edges[0] - 60 * cal.s, edges[-1] + 60 * cal.s)
+    pmf = discrete_gaussian_pmf(cal.s, support)
+    probs = np.bincount(np.searchsorted(edges, support), weights=pmf, minlength=edges.size + 1)
+    counts = np.bincount(np.searchsorted(edges, z), minlength=edges.size + 1)
+    assert chi2_goodness_of_fit(counts, probs) > ALPHA
+    # a sigma 3% off is detected by the same test (power control)
+    wrong = discrete_gaussian_pmf(cal.s * 1.03, support)
+    wprobs = np.bincount(np.searchsorted(edges, support), weights=wrong, minlength=edges.size + 1)
+    assert chi2_goodness_of_fit(counts, wprobs) < ALPHA
+
+
+def test_zcdp_and_event() -> None:
+    mech = Gaussian(epsilon=1.0, delta=1e-5, sensitivity=1.0)
+    cal = mech.calibration(1)
+    rho = mech.zcdp().rho
+    assert rho >= float(cal.relaxed_sensitivity) ** 2 / (2 * cal.sigma**2)
+    ev = mech.event()
+    assert isinstance(ev, dp_event.GaussianDpEvent)
+    assert math.isclose(ev.noise_multiplier, cal.sigma / float(cal.relaxed_sensitivity))
+
+
+def test_privacy_map_grows_with_distance() -> None:
+    mech = Gaussian(epsilon=1.0, delta=1e-5, sensitivity=1.0)
+    assert mech.privacy_map(0.5) == ApproxDP(1.0, 1e-5)
+    far = mech.privacy_map(2.0)
+    assert far.epsilon > 1.5 and far.delta == 1e-5
+    assert analytic_gaussian_delta(mech.scale, epsilon=far.epsilon, sensitivity=2.0) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"epsilon": 0, "delta": 1e-5, "sensitivity": 1},
+        {"epsilon": 1, "delta": 0, "sensitivity": 1},
+        {"epsilon": 1, "delta": 1, "sensitivity": 1},
+        {"epsilon": 1, "delta": float("nan"), "sensitivity": 1},
+        {"epsilon": 1, "delta": 1e-5, "sensitivity": -2},
+        {"epsilon": 1, "delta": 1e-5, "sensitivity": 1, "calibration": "classic"},
+    ],
+)
+def test_constructor_validates(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Gaussian(**kwargs)  # type: ignore[arg-type]
+
+
+def test_guarantee_mentions_both_views() -> None:
+    g = Gaussian(epsilon=1.0, delta=1e-6, sensitivity=2.0).guarantee
+    assert g.budget == ApproxDP(1.0, 1e-6)
+    assert "zCDP" in g.statement() and "L2" in g.statement()
