@@ -145,7 +145,7 @@ def _check_pair(x0: npt.ArrayLike, x1: npt.ArrayLike) -> tuple[Array, Array]:
             "x0 and x1 must have the same shape (neighbouring inputs), "
             f"got {a0.shape} and {a1.shape}"
         )
-    if a0.dtype == a1.dtype and np.array_equal(a0, a1):
+    if np.array_equal(a0, a1):
         raise ValueError(
             "x0 and x1 are identical: the audit needs two different neighbouring inputs"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -225,6 +226,32 @@ def test_epsilon_lower_bound_without_evidence() -> None:
     # delta larger than every probability bound leaves nothing to measure
     assert epsilon_lower_bound(3, 1, 1_000_000, delta=0.5) < 0.0
     assert epsilon_lower_bound(500_000, 400_000, 1_000_000, delta=0.7) == -math.inf
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=10**6),
+    f0=st.floats(min_value=0.0, max_value=1.0),
+    f1=st.floats(min_value=0.0, max_value=1.0),
+    delta=st.sampled_from([0.0, 1e-5, 0.01, 0.2]),
+)
+def test_epsilon_lower_bound_properties(n: int, f0: float, f1: float, delta: float) -> None:
+    k0, k1 = round(f0 * n), round(f1 * n)
+    strict = epsilon_lower_bound(k0, k1, n, delta=delta, alpha=1e-9)
+    loose = epsilon_lower_bound(k0, k1, n, delta=delta, alpha=0.1)
+    assert strict <= loose  # more confidence, weaker bound
+    assert epsilon_lower_bound(k1, k0, n, delta=delta, alpha=0.1) == loose  # order-free
+    assert epsilon_lower_bound(k0, k1, n, delta=delta + 0.05, alpha=0.1) <= loose
+    # never above the plug-in estimate of the same four comparisons
+    q0, q1 = k0 / n, k1 / n
+    plug = [
+        (q0 - delta, q1),
+        (q1 - delta, q0),
+        (1 - q0 - delta, 1 - q1),
+        (1 - q1 - delta, 1 - q0),
+    ]
+    plug_in = max((math.log(a / b) if b > 0 else math.inf) if a > 0 else -math.inf for a, b in plug)
+    assert loose <= plug_in + 1e-12
 
 
 def test_epsilon_lower_bound_validity_exact_enumeration() -> None:
@@ -588,6 +615,20 @@ def test_audit_validates_its_inputs(kwargs: dict[str, Any], exc: type, match: st
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         audit(args.pop("release"), args.pop("x0"), args.pop("x1"), args.pop("event"), **args)
+
+
+def test_identical_inputs_are_refused_whatever_their_dtype() -> None:
+    with pytest.raises(ValueError, match="identical"):
+        audit(_release, np.array([0]), np.array([0.0]), _is_zero, n=10, claimed=PureDP(1.0))
+
+
+def test_importing_the_audit_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, mechanisms.audit; sys.exit('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 
 
 def test_bound_functions_validate_their_inputs() -> None:
