@@ -239,7 +239,8 @@ def epsilon_lower_bound(
     With probability >= 1 - alpha (over the draws) the returned value is <= the smallest epsilon
     for which the mechanism is (epsilon, delta)-DP on this pair of inputs. All four comparisons
     (event/complement, both orders) are included, each one-sided bound at level alpha / 4.
-    Returns -inf when the counts give no evidence of any privacy loss above delta.
+    A value <= 0 means no evidence of privacy loss; -inf means even the delta allowance covers
+    every comparison.
     """
     k0, n = _check_counts(count0, n)
     k1, n = _check_counts(count1, n)
