@@ -1,8 +1,9 @@
 """Exact, fast sampling of the geometric distribution P[Y >= y] = exp(-y/t), integer t >= 1.
 
-This is the engine behind the discrete Laplace sampler. It is exact: every decision compares a
-uniform 64-bit integer with a threshold that is *proven* correct by interval arithmetic, and the
-rare draws that land on a threshold (probability 2^-64 each) are settled with more random bits.
+This is the engine behind the discrete Laplace sampler. It is exact: every decision compares the
+first 32 bits of a uniform with a threshold that is *proven* correct by interval arithmetic, and
+the rare draws that land on a threshold (probability 2^-32 each) are settled with more random
+bits of the same uniform.
 Floats are used only to *guess* an index; a guess is always verified against the exact
 thresholds, and a failed verification falls back to a full search. So floating-point error can
 slow a draw down, never bias it.
@@ -15,8 +16,9 @@ Decomposition (all exact identities):
 Independence holds because exp(-y/t) factorises over the base-2^c digits of y and the domain of
 B is the full product of digit ranges.
 
-Sampling one table: with U uniform in [0, 1) given by its first 64 bits w, V = max{v : U < P_v}
-where P_v = P[V >= v] is decreasing, P_0 = 1. With S_v = floor(P_v * 2^64):
+Sampling one table: with U uniform in [0, 1) given by its first 32 bits w, V = max{v : U < P_v}
+where P_v = P[V >= v] is decreasing, P_0 = 1. With S_v = floor(P_v * 2^32) (the tables keep
+floor(P_v * 2^64), exact, and shift it):
     w <  S_v  implies U < P_v;   w > S_v  implies U >= P_v;   w == S_v is a tie (refine).
 """
 
@@ -40,6 +42,7 @@ IntArray = npt.NDArray[np.int64]
 U64Array = npt.NDArray[np.uint64]
 
 MAX_CHUNK_BITS = 17
+PREFIX_BITS = 32  # fast-path comparisons use the first 32 bits of each uniform
 _TWO64 = 1 << 64
 
 
@@ -52,8 +55,8 @@ class _Table:
     size: int | None  # number of values for a truncated digit; None for the infinite A
     thresholds: U64Array  # S_v = floor(P_v 2^64) for v = 1 .. len (S_0 = 2^64 implied)
     log_r: float  # float estimate of ln r = -m/t, used for guessing only
-    lower: U64Array = field(repr=False)  # lower[v] = S_v with S_0 = 2^64 - 1 (sentinel)
-    upper: U64Array = field(repr=False)  # upper[v] = S_{v+1}, 0 past the end
+    lower: U64Array = field(repr=False)  # lower[v] = floor(P_v 2^32), lower[0] = 2^32
+    upper: U64Array = field(repr=False)  # upper[v] = floor(P_{v+1} 2^32), 0 past the end
 
     @property
     def cap(self) -> int:
@@ -146,9 +149,10 @@ def _build_table(m: int, t: int, size: int | None) -> _Table:
                 # trim trailing zeros but keep one zero so the table ends below every w > 0
                 nz = int(np.count_nonzero(s))
                 s = s[: nz + 1]
-            sentinel = np.array([np.iinfo(np.uint64).max], dtype=np.uint64)
-            lower = np.concatenate([sentinel, s])
-            upper = np.concatenate([s, np.zeros(1, dtype=np.uint64)])
+            s32 = s >> np.uint64(64 - PREFIX_BITS)
+            sentinel = np.array([1 << PREFIX_BITS], dtype=np.uint64)  # S_0 = 2^32 > any w
+            lower = np.concatenate([sentinel, s32])
+            upper = np.concatenate([s32, np.zeros(1, dtype=np.uint64)])
             return _Table(
                 m=m, t=t, size=size, thresholds=s, log_r=-m / t, lower=lower, upper=upper
             )
@@ -184,18 +188,17 @@ def geometric_tables(t: int) -> GeometricTables:
 
 
 def _count_above(table: _Table, w: U64Array, rng: Randomness) -> IntArray:
-    """Exact V = max{v : U < P_v} for each 64-bit prefix w (search plus tie refinement)."""
-    s = table.thresholds
+    """Exact V = max{v : U < P_v} for 32-bit prefixes w of U (search plus tie refinement)."""
+    s = table.thresholds >> np.uint64(64 - PREFIX_BITS)  # floor(P_v 2^32), exactly
     # number of v >= 1 with S_v > w; S is non-increasing so search on the reversed array
-    rev = s[::-1]
-    below_or_equal = np.searchsorted(rev, w, side="right")
+    below_or_equal = np.searchsorted(s[::-1], w, side="right")
     v: IntArray = (s.shape[0] - below_or_equal).astype(np.int64)
     # a tie at S_{v+1} == w needs more bits of U to decide
     nxt = np.minimum(v, s.shape[0] - 1)
     ties = np.flatnonzero((v < s.shape[0]) & (s[nxt] == w))
     for i in ties:
         vi = int(v[i])
-        prefix, bits = int(w[i]), 64
+        prefix, bits = int(w[i]), PREFIX_BITS
         # thresholds equal to w may repeat; walk forward while U < P_{v+1}, always with the
         # same U (its refined prefix is carried along)
         while vi < s.shape[0] and int(s[vi]) == int(w[i]):
@@ -226,10 +229,12 @@ def _uniform_below(
         prefix, bits, prec = (prefix << 62) | extra, bits + 62, prec + 64
 
 
-def _sample_table(table: _Table, n: int, rng: Randomness) -> IntArray:
-    """n exact draws of V for one table: guess by float, verify exactly, else search."""
-    w = rng.generator.bit_generator.random_raw(n)
-    x = w * 2.0**-64 + 2.0**-65  # U's float estimate in (0, 1)
+def _sample_table(table: _Table, w: U64Array, rng: Randomness) -> IntArray:
+    """Exact draws of V for one table from 32-bit prefixes w of independent uniforms U.
+
+    Guess by float, verify against the exact thresholds, search (and refine ties) otherwise.
+    """
+    x = w * 2.0**-PREFIX_BITS + 2.0 ** -(PREFIX_BITS + 1)  # a float inside U's interval
     if table.size is not None:
         rk = math.exp(table.log_r * table.size)
         x *= 1.0 - rk
@@ -238,8 +243,7 @@ def _sample_table(table: _Table, n: int, rng: Randomness) -> IntArray:
     x *= 1.0 / table.log_r
     v = x.astype(np.int64)  # x >= 0 up to rounding, so this is floor(x) or 0
     np.clip(v, 0, table.cap, out=v)
-    # verified iff S_v > w (U < P_v) and S_{v+1} < w (U >= P_{v+1}); index 0 of `upper`
-    # holds a sentinel standing for S_0 = 2^64 (w = 2^64 - 1 then just takes the slow path)
+    # verified iff S_v > w (U < P_v) and S_{v+1} < w (U >= P_{v+1}); lower[0] = 2^32 = S_0
     ok = table.lower[v] > w
     ok &= table.upper[v] < w
     bad = np.flatnonzero(~ok)
@@ -248,23 +252,35 @@ def _sample_table(table: _Table, n: int, rng: Randomness) -> IntArray:
     return v
 
 
+def _uniform_prefixes(rng: Randomness, count: int, size: int) -> list[U64Array]:
+    """``count`` independent arrays of ``size`` uniform 32-bit values (two per 64-bit word)."""
+    words = rng.generator.bit_generator.random_raw(size * ((count + 1) // 2)).reshape(size, -1)
+    mask = np.uint64(0xFFFFFFFF)
+    out = []
+    for j in range(count):
+        col = words[:, j // 2]
+        out.append(col & mask if j % 2 == 0 else col >> np.uint64(32))
+    return out
+
+
 def geometric(t: int, size: int, rng: Randomness) -> IntArray:
     """``size`` exact i.i.d. draws of Y >= 0 with P[Y >= y] = exp(-y/t)."""
     tables = geometric_tables(int(t))
+    prefixes = _uniform_prefixes(rng, 1 + len(tables.digits), size)
     # A: memoryless; a draw that reaches the end of its table continues with a fresh draw
-    y = _sample_table(tables.tail, size, rng)
+    y = _sample_table(tables.tail, prefixes[0], rng)
     end = tables.tail.thresholds.shape[0]
     todo = np.flatnonzero(y >= end)
     while todo.size:
-        more = _sample_table(tables.tail, todo.size, rng)
+        more = _sample_table(tables.tail, _uniform_prefixes(rng, 1, todo.size)[0], rng)
         y[todo] += more
         todo = todo[more >= end]
     if int(y.max(initial=0)) > (2**62) // tables.big_l:
         raise OverflowError("geometric draw outside the int64 range")
     y *= tables.big_l
     scale = 1
-    for table in tables.digits:
-        digit = _sample_table(table, size, rng)
+    for table, w in zip(tables.digits, prefixes[1:], strict=True):
+        digit = _sample_table(table, w, rng)
         if scale != 1:
             digit *= scale
         y += digit

@@ -84,13 +84,13 @@ def test_thresholds_equal_independent_high_precision_floor() -> None:
 
 
 def test_tie_refinement_is_exactly_the_fractional_part() -> None:
-    """A draw whose first 64 bits equal S_v is above P_v with probability frac(P_v 2^64)."""
+    """A draw whose first 32 bits equal S_v lies below P_v with probability frac(P_v 2^32)."""
     t = 7
     table = geometric_tables(t).digits[0]
     v = 1
-    s_v = np.uint64(table.thresholds[v - 1])
+    s_v = np.uint64(int(table.thresholds[v - 1]) >> 32)
     lo, _ = table.tail_bounds(v, 400)
-    frac = float(lo * 2**64 - int(s_v))
+    frac = float(lo * 2**32 - int(s_v))
     rng = Randomness.from_seed(3)
     n = 3_000
     results = _count_above(table, np.full(n, s_v, dtype=np.uint64), rng)
