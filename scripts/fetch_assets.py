@@ -21,6 +21,12 @@ def main() -> int:
     except AssetError as err:
         print(f"[fetch_assets] ERROR: {err}", file=sys.stderr)
         return 1
+    try:  # warm the sample-face detection cache (a no-op when it is current)
+        from dpface.models.samples import sample_faces
+
+        sample_faces()
+    except Exception as err:  # the models are verified; a failure here must not block set-up
+        print(f"[fetch_assets] warning: sample-face cache not built: {err}", file=sys.stderr)
     dt = time.perf_counter() - t0
     where = assets_dir()
     print(f"[fetch_assets] {len(paths)} files verified in {where} ({dt:.1f} s)", file=sys.stderr)
