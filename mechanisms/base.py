@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from dp_accounting import dp_event
 
-from .budgets import ApproxDP, Budget, PureDP
+from .budgets import Budget
 from .rng import Randomness
 
 __all__ = [
@@ -16,8 +16,6 @@ __all__ = [
     "Mechanism",
     "check_positive_finite",
     "check_probability",
-    "pure_dp_event",
-    "pure_or_approx",
 ]
 
 
@@ -95,19 +93,3 @@ class Mechanism(abc.ABC):
         if math.isnan(d) or d < 0:
             raise ValueError(f"d_in must be >= 0, got {d_in}")
         return d
-
-
-def pure_dp_event(epsilon: float) -> dp_event.DpEvent:
-    """dp-accounting event that dominates ANY epsilon-DP mechanism: 2-bucket randomized response.
-
-    With noise parameter p (probability of a uniformly random bucket) the likelihood ratio is
-    (1 - p/2) / (p/2) = e^epsilon at p = 2 / (1 + e^epsilon); p is rounded down so the implied
-    epsilon is never below the true one.
-    """
-    p = math.nextafter(2.0 / (1.0 + math.exp(epsilon)), 0.0)
-    return dp_event.RandomizedResponseDpEvent(noise_parameter=p, num_buckets=2)
-
-
-def pure_or_approx(epsilon: float, delta: float) -> Budget:
-    return PureDP(epsilon) if delta == 0.0 else ApproxDP(epsilon, delta)
-

@@ -19,7 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from dp_accounting import dp_event
 
-from .base import Guarantee, Mechanism, check_positive_finite, pure_dp_event
+from .accounting import pure_event
+from .base import Guarantee, Mechanism, check_positive_finite
 from .budgets import PureDP, ceil_float
 from .lattice import GRID_SHARE, coords_factor, from_grid, grid_for, round_to_grid
 from .rng import Randomness, resolve
@@ -137,4 +138,4 @@ class Laplace(Mechanism):
 
     def event(self) -> dp_event.DpEvent:
         """Dominating pair of any epsilon-DP mechanism (2-bucket randomized response)."""
-        return pure_dp_event(self.epsilon)
+        return pure_event(self.epsilon)
