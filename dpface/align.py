@@ -8,6 +8,8 @@ insightface's 112×112 template; larger sizes scale the template, as insightface
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -17,7 +19,10 @@ def arcface_crop(img: np.ndarray, points5: np.ndarray, size: int = 112) -> np.nd
     from insightface.utils import face_align  # imported lazily: pulls in cv2 and skimage
 
     pts = np.asarray(points5, dtype=np.float32).reshape(5, 2)
-    return np.ascontiguousarray(face_align.norm_crop(img, pts, image_size=size))
+    with warnings.catch_warnings():
+        # insightface 2.1 calls a scikit-image API that 0.26 deprecates; harmless here
+        warnings.simplefilter("ignore", FutureWarning)
+        return np.ascontiguousarray(face_align.norm_crop(img, pts, image_size=size))
 
 
 def loose_crop(img: np.ndarray, landmarks: np.ndarray, size: int, scale: float = 1.6
