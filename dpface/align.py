@@ -25,18 +25,23 @@ def arcface_crop(img: np.ndarray, points5: np.ndarray, size: int = 112) -> np.nd
         return np.ascontiguousarray(face_align.norm_crop(img, pts, image_size=size))
 
 
-def loose_crop(img: np.ndarray, landmarks: np.ndarray, size: int, scale: float = 1.6
-               ) -> np.ndarray:
-    """Square crop centred on the landmarks' bounding box, side ``scale`` × its longer edge,
-    resized to (size, size); pixels outside the image are black."""
-    import cv2
-
+def loose_crop_matrix(landmarks: np.ndarray, size: int, scale: float = 1.6) -> np.ndarray:
+    """2×3 affine (photo -> crop) of ``loose_crop``: a square centred on the landmarks'
+    bounding box, side ``scale`` × its longer edge, mapped onto (size, size)."""
     lm = np.asarray(landmarks, dtype=np.float64)
     (x0, y0), (x1, y1) = lm.min(axis=0), lm.max(axis=0)
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    side = max(x1 - x0, y1 - y0) * scale
-    s = size / side
-    m = np.array([[s, 0.0, size / 2.0 - s * cx], [0.0, s, size / 2.0 - s * cy]])
+    s = size / (max(x1 - x0, y1 - y0) * scale)
+    return np.array([[s, 0.0, size / 2.0 - s * cx], [0.0, s, size / 2.0 - s * cy]])
+
+
+def loose_crop(img: np.ndarray, landmarks: np.ndarray, size: int, scale: float = 1.6
+               ) -> np.ndarray:
+    """Square (size, size) crop around the landmarks (see ``loose_crop_matrix``); pixels
+    outside the image are black."""
+    import cv2
+
+    m = loose_crop_matrix(landmarks, size, scale)
     return np.ascontiguousarray(
         cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     )

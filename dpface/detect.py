@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from dpface.align import loose_crop
+from dpface.align import loose_crop, loose_crop_matrix
 from dpface.models.dlib_models import DlibFaceModels, arcface_points
 from dpface.models.images import ImageError, array_to_rgb8, load_rgb
 
@@ -76,6 +76,26 @@ def face_presence(img: np.ndarray, landmarks68: Sequence[np.ndarray]) -> np.ndar
     crops = np.stack([loose_crop(img, lm, 192, scale=1.5) for lm in landmarks68])
     with torch.no_grad():
         return run("facemesh", prepare("facemesh", crops))["faceflag"].numpy().reshape(-1)
+
+
+def mesh_landmarks(img: np.ndarray, landmarks68: Sequence[np.ndarray]) -> np.ndarray:
+    """(n, 468, 3) FaceMesh landmarks in photo pixels (x, y; z in the same scale, relative
+    to the face centre), from a loose crop around each face's 68 dlib landmarks."""
+    from dpface.models.tfjs_models import prepare, run
+
+    if len(landmarks68) == 0:
+        return np.zeros((0, 468, 3))
+    crops = np.stack([loose_crop(img, lm, 192, scale=1.5) for lm in landmarks68])
+    with torch.no_grad():
+        mesh = run("facemesh", prepare("facemesh", crops))["mesh"].numpy().reshape(-1, 468, 3)
+    out = np.empty(mesh.shape, dtype=np.float64)
+    for k, lm in enumerate(landmarks68):
+        m = loose_crop_matrix(lm, 192, scale=1.5)
+        s = m[0, 0]
+        out[k, :, 0] = (mesh[k, :, 0] - m[0, 2]) / s
+        out[k, :, 1] = (mesh[k, :, 1] - m[1, 2]) / s
+        out[k, :, 2] = mesh[k, :, 2] / s
+    return out
 
 
 def _hog_boxes(img: np.ndarray, max_side: int) -> list[tuple[tuple[float, ...], float]]:

@@ -145,3 +145,17 @@ def test_tiny_face_is_reported_not_crashed(obama_small: np.ndarray) -> None:
     assert r.ok
     if not r.faces:
         assert r.note and "no face" in r.note
+
+
+def test_facemesh_468_landmarks_agree_with_dlib() -> None:
+    from dpface.detect import mesh_landmarks
+
+    r = detect_file(store.path("samples/insightface-t1.jpg"))
+    mesh = mesh_landmarks(r.faces[0].image, [f.landmarks68 for f in r.faces])
+    assert mesh.shape == (6, 468, 3)
+    # FaceMesh index -> dlib index: eye outer corners, nose tip, mouth corners, chin
+    pairs = [(33, 36), (263, 45), (1, 30), (61, 48), (291, 54), (152, 8)]
+    errs = np.array([[np.linalg.norm(m[a, :2] - f.landmarks68[b]) / (f.box[2] - f.box[0])
+                      for a, b in pairs] for f, m in zip(r.faces, mesh, strict=True)])
+    assert np.median(errs) < 0.06
+    assert errs.max() < 0.2

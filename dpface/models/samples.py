@@ -22,13 +22,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 
-from dpface.align import loose_crop
+from dpface.detect import detect_array
 from dpface.models import store
-from dpface.models.dlib_models import DlibFaceModels, arcface_points
+from dpface.models.dlib_models import arcface_points
 from dpface.models.images import load_rgb
 
 _KNOWN = {
@@ -62,28 +60,6 @@ class SampleFace:
         return arcface_points(self.landmarks68)
 
 
-def detect_faces(img: np.ndarray, models: DlibFaceModels, max_side: int = 960,
-                 min_faceflag: float = 0.5) -> list[tuple[tuple[float, float, float, float],
-                                                          np.ndarray]]:
-    """dlib HOG boxes (on a copy scaled to ``max_side``) and 68 landmarks at full
-    resolution; false detections are dropped when FaceMesh's face-presence score on the
-    crop is below ``min_faceflag``. Sorted left to right."""
-    from dpface.models.tfjs_models import prepare, run
-
-    s = min(1.0, max_side / max(img.shape[:2]))
-    small = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else img
-    found = []
-    for d in models.detect(small, upsample=1):
-        box = (d.box[0] / s, d.box[1] / s, d.box[2] / s, d.box[3] / s)
-        lm = models.landmarks(img, box)
-        crop = loose_crop(img, lm, 192, scale=1.5)
-        with torch.no_grad():
-            flag = float(run("facemesh", prepare("facemesh", crop))["faceflag"].item())
-        if flag >= min_faceflag:
-            found.append((box, lm))
-    return sorted(found, key=lambda f: f[0][0])
-
-
 _CACHE_VERSION = 1
 _DEPENDS = ("dlib/shape_predictor_68_face_landmarks.dat", "tfjs/facemesh.bin")
 
@@ -105,7 +81,6 @@ def sample_faces() -> tuple[SampleFace, ...]:
     cached: dict[str, list[dict[str, list[float]]]] = {}
     if cache_path.is_file():
         cached = json.loads(cache_path.read_text())
-    models = DlibFaceModels()
     out: list[SampleFace] = []
     fresh: dict[str, list[dict[str, list[float]]]] = {}
     for name in store.names("samples/"):
@@ -115,7 +90,7 @@ def sample_faces() -> tuple[SampleFace, ...]:
         if photo in cached:
             found = [(tuple(f["box"]), np.array(f["landmarks68"])) for f in cached[photo]]
         else:
-            found = detect_faces(img, models)
+            found = [(f.box, f.landmarks68) for f in detect_array(img, source=photo).faces]
         fresh[photo] = [{"box": list(b), "landmarks68": lm.tolist()} for b, lm in found]
         for k, (box, lm) in enumerate(found):
             ident = _KNOWN.get(photo, f"{photo}#{k}")
