@@ -100,3 +100,44 @@ def test_unsupported_op_is_reported(tmp_path: Path) -> None:
 
     with pytest.raises(NotImplementedError, match="FancyNewOp"):
         TfjsGraph(tmp_path / "m.json")
+
+
+def _node(op: str, k: int, s: int, padding: str) -> dict[str, object]:
+    import base64
+
+    def enc(v: str) -> str:
+        return base64.b64encode(v.encode()).decode()
+
+    return {"op": op, "attr": {"ksize": {"list": {"i": ["1", str(k), str(k), "1"]}},
+                               "strides": {"list": {"i": ["1", str(s), str(s), "1"]}},
+                               "padding": {"s": enc(padding)}}}
+
+
+@pytest.mark.parametrize(("size", "k", "s"), [(5, 2, 2), (5, 3, 2), (6, 3, 1), (7, 3, 3)])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_pooling_matches_tf_semantics(size: int, k: int, s: int, padding: str) -> None:
+    """Max/avg pooling against a direct loop over TF's window definition (average pooling
+    divides by the number of real pixels in the window, not the padded size)."""
+    from dpface.models.tfjs import _OPS
+
+    rng = np.random.default_rng(size * 100 + k * 10 + s)
+    x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
+    if padding == "SAME":
+        out = -(-size // s)
+        before, _ = _same_pads(size, k, s, 1)
+    else:
+        out = (size - k) // s + 1
+        before = 0
+    ref_max = np.empty((2, out, out, 3), np.float32)
+    ref_avg = np.empty_like(ref_max)
+    for i in range(out):
+        for j in range(out):
+            r0, c0 = i * s - before, j * s - before
+            win = x[:, max(r0, 0):min(r0 + k, size), max(c0, 0):min(c0 + k, size)]
+            ref_max[:, i, j] = win.max(axis=(1, 2))
+            ref_avg[:, i, j] = win.mean(axis=(1, 2))
+    t = torch.from_numpy(x)
+    got_max = _OPS["MaxPool"](None, _node("MaxPool", k, s, padding), [t])  # type: ignore[arg-type]
+    got_avg = _OPS["AvgPool"](None, _node("AvgPool", k, s, padding), [t])  # type: ignore[arg-type]
+    np.testing.assert_allclose(got_max.numpy(), ref_max, atol=1e-6)
+    np.testing.assert_allclose(got_avg.numpy(), ref_avg, atol=1e-6)

@@ -94,19 +94,20 @@ def _same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]
     return total // 2, total - total // 2
 
 
-def _pad_nchw(
+def _pad_nhwc(
     x: Tensor, padding: str, k: Sequence[int], s: Sequence[int], d: Sequence[int],
     value: float = 0.0,
 ) -> Tensor:
+    """Apply TF padding to an NHWC tensor (kept NHWC-contiguous for channels-last convs)."""
     if padding == "VALID":
         return x
     if padding != "SAME":
         raise NotImplementedError(f"padding {padding!r}")
-    top, bottom = _same_pads(x.shape[2], k[0], s[0], d[0])
-    left, right = _same_pads(x.shape[3], k[1], s[1], d[1])
+    top, bottom = _same_pads(x.shape[1], k[0], s[0], d[0])
+    left, right = _same_pads(x.shape[2], k[1], s[1], d[1])
     if top == bottom == left == right == 0:
         return x
-    return F.pad(x, (left, right, top, bottom), value=value)
+    return F.pad(x, (0, 0, left, right, top, bottom), value=value)
 
 
 def _nchw(x: Tensor) -> Tensor:
@@ -160,11 +161,13 @@ class TfjsGraph:
         t = self._cache.get(key)
         if t is None:
             w = self.consts[name]
+            cl = torch.channels_last
             if layout == "conv":  # [kh, kw, in, out] -> [out, in, kh, kw]
-                t = w.permute(3, 2, 0, 1).contiguous()
+                t = w.permute(3, 2, 0, 1).contiguous(memory_format=cl)
             elif layout == "dw":  # [kh, kw, in, mult] -> [in*mult, 1, kh, kw]
                 kh, kw, cin, mult = w.shape
-                t = w.permute(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw).contiguous()
+                t = w.permute(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw)
+                t = t.contiguous(memory_format=cl)
             else:
                 t = w
             self._cache[key] = t
@@ -227,14 +230,15 @@ def _activation(kind: str, x: Tensor, extra: list[Tensor], node: dict[str, Any])
 
 def _conv_common(g: TfjsGraph, node: dict[str, Any], args: list[Tensor], depthwise: bool
                  ) -> Tensor:
-    x = _nchw(args[0])
     fname = node["input"][1].split(":")[0]
     w = g.weight(fname, "dw" if depthwise else "conv")
     strides = _attr(node, "strides", [1, 1, 1, 1])[1:3]
     dil = _attr(node, "dilations", [1, 1, 1, 1])[1:3]
     if _attr(node, "data_format", "NHWC") != "NHWC":
         raise NotImplementedError("only NHWC graphs are supported")
-    x = _pad_nchw(x, _attr(node, "padding", "VALID"), w.shape[2:], strides, dil)
+    x = _pad_nhwc(args[0].contiguous(), _attr(node, "padding", "VALID"), w.shape[2:], strides,
+                  dil)
+    x = _nchw(x)  # a channels-last view: no copy
     groups = x.shape[1] if depthwise else 1
     y = F.conv2d(x, w, stride=tuple(strides), dilation=tuple(dil), groups=groups)
     y = _nhwc(y)
@@ -258,20 +262,20 @@ def _depthwise(g: TfjsGraph, n: dict[str, Any], a: list[Tensor]) -> Tensor:
 
 
 def _pool(g: TfjsGraph, n: dict[str, Any], a: list[Tensor], kind: str) -> Tensor:
-    x = _nchw(a[0])
+    x = a[0].contiguous()
     k = _attr(n, "ksize")[1:3]
     s = _attr(n, "strides")[1:3]
     pad = _attr(n, "padding", "VALID")
     if kind == "max":
-        x = _pad_nchw(x, pad, k, s, (1, 1), value=float("-inf"))
-        return _nhwc(F.max_pool2d(x, tuple(k), tuple(s)))
+        x = _pad_nhwc(x, pad, k, s, (1, 1), value=float("-inf"))
+        return _nhwc(F.max_pool2d(_nchw(x), tuple(k), tuple(s)))
     # average pooling: TF divides by the number of real (unpadded) pixels in each window
-    xp = _pad_nchw(x, pad, k, s, (1, 1))
-    total = F.avg_pool2d(xp, tuple(k), tuple(s))
+    xp = _pad_nhwc(x, pad, k, s, (1, 1))
+    total = F.avg_pool2d(_nchw(xp), tuple(k), tuple(s))
     if xp.shape == x.shape:
         return _nhwc(total)
-    ones = _pad_nchw(torch.ones_like(x[:1, :1]), pad, k, s, (1, 1))
-    frac = F.avg_pool2d(ones, tuple(k), tuple(s))
+    ones = _pad_nhwc(torch.ones_like(x[:1, :, :, :1]), pad, k, s, (1, 1))
+    frac = F.avg_pool2d(_nchw(ones), tuple(k), tuple(s))
     return _nhwc(total / frac)
 
 
