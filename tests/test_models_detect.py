@@ -159,3 +159,11 @@ def test_facemesh_468_landmarks_agree_with_dlib() -> None:
                       for a, b in pairs] for f, m in zip(r.faces, mesh, strict=True)])
     assert np.median(errs) < 0.06
     assert errs.max() < 0.2
+
+
+def test_huge_image_is_refused_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = tmp_path / "big.png"
+    Image.new("RGB", (600, 600)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # 600×600 > 2× this limit
+    r = detect_batch([big])[0]
+    assert not r.ok and "too large" in (r.error or "")

@@ -66,6 +66,8 @@ def load_rgb(path: str | Path) -> np.ndarray:
             return np.ascontiguousarray(to_rgb8(img))
     except FileNotFoundError as err:
         raise ImageError(f"{p}: no such file") from err
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{p}: image too large to decode safely ({err})") from err
     except UnidentifiedImageError as err:
         raise ImageError(f"{p}: not an image file PIL can read") from err
     except (OSError, SyntaxError, ValueError) as err:
