@@ -41,7 +41,7 @@ def table(*, trials: int = 2000, seed: int | None = None) -> str:
     ]
     for d in DIMS:
         for eps in EPSILONS:
-            mechs = (
+            mechs: tuple[IdentityLaplace | IdentityGaussian | IdentityVMF, ...] = (
                 IdentityLaplace(epsilon=eps, dim=d),
                 IdentityGaussian(epsilon=eps, delta=GAUSSIAN_DELTA, dim=d),
                 IdentityVMF(epsilon=eps, dim=d),
