@@ -1,14 +1,20 @@
-"""The README's code example runs as written."""
+"""The README's and the docs' code examples run as written."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
 
-def test_readme_python_example_runs() -> None:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "README lost its Python example"
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_python_examples_run(page: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    if page.name == "README.md":
+        assert blocks, "README lost its Python example"
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, str(page), "exec"), {})
