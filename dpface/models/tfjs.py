@@ -155,21 +155,24 @@ class TfjsGraph:
         base, _, idx = name.partition(":")
         return base, int(idx) if idx else 0
 
+    @staticmethod
+    def to_layout(w: Tensor, layout: str) -> Tensor:
+        """A TF filter in a torch layout: 'conv' [kh,kw,in,out] -> [out,in,kh,kw];
+        'dw' [kh,kw,in,mult] -> [in*mult,1,kh,kw]; both channels-last in memory."""
+        cl = torch.channels_last
+        if layout == "conv":
+            return w.permute(3, 2, 0, 1).contiguous(memory_format=cl)
+        if layout == "dw":
+            kh, kw, cin, mult = w.shape
+            return w.permute(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw).contiguous(memory_format=cl)
+        return w
+
     def weight(self, name: str, layout: str) -> Tensor:
-        """A constant converted to a torch layout (cached): 'conv', 'dw' or 'raw'."""
+        """A constant converted to a torch layout (cached per name and layout)."""
         key = (name, layout)
         t = self._cache.get(key)
         if t is None:
-            w = self.consts[name]
-            cl = torch.channels_last
-            if layout == "conv":  # [kh, kw, in, out] -> [out, in, kh, kw]
-                t = w.permute(3, 2, 0, 1).contiguous(memory_format=cl)
-            elif layout == "dw":  # [kh, kw, in, mult] -> [in*mult, 1, kh, kw]
-                kh, kw, cin, mult = w.shape
-                t = w.permute(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw)
-                t = t.contiguous(memory_format=cl)
-            else:
-                t = w
+            t = self.to_layout(self.consts[name], layout)
             self._cache[key] = t
         return t
 
@@ -231,7 +234,9 @@ def _activation(kind: str, x: Tensor, extra: list[Tensor], node: dict[str, Any])
 def _conv_common(g: TfjsGraph, node: dict[str, Any], args: list[Tensor], depthwise: bool
                  ) -> Tensor:
     fname = node["input"][1].split(":")[0]
-    w = g.weight(fname, "dw" if depthwise else "conv")
+    layout = "dw" if depthwise else "conv"
+    # filters are constants in every shipped model; a computed filter is converted per call
+    w = g.weight(fname, layout) if fname in g.consts else TfjsGraph.to_layout(args[1], layout)
     strides = _attr(node, "strides", [1, 1, 1, 1])[1:3]
     dil = _attr(node, "dilations", [1, 1, 1, 1])[1:3]
     if _attr(node, "data_format", "NHWC") != "NHWC":
