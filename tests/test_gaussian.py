@@ -125,3 +125,28 @@ def test_guarantee_mentions_both_views() -> None:
     g = Gaussian(epsilon=1.0, delta=1e-6, sensitivity=2.0).guarantee
     assert g.budget == ApproxDP(1.0, 1e-6)
     assert "zCDP" in g.statement() and "L2" in g.statement()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sens=st.floats(min_value=1e-3, max_value=1e3),
+    base=st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=16),
+    direction=st.lists(st.floats(min_value=-1.0, max_value=1.0), min_size=16, max_size=16),
+)
+def test_rounded_neighbours_stay_within_the_relaxed_sensitivity(
+    sens: float, base: list[float], direction: list[float]
+) -> None:
+    """The calibration assumes ||k - k'||_2 * g <= relaxed sensitivity for the grid indices of
+    any two inputs at L2 distance <= sensitivity: check it exactly through the rounding code."""
+    from mechanisms.lattice import round_to_grid
+
+    x = np.array(base)
+    d = np.array(direction[: x.size])
+    norm = float(np.sqrt((d * d).sum()))
+    x2 = x if norm < 1e-6 else x + d * (sens / norm) * (1 - 1e-12)
+    if np.sqrt(((x2 - x) ** 2).sum()) > sens:
+        return
+    cal = Gaussian(epsilon=1.0, delta=1e-6, sensitivity=sens).calibration(x.size)
+    k, k2 = round_to_grid(x, cal.grid), round_to_grid(x2, cal.grid)
+    diff = [int(v) for v in (k - k2)]
+    assert Fraction(sum(v * v for v in diff)) * cal.grid**2 <= cal.relaxed_sensitivity**2

@@ -138,3 +138,30 @@ def test_variance_and_bias_helpers() -> None:
     out = mech.batch(np.zeros((100_000, 1)))
     assert abs(out.var() / mech.variance(1) - 1) < 0.05
     assert mech.bias_bound(1) == float(mech.calibration(1).grid) / 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    eps=st.floats(min_value=1e-2, max_value=1e2),
+    sens=st.floats(min_value=1e-3, max_value=1e3),
+    base=st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=16),
+    direction=st.lists(st.floats(min_value=-1.0, max_value=1.0), min_size=16, max_size=16),
+)
+def test_exact_likelihood_ratio_of_realised_outputs(
+    eps: float, sens: float, base: list[float], direction: list[float]
+) -> None:
+    """For neighbours at L1 distance <= sensitivity, every output's probability ratio is
+    exp(|k - k'|_1 / t) (discrete Laplace on the grid indices k): check it is <= e^epsilon
+    exactly, through the real rounding code, on arbitrary float inputs."""
+    from mechanisms.lattice import round_to_grid
+
+    x = np.array(base)
+    d = np.array(direction[: x.size])
+    norm = np.abs(d).sum()
+    x2 = x if norm < 1e-6 else x + d * (sens / norm) * (1 - 1e-12)
+    if np.abs(x2 - x).sum() > sens:  # float rounding pushed it over: not neighbours
+        return
+    mech = Laplace(epsilon=eps, sensitivity=sens)
+    cal = mech.calibration(x.size)
+    k, k2 = round_to_grid(x, cal.grid), round_to_grid(x2, cal.grid)
+    assert Fraction(int(np.abs(k - k2).sum()), cal.t) <= Fraction(eps)
