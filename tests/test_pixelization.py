@@ -185,7 +185,7 @@ def test_constant_padding_does_not_copy_pixels_but_edge_padding_would() -> None:
 
     def edge_means(x: Array) -> Array:
         padded = np.pad(x.astype(np.float64), ((0, 3), (0, 3)), mode="edge")
-        return padded.reshape(2, b, 2, b).mean(axis=(1, 3))
+        return np.asarray(padded.reshape(2, b, 2, b).mean(axis=(1, 3)))
 
     l1_edge = float(np.abs(edge_means(x0) - edge_means(x1)).sum())
     assert l1_edge == pytest.approx(255.0)  # the corner cell is all copies of one pixel
@@ -503,8 +503,8 @@ def test_dp_blur_output_shape_dtype_range_and_box(shape: tuple[int, ...]) -> Non
 
 
 def test_dp_blur_without_noise_is_a_blurred_pixelization() -> None:
-    """Without noise (test double) and without blur the output is the rounded cell means; the blur then
-    only smooths (its output stays within the range of the cell values)."""
+    """Without noise (test double) and without blur the output is the rounded cell means; the
+    blur then only smooths (its output stays within the range of the cell values)."""
     image = _random_image(9, (16, 16))
     ref = _reference_means(image, None, 4, 128)
     sharp = _NoiselessBlur(epsilon=1.0, delta=1e-6, block=4, sigma_blur=0, seed=1)(image)
@@ -594,7 +594,7 @@ def test_pixelization_constructor_validation(
 
 def test_constructor_is_keyword_only() -> None:
     with pytest.raises(TypeError):
-        DPPixelization(1.0, 4)  # type: ignore[misc]
+        DPPixelization(1.0, 4)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(
