@@ -40,6 +40,13 @@ def ceil_float(value: Fraction) -> float:
     return f if Fraction(f) >= value else math.nextafter(f, math.inf)
 
 
+def _exact_sum_up(values: list[float]) -> float:
+    """The exact sum of floats, rounded up to a float (inf stays inf)."""
+    if any(math.isinf(v) for v in values):
+        return math.inf
+    return ceil_float(sum((Fraction(v) for v in values), Fraction(0)))
+
+
 def _round_up(x: float) -> float:
     """Next float above ``x`` (conservative rounding of a computed loss)."""
     return x if math.isinf(x) or x == 0.0 else math.nextafter(x, math.inf)
@@ -133,18 +140,20 @@ def compose_basic(budgets: list[Budget] | tuple[Budget, ...]) -> Budget:
     pures = [b for b in budgets if isinstance(b, PureDP)]
     zcdps = [b for b in budgets if isinstance(b, ZCDP)]
     if len(pures) == len(budgets):
-        return PureDP(_round_up(math.fsum(b.epsilon for b in pures)), allow_inf=allow_inf)
+        return PureDP(_exact_sum_up([b.epsilon for b in pures]), allow_inf=allow_inf)
     if len(zcdps) == len(budgets):
-        return ZCDP(_round_up(math.fsum(b.rho for b in zcdps)), allow_inf=allow_inf)
+        return ZCDP(_exact_sum_up([b.rho for b in zcdps]), allow_inf=allow_inf)
     if zcdps:
         raise TypeError(
             "cannot compose zCDP with (epsilon, delta) budgets; convert with to_approx(delta)"
         )
     approx = [
-        b if isinstance(b, ApproxDP) else b.to_approx() for b in budgets if not isinstance(b, ZCDP)
+        b if isinstance(b, ApproxDP) else b.to_approx()
+        for b in budgets
+        if not isinstance(b, ZCDP)
     ]
-    eps = _round_up(math.fsum(b.epsilon for b in approx))
-    delta = _round_up(math.fsum(b.delta for b in approx))
+    eps = _exact_sum_up([b.epsilon for b in approx])
+    delta = _exact_sum_up([b.delta for b in approx])
     if delta >= 1.0:
         raise ValueError(f"composed delta = {delta} >= 1: the composition guarantees nothing")
     return ApproxDP(eps, delta, allow_inf=allow_inf)
