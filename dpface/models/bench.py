@@ -14,6 +14,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -59,13 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     for enc_name in ("mobileface", "faceres", "dlib"):
         enc = get_encoder(enc_name)
         batch = list(faces[:8])
-        med, best = _time(lambda enc=enc, batch=batch: enc.embed(batch), max(3, args.repeat // 5))
+        med, best = _time(partial(enc.embed, batch), max(3, args.repeat // 5))
         print(f"  encoder {enc_name:<12} per face (align + embed) "
               f"{med / len(batch) * 1e3:8.1f} / {best / len(batch) * 1e3:8.1f}")
     img = faces[0].image
     for det in ("hog", "blazeface"):
-        med, best = _time(lambda det=det: detect_array(img, detector=det),
-                          max(3, args.repeat // 5))
+        med, best = _time(partial(detect_array, img, detector=det), max(3, args.repeat // 5))
         print(f"  detect {det:<10} {img.shape[1]}×{img.shape[0]} photo "
               f"{med * 1e3:8.1f} / {best * 1e3:8.1f}")
 

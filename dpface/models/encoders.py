@@ -46,7 +46,8 @@ class FaceLike(Protocol):
 def l2n(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32)."""
     x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return out
 
 
 class IdentityEncoder(ABC):
@@ -63,7 +64,7 @@ class IdentityEncoder(ABC):
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine similarity of matching rows (or all pairs when given 2-D × 2-D.T)."""
-        return np.sum(l2n(a) * l2n(b), axis=-1)
+        return np.asarray(np.sum(l2n(a) * l2n(b), axis=-1))
 
     def same(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Whether rows of ``a`` and ``b`` are judged the same person."""
@@ -185,13 +186,13 @@ def get_encoder(name: str = "mobileface", **kwargs: object) -> IdentityEncoder:
     }
     if name not in table:
         raise KeyError(f"unknown encoder {name!r}; choose from {sorted(table)}")
-    return table[name](**kwargs)  # type: ignore[arg-type]
+    return table[name](**kwargs)
 
 
 def pair_similarity(emb: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Cosine similarity of the embedding rows i[k] and j[k]."""
     e = l2n(emb)
-    return np.sum(e[i] * e[j], axis=1)
+    return np.asarray(np.sum(e[i] * e[j], axis=1))
 
 
 def calibrate(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:

@@ -60,10 +60,10 @@ def load_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as upright RGB uint8; ``ImageError`` says why when it cannot."""
     p = Path(path)
     try:
-        with Image.open(p) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return np.ascontiguousarray(to_rgb8(img))
+        with Image.open(p) as opened:
+            opened.load()
+            upright = ImageOps.exif_transpose(opened)
+            return np.ascontiguousarray(to_rgb8(upright))
     except FileNotFoundError as err:
         raise ImageError(f"{p}: no such file") from err
     except Image.DecompressionBombError as err:

@@ -114,8 +114,8 @@ def labelled_pairs(faces: Sequence[SampleFace]) -> tuple[np.ndarray, np.ndarray,
     for i in range(len(faces)):
         for j in range(i + 1, len(faces)):
             a, b = faces[i], faces[j]
-            if a.identity == b.identity:
-                ii.append(i), jj.append(j), same.append(True)
-            elif a.photo == b.photo or a.collection != b.collection:
-                ii.append(i), jj.append(j), same.append(False)
+            if a.identity == b.identity or a.photo == b.photo or a.collection != b.collection:
+                ii.append(i)
+                jj.append(j)
+                same.append(a.identity == b.identity)
     return np.array(ii), np.array(jj), np.array(same, dtype=bool)
