@@ -371,8 +371,14 @@ def _cell00(noisy: Array) -> Array:
     return np.asarray(noisy[:, 0, 0, 0])
 
 
-def _cell00_sum(noisy: Array) -> Array:
-    return np.asarray(noisy[:, 0, 0, :].sum(axis=-1))
+_MU0, _MU1 = 15 * 100 / 16, (255 + 15 * 100) / 16  # cell (0, 0) means of _worst_pair, b = 4
+
+
+def _cell00_llr(noisy: Array) -> Array:
+    """Sum over channels of the cell's values clipped to [mu0, mu1]: an increasing function of
+    the Laplace likelihood ratio when every channel mean moves from mu0 to mu1 (the optimal
+    statistic for this pair)."""
+    return np.asarray(np.clip(noisy[:, 0, 0, :], _MU0, _MU1).sum(axis=-1))
 
 
 def _audit_pix(
@@ -420,15 +426,16 @@ def test_dp_pix_audit_on_the_uint8_image_output() -> None:
 
 @pytest.mark.parametrize("colour", ["joint", "split"])
 def test_rgb_audits_respect_claim_and_catch_half_noise(colour: str) -> None:
-    """RGB, one pixel changed in all channels. The summed channel means of the cell carry the
-    loss; the broken twin (half the noise in every channel query) must be flagged."""
+    """RGB, one pixel changed in all channels (0 -> 255): the whole-pixel claim holds, close to
+    tight; the broken twin (half the noise in every channel query) is flagged."""
     x0, x1 = _worst_pair((8, 8, 3), 1)
     good = DPPixelization(epsilon=1.0, block=4, colour=colour, seed=50)  # type: ignore[arg-type]
-    ok = _audit_pix(good, x0, x1, 200_000, PureDP(1.0), stat=_cell00_sum)
-    assert not ok.violates and ok.epsilon_lower_bound > 0.4, str(ok)
+    exact = 3 * (255 / 16) / good.realised_scale(good.region(x0.shape), 3)
+    ok = _audit_pix(good, x0, x1, 200_000, PureDP(1.0), stat=_cell00_llr)
+    assert not ok.violates and exact - 0.15 < ok.epsilon_lower_bound <= exact, str(ok)
     bad = _halve_laplace(DPPixelization(epsilon=1.0, block=4, colour=colour, seed=51), 3)  # type: ignore[arg-type]
-    flagged = _audit_pix(bad, x0, x1, 200_000, PureDP(1.0), stat=_cell00_sum)
-    assert flagged.violates, str(flagged)
+    flagged = _audit_pix(bad, x0, x1, 200_000, PureDP(1.0), stat=_cell00_llr)
+    assert flagged.violates and flagged.epsilon_lower_bound > 1.6, str(flagged)
 
 
 GAUSS_EPS, GAUSS_DELTA = 1.0, 1e-5
