@@ -12,6 +12,7 @@ resulting loss (a conversion may overstate privacy loss, never understate it).
 
 from __future__ import annotations
 
+import decimal
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -117,8 +118,15 @@ class ZCDP:
         """rho-zCDP implies (rho + 2 sqrt(rho ln(1/delta)), delta)-DP (Bun & Steinke, Prop. 1.3)."""
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta must lie in (0, 1), got {delta}")
-        eps = self.rho + 2.0 * math.sqrt(self.rho * math.log(1.0 / delta))
-        return ApproxDP(_round_up(eps), delta, allow_inf=self.allow_inf)
+        if math.isinf(self.rho):
+            return ApproxDP(math.inf, delta, allow_inf=True)
+        # 60-digit decimal: ln and sqrt are correctly rounded there; the 1e-40 margin covers them
+        with decimal.localcontext() as ctx:
+            ctx.prec = 60
+            rho = decimal.Decimal(self.rho)
+            eps = rho + 2 * (rho * (1 / decimal.Decimal(delta)).ln()).sqrt()
+            eps *= 1 + decimal.Decimal(10) ** -40
+        return ApproxDP(ceil_float(Fraction(eps)), delta, allow_inf=self.allow_inf)
 
     def __str__(self) -> str:
         return f"{self.rho:.6g}-zCDP"

@@ -55,6 +55,14 @@ def analytic_gaussian_delta(sigma: float, *, epsilon: float, sensitivity: float)
     return float(max(first - second, 0.0))
 
 
+def _quotient_down(a: float, b: float) -> float:
+    """Largest float <= a / b (exact rational check)."""
+    q = a / b
+    while Fraction(q) > Fraction(a) / Fraction(b):
+        q = math.nextafter(q, 0.0)
+    return q
+
+
 def _smallest(check: Callable[[float], bool], hint: float) -> float:
     """Smallest x > 0 (to ~1e-12 relative, from above) with check(x); check must be monotone."""
     lo, hi = hint / 2.0, hint
@@ -94,38 +102,34 @@ def rdp_gaussian_sigma(*, epsilon: float, delta: float, sensitivity: float) -> f
 
 
 class GaussianCalibration:
-    """Grid step g and integer noise parameter s (sigma = s*g) for ``coords`` coordinates."""
+    """Grid step g and integer noise parameter s (sigma = s*g) for ``coords`` coordinates.
+
+    ``s * g >= multiplier * D'`` exactly (rational arithmetic), where D' is the relaxed
+    sensitivity: the realised noise multiplier never falls below ``multiplier``.
+    """
 
     __slots__ = ("coords", "grid", "relaxed_sensitivity", "s")
 
-    def __init__(
-        self,
-        *,
-        epsilon: float,
-        delta: float,
-        sensitivity: float,
-        coords: int,
-        calibration: Calibration,
-    ) -> None:
+    def __init__(self, *, multiplier: float, sensitivity: float, coords: int) -> None:
         self.coords = coords
         factor = coords_factor(coords, "l2")
         grid = grid_for(sensitivity, coords, "l2")
-        solve = analytic_gaussian_sigma if calibration == "analytic" else rdp_gaussian_sigma
-        while True:
-            relaxed = Fraction(sensitivity) + factor * grid
-            sigma = solve(epsilon=epsilon, delta=delta, sensitivity=ceil_float(relaxed))
-            s = math.ceil(Fraction(sigma) / grid)
-            if s <= MAX_GAUSSIAN_S:
-                break
-            grid *= 2  # coarser grid: fewer steps per sigma, slightly larger relaxation
+        m = Fraction(multiplier)
+        relaxed = Fraction(sensitivity) + factor * grid
+        s = math.ceil(relaxed * m / grid)
         while s < MIN_GRID_STEPS:
-            # keep the grid fine relative to the noise; a finer grid only shrinks the
-            # relaxation, so sigma (calibrated for the coarser one) stays sufficient
+            # keep the grid fine relative to the noise (a finer grid only shrinks D')
             grid /= 2
-            s = math.ceil(Fraction(sigma) / grid)
+            relaxed = Fraction(sensitivity) + factor * grid
+            s = math.ceil(relaxed * m / grid)
+        if s > MAX_GAUSSIAN_S:
+            raise ValueError(
+                f"a {coords}-coordinate query needs {s} grid steps per sigma, above the exact "
+                f"sampler's limit {MAX_GAUSSIAN_S}: split the query"
+            )
         self.grid = grid
         self.s = s
-        self.relaxed_sensitivity = Fraction(sensitivity) + factor * grid
+        self.relaxed_sensitivity = relaxed
 
     @property
     def sigma(self) -> float:
@@ -152,25 +156,25 @@ class Gaussian(Mechanism):
             raise ValueError(f"calibration must be 'analytic' or 'rdp', got {calibration!r}")
         self.calibration_method: Calibration = calibration
         self.randomness = resolve(randomness, seed)
+        solve = analytic_gaussian_sigma if calibration == "analytic" else rdp_gaussian_sigma
+        # sigma / sensitivity: both calibrations depend on the ratio only
+        self.noise_multiplier = solve(epsilon=self.epsilon, delta=self.delta, sensitivity=1.0)
         self._calibrations: dict[int, GaussianCalibration] = {}
 
     def calibration(self, coords: int) -> GaussianCalibration:
         cal = self._calibrations.get(coords)
         if cal is None:
             cal = GaussianCalibration(
-                epsilon=self.epsilon,
-                delta=self.delta,
-                sensitivity=self.sensitivity,
-                coords=coords,
-                calibration=self.calibration_method,
+                multiplier=self.noise_multiplier, sensitivity=self.sensitivity, coords=coords
             )
             self._calibrations[coords] = cal
         return cal
 
     @property
     def scale(self) -> float:
-        """sigma for a one-coordinate query (larger queries differ by < 1/256 relative)."""
-        return self.calibration(1).sigma
+        """Nominal sigma = multiplier * sensitivity; the realised sigma of an n-coordinate query
+        is at most 1/256 larger plus one grid step (``calibration(n).sigma``)."""
+        return self.noise_multiplier * self.sensitivity
 
     def __call__(self, x: npt.ArrayLike) -> FloatArray:
         arr = np.asarray(x, dtype=np.float64)
@@ -202,11 +206,11 @@ class Gaussian(Mechanism):
         """Noise is symmetric (mean 0); rounding to the grid moves a coordinate by <= g/2."""
         return float(self.calibration(coords).grid) / 2.0
 
-    def zcdp(self, coords: int = 1) -> ZCDP:
-        """Exact zCDP of one release: rho = D'^2 / (2 sigma^2), D' the relaxed sensitivity."""
-        cal = self.calibration(coords)
-        rho = cal.relaxed_sensitivity**2 / (2 * (cal.s * cal.grid) ** 2)
-        return ZCDP(ceil_float(rho))
+    def zcdp(self) -> ZCDP:
+        """zCDP of one release, any query size: rho = 1 / (2 multiplier^2), rounded up (exact
+        for the discrete Gaussian; the realised multiplier is never smaller)."""
+        m = Fraction(self.noise_multiplier)
+        return ZCDP(ceil_float(1 / (2 * m * m)))
 
     @property
     def guarantee(self) -> Guarantee:
@@ -224,31 +228,29 @@ class Gaussian(Mechanism):
         )
 
     def privacy_map(self, d_in: float) -> ApproxDP:
-        """(epsilon, delta) at L2 distance d_in, delta fixed: the calibrated pair when
-        d_in <= sensitivity, else the smallest epsilon the fixed noise gives at that distance
-        (by the same method the mechanism was calibrated with)."""
+        """(epsilon, delta) at L2 distance d_in with delta fixed, valid for any query size.
+
+        The realised noise multiplier is >= multiplier * Δ / d_in against inputs at distance
+        d_in (the grid relaxation only helps, see proofs/gaussian.md); for d_in <= Δ that is
+        the calibrated pair, beyond it epsilon is re-solved by the calibration method.
+        """
         d = self._check_d_in(d_in)
         if d <= self.sensitivity:
             return ApproxDP(self.epsilon, self.delta)
-        cal = self.calibration(1)
-        relaxed = ceil_float(Fraction(d) + (cal.relaxed_sensitivity - Fraction(self.sensitivity)))
-        sigma = cal.sigma
+        ratio = _quotient_down(self.noise_multiplier * self.sensitivity, d)
         if self.calibration_method == "analytic":
             eps = _smallest(
-                lambda e: (
-                    analytic_gaussian_delta(sigma, epsilon=e, sensitivity=relaxed) <= self.delta
-                ),
+                lambda e: analytic_gaussian_delta(ratio, epsilon=e, sensitivity=1.0)
+                <= self.delta * (1.0 - 1e-9),
                 self.epsilon,
             )
         else:
             acc = RdpAccountant()
-            acc.compose(dp_event.GaussianDpEvent(noise_multiplier=sigma / relaxed))
+            acc.compose(dp_event.GaussianDpEvent(noise_multiplier=ratio))
             eps = float(acc.get_epsilon(self.delta))
         return ApproxDP(eps, self.delta)
 
     def event(self) -> dp_event.DpEvent:
-        """Gaussian event with noise multiplier sigma / D' (RDP accounting is exact for it)."""
-        cal = self.calibration(1)
-        return dp_event.GaussianDpEvent(
-            noise_multiplier=float(cal.s * cal.grid / cal.relaxed_sensitivity)
-        )
+        """Gaussian event with the calibrated noise multiplier (a lower bound on every query's
+        realised sigma / D'); RDP accounting of it is exact for the discrete Gaussian."""
+        return dp_event.GaussianDpEvent(noise_multiplier=self.noise_multiplier)

@@ -266,6 +266,8 @@ def _uniform_prefixes(rng: Randomness, count: int, size: int) -> list[U64Array]:
 def geometric(t: int, size: int, rng: Randomness) -> IntArray:
     """``size`` exact i.i.d. draws of Y >= 0 with P[Y >= y] = exp(-y/t)."""
     tables = geometric_tables(int(t))
+    if size == 0:
+        return np.zeros(0, dtype=np.int64)
     prefixes = _uniform_prefixes(rng, 1 + len(tables.digits), size)
     # A: memoryless; a draw that reaches the end of its table continues with a fresh draw
     y = _sample_table(tables.tail, prefixes[0], rng)

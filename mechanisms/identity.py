@@ -455,7 +455,7 @@ class IdentityGaussian(_IdentityMechanism):
 
     def zcdp(self) -> ZCDP:
         """Exact zCDP of one release (rho = D'^2 / (2 sigma^2)); n releases compose to n*rho."""
-        return self._noise.zcdp(self.dim)
+        return self._noise.zcdp()
 
     @property
     def guarantee(self) -> Guarantee:
@@ -559,9 +559,15 @@ class IdentityVMF(_IdentityMechanism):
         self.epsilon = check_positive_finite("epsilon", epsilon)
         self.dim = _check_dim(dim, minimum=2)
         self.randomness = resolve(randomness, seed)
-        self.kappa = self.epsilon / 2.0
+        kappa = self.epsilon / 2.0  # exact unless epsilon is subnormal; then never round up
+        self._kappa = kappa if 2.0 * kappa <= self.epsilon else math.nextafter(kappa, 0.0)
         self._pole = np.zeros(self.dim)
         self._pole[0] = 1.0
+
+    @property
+    def kappa(self) -> float:
+        """Concentration kappa = epsilon / 2."""
+        return self._kappa
 
     def preprocess(self, x: npt.ArrayLike) -> FloatArray:
         """The domain map: L2 normalisation (zero vectors refused)."""

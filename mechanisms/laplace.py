@@ -22,13 +22,16 @@ from dp_accounting import dp_event
 from .accounting import pure_event
 from .base import Guarantee, Mechanism, check_positive_finite
 from .budgets import PureDP, ceil_float
-from .lattice import GRID_SHARE, coords_factor, from_grid, grid_for, round_to_grid
+from .lattice import GRID_SHARE, as_float64, coords_factor, from_grid, grid_for, round_to_grid
 from .rng import Randomness, resolve
 from .sampling import discrete_laplace
 
-__all__ = ["Laplace", "LaplaceCalibration"]
+__all__ = ["MAX_LAPLACE_T", "Laplace", "LaplaceCalibration"]
 
 FloatArray = npt.NDArray[np.float64]
+# Largest integer noise scale: keeps every draw of the exact sampler inside int64 except with
+# probability below exp(-2^13) (see proofs/laplace.md), so an overflow error never happens.
+MAX_LAPLACE_T = 2**48
 
 
 class LaplaceCalibration:
@@ -41,6 +44,12 @@ class LaplaceCalibration:
         self.grid = grid_for(sensitivity, coords, "l1")
         relaxed = Fraction(sensitivity) + coords_factor(coords, "l1") * self.grid
         self.t = math.ceil(relaxed / (Fraction(epsilon) * self.grid))
+        if self.t > MAX_LAPLACE_T:
+            raise ValueError(
+                f"a {coords}-coordinate query at epsilon={epsilon:g} needs {self.t} grid steps "
+                f"of noise scale, above the exact sampler's limit {MAX_LAPLACE_T}: "
+                "raise epsilon or split the query"
+            )
 
     @property
     def scale(self) -> float:
@@ -76,19 +85,20 @@ class Laplace(Mechanism):
 
     @property
     def scale(self) -> float:
-        """Upper bound on the realised noise scale, whatever the query size: (1 + 1/256) * Δ/ε."""
+        """Nominal noise scale (1 + 1/256) * Δ/ε; the realised t*g is within one grid step of
+        it for any query size (``calibration(n).scale`` gives the exact value)."""
         return float((1 + GRID_SHARE) * Fraction(self.sensitivity) / Fraction(self.epsilon))
 
     def __call__(self, x: npt.ArrayLike) -> FloatArray:
         """One release: the whole array is one query with L1 sensitivity ``sensitivity``."""
-        arr = np.asarray(x, dtype=np.float64)
+        arr = as_float64(x)
         if arr.size == 0:
             raise ValueError("cannot release an empty array")
         return self._release(arr.reshape(1, -1)).reshape(arr.shape)
 
     def batch(self, xs: npt.ArrayLike) -> FloatArray:
         """Independent releases of xs[0], xs[1], ...: each row is its own query (own budget)."""
-        arr = np.asarray(xs, dtype=np.float64)
+        arr = as_float64(xs)
         if arr.ndim < 1 or arr.shape[0] == 0:
             raise ValueError("batch needs a leading axis with at least one query")
         flat = arr.reshape(arr.shape[0], -1)

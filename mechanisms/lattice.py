@@ -49,6 +49,30 @@ def grid_for(sensitivity: float, coords: int, norm: Norm) -> Fraction:
     return g
 
 
+def as_float64(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The input as float64, refusing types whose values float64 cannot hold exactly.
+
+    Casting e.g. ``np.longdouble`` or large int64 values to float64 rounds them, which can move
+    two neighbours further apart than the declared sensitivity: such inputs are refused.
+    """
+    arr = np.asarray(x)
+    if arr.dtype == np.float64:
+        return arr
+    if arr.dtype.kind == "f" and arr.dtype.itemsize < 8:
+        return arr.astype(np.float64)  # float16/float32 embed exactly
+    if arr.dtype.kind in "iu":
+        out = arr.astype(np.float64)
+        if arr.size and not np.array_equal(out.astype(arr.dtype), arr):
+            raise TypeError("integer input too large to be represented exactly as float64")
+        return out
+    if arr.dtype.kind == "b":
+        return arr.astype(np.float64)
+    raise TypeError(
+        f"unsupported input dtype {arr.dtype}: pass float64 (or float32/int) values; wider or "
+        "complex types would be rounded, which can enlarge the distance between neighbours"
+    )
+
+
 def round_to_grid(x: npt.NDArray[np.float64], g: Fraction) -> npt.NDArray[np.int64]:
     """Nearest grid index of each coordinate, clamped to +-2^60 (x / g is exact: g = 2^k)."""
     if not np.all(np.isfinite(x)):

@@ -10,8 +10,8 @@ with it must say "seeded" in its receipt. ``Randomness.seeded`` tells.
 
 from __future__ import annotations
 
+import os
 import secrets
-from dataclasses import dataclass, field
 
 import numpy as np
 from randomgen import AESCounter
@@ -19,18 +19,36 @@ from randomgen import AESCounter
 __all__ = ["Randomness", "default_randomness", "resolve"]
 
 
-@dataclass(frozen=True)
 class Randomness:
-    """A numpy ``Generator`` over a cryptographically secure bit generator, plus provenance."""
+    """A numpy ``Generator`` over a cryptographically secure bit generator, plus provenance.
 
-    generator: np.random.Generator = field(repr=False)
-    seeded: bool
+    Fork safety: a secure (unseeded) stream copied into a child process by ``fork()`` would
+    repeat the parent's noise there. The generator is re-keyed from the OS the first time it is
+    used in a process other than the one that keyed it. Seeded streams are reproducible by
+    design and are left alone.
+    """
+
+    __slots__ = ("_generator", "_pid", "seeded")
+
+    def __init__(self, generator: np.random.Generator, *, seeded: bool) -> None:
+        self._generator = generator
+        self._pid = os.getpid()
+        self.seeded = seeded
+
+    def __repr__(self) -> str:
+        return f"Randomness(seeded={self.seeded})"
+
+    @property
+    def generator(self) -> np.random.Generator:
+        if not self.seeded and os.getpid() != self._pid:
+            self._generator = _secure_generator()
+            self._pid = os.getpid()
+        return self._generator
 
     @classmethod
     def secure(cls) -> Randomness:
-        """Fresh AES-CTR stream keyed from the OS entropy pool."""
-        key = secrets.randbits(128)
-        return cls(np.random.Generator(AESCounter(key=key)), seeded=False)
+        """Fresh AES-CTR stream keyed with 128 bits from the OS entropy pool."""
+        return cls(_secure_generator(), seeded=False)
 
     @classmethod
     def from_seed(cls, seed: int) -> Randomness:
@@ -42,6 +60,10 @@ class Randomness:
     def integers_below(self, high: np.ndarray) -> np.ndarray:
         """Exactly uniform int64 draws in [0, high) elementwise (Lemire's rejection method)."""
         return self.generator.integers(0, high, dtype=np.int64)
+
+
+def _secure_generator() -> np.random.Generator:
+    return np.random.Generator(AESCounter(key=secrets.randbits(128)))
 
 
 def default_randomness() -> Randomness:

@@ -54,7 +54,7 @@ def test_pure_to_zcdp_is_conservative(eps: float) -> None:
 @given(st.floats(min_value=1e-6, max_value=10.0), st.floats(min_value=1e-12, max_value=0.5))
 def test_zcdp_to_approx_formula(rho: float, delta: float) -> None:
     got = ZCDP(rho).to_approx(delta)
-    assert got.epsilon >= rho + 2 * math.sqrt(rho * math.log(1 / delta))
+    assert math.isclose(got.epsilon, rho + 2 * math.sqrt(rho * math.log(1 / delta)), rel_tol=1e-12)
     assert got.delta == delta
 
 
@@ -81,3 +81,18 @@ def test_mixed_composition() -> None:
     with pytest.raises(ValueError, match="guarantees nothing"):
         compose_basic([ApproxDP(1.0, 0.6), ApproxDP(1.0, 0.6)])
     assert compose_basic([]) == PureDP(0.0)
+
+
+@given(st.floats(min_value=1e-9, max_value=100.0), st.floats(min_value=1e-15, max_value=0.9))
+def test_zcdp_conversion_is_never_below_the_exact_value(rho: float, delta: float) -> None:
+    import mpmath
+
+    with mpmath.workdps(80):
+        r = mpmath.mpf(rho)
+        exact = r + 2 * mpmath.sqrt(r * mpmath.log(1 / mpmath.mpf(delta)))
+        assert mpmath.mpf(ZCDP(rho).to_approx(delta).epsilon) >= exact
+
+
+def test_composition_of_exact_floats_is_exact() -> None:
+    assert compose_basic([PureDP(1.0)] * 3) == PureDP(3.0)
+    assert compose_basic([PureDP(0.1)] * 3).epsilon >= 0.3  # 0.1 is not exact: rounded up

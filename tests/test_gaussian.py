@@ -56,7 +56,13 @@ def test_rdp_calibration_is_certified_by_rdp_accountant() -> None:
 def test_calibration_meets_target_on_relaxed_sensitivity(
     eps: float, delta: float, sens: float, coords: int
 ) -> None:
-    cal = Gaussian(epsilon=eps, delta=delta, sensitivity=sens).calibration(coords)
+    mech = Gaussian(epsilon=eps, delta=delta, sensitivity=sens)
+    steps = mech.noise_multiplier * math.sqrt(coords) / float(GRID_SHARE)
+    if steps > MAX_GAUSSIAN_S / 2:
+        with pytest.raises(ValueError, match="split the query"):
+            mech.calibration(coords)
+        return
+    cal = mech.calibration(coords)
     relaxed = float(cal.relaxed_sensitivity)
     assert cal.relaxed_sensitivity - Fraction(sens) <= GRID_SHARE * Fraction(sens) * 2**12
     assert analytic_gaussian_delta(cal.sigma, epsilon=eps, sensitivity=relaxed) <= delta
@@ -94,7 +100,11 @@ def test_zcdp_and_event() -> None:
     assert rho >= float(cal.relaxed_sensitivity) ** 2 / (2 * cal.sigma**2)
     ev = mech.event()
     assert isinstance(ev, dp_event.GaussianDpEvent)
-    assert math.isclose(ev.noise_multiplier, cal.sigma / float(cal.relaxed_sensitivity))
+    # the event's multiplier never exceeds the realised one, for any query size
+    for coords in (1, 7, 512, 100_000):
+        c = mech.calibration(coords)
+        assert Fraction(ev.noise_multiplier) <= c.s * c.grid / c.relaxed_sensitivity
+    assert math.isclose(ev.noise_multiplier, cal.sigma / float(cal.relaxed_sensitivity), rel_tol=0.01)
 
 
 def test_privacy_map_grows_with_distance() -> None:

@@ -227,7 +227,7 @@ def test_shapes_and_unit_norm_outputs(factory: Callable[[Randomness], Any]) -> N
     assert batch.shape == (3, 16)
     assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-12)
     assert mech.batch(np.stack([x] * 4)).shape == (4, 16)
-    assert not mech.seeded or mech.randomness.seeded
+    assert mech.seeded  # built from a seeded Randomness: receipts must say so
 
 
 def test_unrenormalised_laplace_outputs_are_grid_points_off_the_sphere() -> None:
@@ -396,7 +396,8 @@ def test_gaussian_guarantee_zcdp_and_event() -> None:
     assert "zCDP" in mech.guarantee.note and "any two faces" in mech.guarantee.neighbouring
     cal = mech.calibration()
     rho = mech.zcdp().rho
-    assert rho == pytest.approx(float(cal.relaxed_sensitivity) ** 2 / (2 * cal.sigma**2))
+    realised = float(cal.relaxed_sensitivity) ** 2 / (2 * cal.sigma**2)
+    assert realised <= rho <= realised * 1.001  # size-independent bound, never below realised
     assert float(cal.relaxed_sensitivity) >= 2.0
     # 100 releases of one person: zCDP composition beats adding up the epsilons by far
     total = compose_basic([mech.zcdp()] * 100)
@@ -490,7 +491,7 @@ def _vmf(*, dim: int = VMF_D, double_kappa: bool = False) -> Factory:
     def factory(r: Randomness) -> IdentityVMF:
         mech = IdentityVMF(epsilon=1.0, dim=dim, randomness=r)
         if double_kappa:  # the bug kappa = eps instead of eps / 2
-            mech.kappa = 1.0
+            mech._kappa = 1.0
         return mech
 
     return factory
