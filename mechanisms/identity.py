@@ -561,6 +561,8 @@ class IdentityVMF(_IdentityMechanism):
         self.randomness = resolve(randomness, seed)
         kappa = self.epsilon / 2.0  # exact unless epsilon is subnormal; then never round up
         self._kappa = kappa if 2.0 * kappa <= self.epsilon else math.nextafter(kappa, 0.0)
+        if self._kappa == 0.0:
+            raise ValueError(f"epsilon = {self.epsilon} is too small: kappa = epsilon/2 underflows")
         self._pole = np.zeros(self.dim)
         self._pole[0] = 1.0
 
