@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 import mpmath
 import numpy as np
@@ -128,6 +128,13 @@ def max_log_ratio(d0: dict[tuple[int, ...], float], d1: dict[tuple[int, ...], fl
 
 def amplify(eps: float, rate: float) -> float:
     return math.log1p(rate * math.expm1(eps))
+
+
+def claim_of(mech: KAnonymousVoting) -> float:
+    """The declared (amplified) epsilon."""
+    budget = mech.guarantee.budget
+    assert isinstance(budget, PureDP)
+    return budget.epsilon
 
 
 def voting(**kw: Any) -> KAnonymousVoting:
@@ -306,7 +313,7 @@ def test_exact_amplified_bound_by_enumeration(case: dict[str, Any]) -> None:
     neighbours = [(np.vstack([feats, new_f]), np.vstack([labs, new_l]))]
     for i in range(feats.shape[0]):
         neighbours.append((np.delete(feats, i, axis=0), np.delete(labs, i, axis=0)))
-    claimed = mech.guarantee.budget.epsilon
+    claimed = claim_of(mech)
     ideal = amplify(mech.ideal_epsilon, mech.rate)
     assert claimed >= ideal
     base_real = exact_distribution(mech, feats, labs, q, sampling=True)
@@ -330,7 +337,7 @@ def _worst_case(eps: float, k: int, rate: float, tau: float = 1.0) -> tuple[floa
     d1 = exact_distribution(
         mech, np.vstack([[1.0], feats]), np.vstack([[1, 0], labs]), q, sampling=True
     )
-    return max_log_ratio(d0, d1), mech.guarantee.budget.epsilon
+    return max_log_ratio(d0, d1), claim_of(mech)
 
 
 def test_bound_is_not_vacuous_without_sampling() -> None:
@@ -452,7 +459,7 @@ def test_book_preset_guarantee(k: int, eps: float, tau: float) -> None:
     ideal = eps * min(2 * tau, 10)
     assert mech.ideal_epsilon == pytest.approx(ideal, rel=1e-15)
     assert 0 <= mech.pre_sampling_epsilon - ideal < 1e-9
-    eps_amp = mech.guarantee.budget.epsilon
+    eps_amp = claim_of(mech)
     assert eps_amp == pytest.approx(amplify(ideal, 0.05), rel=1e-8)
     assert eps_amp >= amplify(mech.pre_sampling_epsilon, 0.05)
     assert accounting.epsilon(mech.event(), 0.0, method="basic") == pytest.approx(eps_amp)
@@ -463,7 +470,7 @@ def test_book_preset_guarantee(k: int, eps: float, tau: float) -> None:
 
 def test_privacy_map_is_group_privacy() -> None:
     mech = voting()
-    e = mech.guarantee.budget.epsilon
+    e = claim_of(mech)
     assert mech.privacy_map(0).epsilon == 0.0
     assert mech.privacy_map(1).epsilon == pytest.approx(e)
     assert mech.privacy_map(3).epsilon == pytest.approx(3 * e)
@@ -601,12 +608,12 @@ def _exact_pair(
 
 def test_audit_pairs_are_worst_case_shaped() -> None:
     good = voting(epsilon=1.0, k=3, rate=0.75)
-    claim = good.guarantee.budget.epsilon
+    claim = claim_of(good)
     assert claim == pytest.approx(amplify(2.0, 0.75), rel=1e-9)
     assert 1.2 < _exact_pair(good, DBL_F, DBL_L, DBL_NEW) <= claim
     assert _exact_pair(voting(epsilon=2.0, k=3, rate=0.75), DBL_F, DBL_L, DBL_NEW) > claim + 1.2
     capped = voting(epsilon=1.0, k=3, rate=0.75, attributes=CAP_NAMES)
-    assert capped.guarantee.budget.epsilon == pytest.approx(claim)
+    assert claim_of(capped) == pytest.approx(claim)
     assert _exact_pair(capped, CAP_F, CAP_L, CAP_NEW) <= claim
     uncapped = voting(epsilon=1.0, k=3, rate=0.75, tau=4.0, attributes=CAP_NAMES)
     assert _exact_pair(uncapped, CAP_F, CAP_L, CAP_NEW) > claim + 0.8
@@ -615,7 +622,7 @@ def test_audit_pairs_are_worst_case_shaped() -> None:
 @pytest.mark.parametrize("seed", [21, 22])
 def test_audit_respects_claim_on_worst_case_neighbours(seed: int) -> None:
     mech = voting(epsilon=1.0, k=3, rate=0.75, seed=seed)
-    claim = mech.guarantee.budget.epsilon
+    claim = claim_of(mech)
     res = _audit(mech, DBL_F, DBL_L, *DBL_NEW, claim)
     exact = _exact_pair(mech, DBL_F, DBL_L, DBL_NEW)
     assert not res.violates, str(res)
@@ -626,14 +633,14 @@ def test_audit_respects_claim_on_worst_case_neighbours(seed: int) -> None:
 
 
 def test_audit_flags_twice_the_epsilon() -> None:
-    claim = voting(epsilon=1.0, k=3, rate=0.75).guarantee.budget.epsilon
+    claim = claim_of(voting(epsilon=1.0, k=3, rate=0.75))
     broken = voting(epsilon=2.0, k=3, rate=0.75, seed=23)
     res = _audit(broken, DBL_F, DBL_L, *DBL_NEW, claim)
     assert res.violates, str(res)
 
 
 def test_audit_flags_a_missing_tau_cap() -> None:
-    claim = voting(epsilon=1.0, k=3, rate=0.75, attributes=CAP_NAMES).guarantee.budget.epsilon
+    claim = claim_of(voting(epsilon=1.0, k=3, rate=0.75, attributes=CAP_NAMES))
     broken = voting(epsilon=1.0, k=3, rate=0.75, tau=4.0, attributes=CAP_NAMES, seed=24)
     res = _audit(broken, CAP_F, CAP_L, *CAP_NEW, claim)
     assert res.violates, str(res)
@@ -646,13 +653,15 @@ def test_audit_flags_a_missing_tau_cap() -> None:
 T_NAMES = ["x", "y", "z"]
 
 
-def _fitted(t: float, *, seed: int = 0, estimator: str = "laplace") -> TClosenessSelector:
+def _fitted(
+    t: float, *, seed: int = 0, estimator: Literal["laplace", "diffprivlib"] = "laplace"
+) -> TClosenessSelector:
     sel = TClosenessSelector(
         t=t,
         epsilon_population=1.0,
         attributes=T_NAMES,
         estimator=estimator,
-        seed=seed,  # type: ignore[arg-type]
+        seed=seed,
     )
     rng = np.random.default_rng(seed)
     labs = (rng.random((5000, 3)) < np.array([0.2, 0.5, 0.7])).astype(np.int8)
