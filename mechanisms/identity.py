@@ -324,10 +324,10 @@ class IdentityLaplace(_IdentityMechanism):
             if self.renormalize
             else ""
         )
+        charged = "grid rounding" if self._measured else "grid rounding and a 2^-20 float margin"
         noise = (
             f"Noise: exact discrete Laplace on a 2^-k grid, scale {self.scale:.6g} per "
-            f"coordinate (>= sensitivity/epsilon; grid rounding and a 2^-20 float margin are "
-            f"charged)."
+            f"coordinate (>= sensitivity/epsilon; {charged} charged)."
         )
         if self._measured:
             return Guarantee(
