@@ -185,6 +185,30 @@ def demo(
 
 
 @app.command()
+def report(
+    ledger: Annotated[Path, typer.Argument(help="The ledger database (SQLite) to report on.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="HTML report to write.")] = Path(
+        "out/report.html"
+    ),
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the machine-readable report here.")
+    ] = None,
+) -> None:
+    """Render a ledger to a human HTML report (and optionally versioned JSON)."""
+    from .report import write_report
+
+    try:
+        rep = write_report(ledger, out, json_out)
+    except FileNotFoundError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    typer.echo(
+        f"{rep['totals']['subjects']} subject(s), {rep['totals']['releases']} release(s): "
+        f"wrote {out}" + (f" and {json_out}" if json_out else "")
+    )
+
+
+@app.command()
 def version() -> None:
     """Print the installed dpface version."""
     from importlib.metadata import version as _version
