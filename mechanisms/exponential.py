@@ -325,6 +325,11 @@ def _validate(
     arr = np.asarray(scores)
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"scores must be a real numeric array, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+        raise TypeError(
+            f"scores of dtype {arr.dtype} would be rounded to float64, which can widen the gap "
+            "between neighbours' scores beyond the sensitivity: pass float64 scores"
+        )
     if require_2d and arr.ndim != 2:
         raise ValueError(f"batch() takes an (n, k) score array, got shape {arr.shape}")
     if arr.ndim not in ((1, 2) if allow_2d else (1,)):

@@ -161,3 +161,50 @@ def test_rounded_neighbours_stay_within_the_relaxed_sensitivity(
     k, k2 = round_to_grid(x, cal.grid), round_to_grid(x2, cal.grid)
     diff = [int(v) for v in (k - k2)]
     assert Fraction(sum(v * v for v in diff)) * cal.grid**2 <= cal.relaxed_sensitivity**2
+
+
+def _hockey_stick(s: int, shift: np.ndarray, eps: float) -> float:
+    """delta(eps) of N_Z(0, s^2 I) vs N_Z(shift, s^2 I), shift = (a,) or (a, a), in float64.
+
+    delta = sum_z P(z) max(1 - exp(eps + (2<z, mu> - |mu|^2) / (2 s^2)), 0). For mu = (a, a)
+    the loss depends on w = z_1 + z_2 only, whose law is the convolution of two 1-D laws.
+    Mass beyond 9 s per axis (< 1e-17) is dropped.
+    """
+    span = np.arange(-9 * s, 9 * s + 1, dtype=np.float64)
+    pmf = np.exp(-(span**2) / (2.0 * s * s))
+    pmf /= pmf.sum()
+    a = float(shift[0])
+    if shift.size == 1:
+        w, pw, norm2 = span, pmf, a * a
+    else:
+        pw = np.convolve(pmf, pmf)
+        w = np.arange(-18 * s, 18 * s + 1, dtype=np.float64)
+        norm2 = 2 * a * a
+    expo = eps + (2.0 * a * w - norm2) / (2.0 * s * s)
+    return float((pw * np.maximum(1.0 - np.exp(np.minimum(expo, 0.0)), 0.0)).sum())
+
+
+def test_exact_discrete_delta_of_worst_grid_pair_within_claim() -> None:
+    """The counterexample of proofs/gaussian.md G1: c * D'/g lands just below 1086, and with
+    s = ceil(c * D'/g) the exact delta of the grid pair 257 steps apart was 1.00000066 * delta.
+    The calibration's s^2 >= (c D'/g)^2 + 9 rule must keep it below delta."""
+    delta = 9.951284271598475e-07
+    mech = Gaussian(epsilon=1.0, delta=delta, sensitivity=1 + 2**-40)
+    cal = mech.calibration(1)
+    steps = math.floor(cal.relaxed_sensitivity / cal.grid)
+    assert steps == 257
+    for shift in (steps - 1, steps):
+        assert _hockey_stick(cal.s, np.array([float(shift)]), 1.0) <= delta
+    # the same pair at s = 1086 (what ceil() gave) violates the claim: the test has power
+    assert _hockey_stick(1086, np.array([257.0]), 1.0) > delta
+
+
+def test_exact_discrete_delta_for_a_diagonal_shift() -> None:
+    """In 2-D the discrete profile depends on the direction of the shift, not only its norm."""
+    mech = Gaussian(epsilon=1.0, delta=1e-5, sensitivity=1.0, calibration="analytic")
+    cal = mech.calibration(4)
+    steps = float(cal.relaxed_sensitivity / cal.grid)
+    side = math.floor(steps / math.sqrt(2))
+    shift = np.array([side, side], dtype=np.float64)
+    assert math.hypot(side, side) <= steps
+    assert _hockey_stick(cal.s, shift, 1.0) <= 1e-5
