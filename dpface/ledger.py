@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from dp_accounting import dp_event
 
 from mechanisms import accounting
@@ -60,6 +61,13 @@ CREATE TABLE IF NOT EXISTS events (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_subject ON events(subject);
+CREATE TABLE IF NOT EXISTS pseudonyms (
+    subject TEXT NOT NULL REFERENCES subjects(subject),
+    key TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (subject, key)
+);
 """
 
 
@@ -237,6 +245,28 @@ class Ledger:
             dict(zip(cols, row, strict=True))
             for row in self._conn.execute(query + " ORDER BY id", args)
         ]
+
+    # ------------------------------------------------------------------ pseudonyms
+    def store_pseudonym(self, subject: str, key: str, vector: np.ndarray) -> None:
+        """Keep a subject's privatised identity (already a DP release) for reuse.
+
+        Reusing it for the subject's other photos is post-processing and spends nothing more;
+        the first stored value wins, so concurrent writers agree on one pseudonym.
+        """
+        blob = np.asarray(vector, dtype="<f8").tobytes()
+        with self._transaction():
+            self._conn.execute(
+                "INSERT OR IGNORE INTO pseudonyms(subject, key, vector, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (subject, key, blob, time.time()),
+            )
+
+    def pseudonym(self, subject: str, key: str) -> np.ndarray | None:
+        """The stored privatised identity for (subject, key), if any."""
+        row = self._conn.execute(
+            "SELECT vector FROM pseudonyms WHERE subject=? AND key=?", (subject, key)
+        ).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype="<f8").copy()
 
     # ------------------------------------------------------------------ spending
     def _event_rows(self, subject: str) -> list[tuple[float, float, str]]:

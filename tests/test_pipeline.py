@@ -1,0 +1,156 @@
+"""The anonymiser end to end on real sample photos: faces, ledger, receipts, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dpface.cli import app
+from dpface.ledger import Ledger
+from dpface.models import store
+from dpface.pipeline import RECEIPT_SCHEMA, Anonymizer
+from mechanisms.budgets import PureDP
+from mechanisms.pixelization import DPPixelization
+
+
+@pytest.fixture(scope="module")
+def group_photo() -> Path:
+    return store.path("samples/face-api-sample1.jpg")
+
+
+@pytest.fixture(scope="module")
+def single_photo() -> Path:
+    return store.path("samples/fr-biden.jpg")
+
+
+def _pix(ledger: Ledger) -> Anonymizer:
+    return Anonymizer(mechanism=DPPixelization(epsilon=1.0, block=16, m=16), ledger=ledger)
+
+
+def test_dp_pix_covers_every_face_and_nothing_else(tmp_path: Path, group_photo: Path) -> None:
+    from dpface.models.images import load_rgb
+
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(5.0))
+    res = _pix(led).anonymize(group_photo)
+    assert res.ok and res.image is not None
+    assert len(res.faces) == 3 and all(f.status == "pixelized" for f in res.faces)
+    original = load_rgb(group_photo)
+    changed = np.any(res.image != original, axis=2)
+    inside = np.zeros_like(changed)
+    for f in res.faces:
+        x0, y0, x1, y1 = f.box
+        inside[y0:y1, x0:x1] = True
+    assert not changed[~inside].any()  # outside the face regions: untouched
+    assert changed[inside].mean() > 0.5
+    # one ledger event per face, each its own (unlinked) privacy unit
+    assert len(led.events()) == 3
+    assert len({f.subject for f in res.faces}) == 3
+    r = res.receipt
+    assert r["schema"] == RECEIPT_SCHEMA and r["mechanism"]["budget_per_release"] == "1-DP"
+    assert "CSPRNG" in r["mechanism"]["randomness"]
+    assert all(face["ledger_event"] is not None for face in r["faces"])
+
+
+def test_budget_refusal_masks_the_face_and_draws_no_noise(
+    tmp_path: Path, single_photo: Path
+) -> None:
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(1.5))
+    anon = _pix(led)
+    first = anon.anonymize(single_photo, subject="biden")
+    assert [f.status for f in first.faces] == ["pixelized"]
+    second = anon.anonymize(single_photo, subject="biden")
+    face = second.faces[0]
+    assert face.status == "masked" and "budget refused" in (face.reason or "")
+    assert "left" in (face.reason or "")
+    x0, y0, x1, y1 = face.box
+    assert second.image is not None and np.all(second.image[y0:y1, x0:x1] == 128)
+    assert len(led.events("biden")) == 1  # the refused release was not recorded
+
+
+def test_subject_on_a_group_photo_is_refused_with_advice(group_photo: Path) -> None:
+    res = _pix(Ledger(":memory:", default_budget=PureDP(5.0))).anonymize(group_photo, subject="x")
+    assert not res.ok and "subjects=" in (res.error or "")
+
+
+@pytest.mark.parametrize("content", [b"not an image at all", b"\x89PNG\r\n\x1a\n\x00\x00trunc"])
+def test_bad_files_give_a_per_image_error(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    res = _pix(Ledger(":memory:", default_budget=PureDP(5.0))).anonymize(bad)
+    assert not res.ok and res.image is None and res.error
+    assert res.receipt["error"] == res.error
+
+
+def test_photo_without_faces_is_returned_unchanged(tmp_path: Path) -> None:
+    img = np.full((120, 160, 3), 200, dtype=np.uint8)
+    res = _pix(Ledger(":memory:", default_budget=PureDP(5.0))).anonymize(img)
+    assert res.ok and res.faces == [] and np.array_equal(res.image, img)
+    assert res.receipt["detection_note"]
+
+
+def test_identity_mechanism_requires_a_matching_generator() -> None:
+    from mechanisms.identity import IdentityLaplace
+
+    with pytest.raises(ValueError, match="generator"):
+        Anonymizer(mechanism=IdentityLaplace(epsilon=6, dim=256))
+    with pytest.raises(TypeError):
+        Anonymizer(mechanism=object())  # type: ignore[arg-type]
+
+
+def test_cli_end_to_end_with_bad_inputs_listed(tmp_path: Path, single_photo: Path) -> None:
+    bad = tmp_path / "in" / "broken.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"garbage")
+    (tmp_path / "in" / "notes.txt").write_text("hello")
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "anonymize",
+            str(single_photo),
+            str(tmp_path / "in"),
+            str(tmp_path / "missing"),
+            "-o",
+            str(out),
+            "-m",
+            "dp-pix",
+            "--epsilon",
+            "1",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["inputs"] == 2 and summary["images"] == 1 and summary["pixelized"] == 1
+    reasons = {Path(p["input"]).name: p["reason"] for p in summary["problems"]}
+    assert set(reasons) == {"broken.jpg", "notes.txt", "missing"}
+    assert (out / "fr-biden.png").exists() and (out / "fr-biden.receipt.json").exists()
+    assert json.loads((out / "broken.receipt.json").read_text())["error"]
+    assert (out / "report.html").exists()
+    from PIL import Image
+
+    assert not Image.open(out / "fr-biden.png").info.get("exif")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--epsilon", "0"], "epsilon"),
+        (["--epsilon", "nan"], "epsilon"),
+        (["-m", "gaussian-blur"], "unknown mechanism"),
+        (["--delta", "2"], "delta"),
+    ],
+)
+def test_cli_whole_run_errors_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    res = CliRunner().invoke(app, ["anonymize", str(tmp_path), "-o", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2 and needle in res.output
+
+
+def test_cli_no_images_exit_2(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["anonymize", str(tmp_path), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "no image" in res.output
