@@ -1,0 +1,237 @@
+"""``SurrogateGenerator``: the offline, CPU, classical-image-processing default generator.
+
+Identity comes only from the privatised embedding: the generator picks the synthetic
+identities of the surrogate bank (``dpface.generators.bank``) nearest to it in the encoder's
+space (cosine), mixes the top ``mix`` of them with softmax weights, and paints that face's
+*identity detail* (the band between ``fine_sigma`` and ``light_sigma``) into the photo:
+
+1. warp: the surrogate's canonical texture is warped piecewise-affinely (68 landmarks + ten
+   forehead points, one fixed mesh) onto the input face's landmarks, so pose, expression and
+   face shape are the input's;
+2. lighting and skin colour: in Lab, the surrogate's low frequencies are replaced by the
+   input's (Gaussian of ``light_sigma`` × face width, normalised over skin only, so eyes,
+   brows, mouth and background do not bleed in);
+3. grain: the finest band (``fine_sigma`` × face width) is the input's, so sharpness and
+   noise match the photo (a low-resolution surrogate does not look melted);
+4. the input's eye interiors (iris, sclera: gaze and eye state) and mouth interior (teeth,
+   tongue) are kept;
+5. a feathered mask (brows to jaw, inset from the face outline) blends the result in.
+
+Nothing is random and nothing depends on the raw identity: the same privatised embedding
+and the same photo give the same output. The raw channels it keeps are listed in every
+result's ``ChannelRecord``. No dlib model runs here (dlib is the evaluation attacker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from dpface.generators.bank import SurrogateBank, default_bank
+from dpface.generators.base import (
+    AttributeChannel,
+    ChannelRecord,
+    FaceInput,
+    GeneratedFace,
+    Generator,
+    check_image,
+)
+from dpface.generators.warp import (
+    INNER_LIPS,
+    JAW,
+    LEFT_EYE,
+    RIGHT_EYE,
+    extend,
+    face_width,
+    feather,
+    lab_to_rgb,
+    masked_blur,
+    polygon_mask,
+    rgb_to_lab,
+    warp_piecewise,
+)
+
+MIN_FACE_WIDTH = 24.0  # px; below this the 68 landmarks are too unreliable to warp onto
+
+
+@dataclass(frozen=True)
+class SurrogateSettings:
+    """Tunable constants (fractions of the face width unless said otherwise)."""
+
+    light_sigma: float = 0.07  # low band from the input (lighting, skin colour)
+    fine_sigma: float = 0.008  # finest band from the input (grain); 0 disables
+    feather_sigma: float = 0.035  # soft edge of the replaced region
+    jaw_inset: float = 0.10  # the mask stays this far inside the jaw line (towards the nose)
+    keep_eyes: bool = True  # keep the input's eye interiors
+    keep_mouth: bool = True  # keep the input's mouth interior
+    surrogate_chroma: bool = False  # False: colour (a*, b*) is the input's, only lightness
+    # detail comes from the surrogate (no lipstick or skin-tone carry-over)
+    mix: int = 1  # how many nearest synthetic identities are mixed
+    temperature: float = 0.02  # softmax temperature on cosine similarity when mixing
+
+
+class SurrogateGenerator(Generator):
+    """Classical face replacement with synthetic surrogate identities (see module doc)."""
+
+    name = "surrogate"
+
+    def __init__(self, encoder: str = "mobileface", bank: SurrogateBank | None = None,
+                 settings: SurrogateSettings | None = None) -> None:
+        if encoder == "dlib":
+            raise ValueError("dlib is the evaluation attacker and must not drive the generator;"
+                             " use mobileface or faceres")
+        self.bank = bank if bank is not None else default_bank()
+        self.encoder = encoder
+        self._emb = self.bank.embedding(encoder).astype(np.float64)
+        self.identity_dim = int(self._emb.shape[1])
+        self.settings = settings or SurrogateSettings()
+        self._canon_pts = extend(self.bank.shape68)
+
+    # ------------------------------------------------------------------ identity -> surrogate
+
+    def choose(self, identity: np.ndarray, attributes: AttributeChannel | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bank indices, mixing weights, cosine similarities) for a privatised embedding."""
+        v = self.check_identity(identity)
+        n = float(np.linalg.norm(v))
+        if n == 0.0:
+            raise ValueError("the privatised identity is the zero vector")
+        sims = self._emb @ (v / n)
+        allowed = np.ones(len(sims), dtype=bool)
+        if attributes is not None and "male" in attributes.values:
+            want = float(attributes.values["male"]) >= 0.5
+            match = (self.bank.male >= 0.5) == want
+            if match.any():
+                allowed = match
+        cand = np.where(allowed)[0]
+        # stable order: similarity, then index (ties cannot depend on anything else)
+        order = cand[np.lexsort((cand, -sims[cand]))]
+        top = order[: max(1, self.settings.mix)]
+        z = (sims[top] - sims[top].max()) / max(self.settings.temperature, 1e-6)
+        w = np.exp(z)
+        return top, w / w.sum(), sims[top]
+
+    def surrogate_texture(self, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The mixed canonical texture (float32 RGB)."""
+        tex = self.bank.textures[idx].astype(np.float32)
+        return np.asarray(np.tensordot(weights.astype(np.float32), tex, axes=1),
+                          dtype=np.float32)
+
+    # ------------------------------------------------------------------ record
+
+    def channels(self, attributes: AttributeChannel | None = None) -> ChannelRecord:
+        """What the output derives from."""
+        s = self.settings
+        covered = ["choice and mix of the synthetic surrogate identity (from the privatised"
+                   f" {self.encoder} embedding only)",
+                   "inner-face identity detail (mid-frequency texture of the surrogate)"]
+        uncovered = ["face geometry: the 68 input landmarks (face shape, pose, expression)",
+                     "lighting and skin colour: low frequencies of the input face",
+                     "hair, ears, face outline, neck, background, clothing (outside the mask)"]
+        if s.fine_sigma > 0:
+            uncovered.append("fine skin texture and image grain (finest band of the input)")
+        if s.keep_eyes:
+            uncovered.append("eye interiors: iris, sclera, gaze, eye state")
+        if s.keep_mouth:
+            uncovered.append("mouth interior: teeth, tongue")
+        if attributes is not None:
+            names = ", ".join(sorted(attributes.values))
+            (covered if attributes.privatised else uncovered).append(
+                f"attribute channel ({names}) used to restrict the surrogate choice"
+                + ("" if attributes.privatised else " (raw, not privatised)"))
+        notes = ("synthetic identities are pixel averages of three different sample people,"
+                 " checked against their contributors; see dpface.generators.bank",
+                 "the raw channels can still carry identity: the evaluation measures what"
+                 " an attacker recovers from them")
+        return ChannelRecord(tuple(covered), tuple(uncovered), notes)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, image: np.ndarray, face: FaceInput, identity: np.ndarray,
+                 attributes: AttributeChannel | None = None) -> GeneratedFace:
+        """Replace one face (see the module docstring)."""
+        img = check_image(image)
+        record = self.channels(attributes)
+        lm = np.asarray(face.landmarks68, dtype=np.float64)
+        fw = face_width(lm)
+        idx, w, sims = self.choose(identity, attributes)
+        h_img, w_img = img.shape[:2]
+        if fw < MIN_FACE_WIDTH:
+            return GeneratedFace(img, "untouched", record, reason=(
+                f"face is {fw:.0f} px wide (< {MIN_FACE_WIDTH:.0f}): landmarks too unreliable to"
+                " synthesise a face; NOT de-identified, protect it another way (e.g. DP-Pix)"))
+        pts = extend(lm)
+        pad = 0.2 * fw
+        x0 = int(max(0, np.floor(pts[:, 0].min() - pad)))
+        y0 = int(max(0, np.floor(pts[:, 1].min() - pad)))
+        x1 = int(min(w_img, np.ceil(pts[:, 0].max() + pad)))
+        y1 = int(min(h_img, np.ceil(pts[:, 1].max() + pad)))
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return GeneratedFace(img, "untouched", record, reason=(
+                "face lies (almost) entirely outside the photo; NOT de-identified"))
+        crop = img[y0:y1, x0:x1]
+        off = np.array([x0, y0], dtype=np.float64)
+        out_crop, alpha = self._replace(crop, lm - off, pts - off, fw,
+                                        self.surrogate_texture(idx, w))
+        out = img.copy()
+        out[y0:y1, x0:x1] = out_crop
+        return GeneratedFace(out, "replaced", record, region=(x0, y0, x1, y1), alpha=alpha,
+                             details={"surrogates": idx.tolist(), "weights": w.tolist(),
+                                      "similarities": sims.tolist()})
+
+    def _masks(self, shape: tuple[int, int], lm: np.ndarray, pts: np.ndarray, fw: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(replaced-region hard mask, skin weight for colour statistics, keep-input mask)."""
+        s = self.settings
+        centre = lm[30]
+        jaw = lm[JAW] + s.jaw_inset * (centre - lm[JAW])
+        forehead = pts[68:][::-1]
+        region = polygon_mask(shape, np.concatenate([jaw, forehead]))
+        holes = np.zeros(shape, dtype=np.float32)
+        for part, grow in ((LEFT_EYE, 1.5), (RIGHT_EYE, 1.5), (np.arange(48, 60), 1.15)):
+            p = lm[part]
+            c = p.mean(axis=0)
+            holes = np.maximum(holes, polygon_mask(shape, c + grow * (p - c)))
+        for part in (np.arange(17, 22), np.arange(22, 27)):
+            p = lm[part]
+            holes = np.maximum(holes, polygon_mask(
+                shape, np.concatenate([[*p, 0, -0.03 * fw], [*p[::-1], 0, 0.03 * fw]])))
+        skin = np.clip(region - holes, 0.0, 1.0)
+        keep = np.zeros(shape, dtype=np.float32)
+        if s.keep_eyes:
+            for part in (LEFT_EYE, RIGHT_EYE):
+                keep = np.maximum(keep, polygon_mask(shape, lm[part]))
+        if s.keep_mouth:
+            inner = lm[INNER_LIPS]
+            c = inner.mean(axis=0)
+            keep = np.maximum(keep, polygon_mask(shape, c + 1.05 * (inner - c)))
+        if keep.any():
+            keep = np.asarray(cv2.GaussianBlur(keep, (0, 0), max(0.6, 0.006 * fw)),
+                              dtype=np.float32)
+        return region, skin, keep
+
+    def _replace(self, crop: np.ndarray, lm: np.ndarray, pts: np.ndarray, fw: float,
+                 texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = self.settings
+        shape = (crop.shape[0], crop.shape[1])
+        warped, inside = warp_piecewise(texture, self._canon_pts, pts, self.bank.tri, shape)
+        region, skin, keep = self._masks(shape, lm, pts, fw)
+        region *= inside.astype(np.float32)
+        skin *= inside.astype(np.float32)
+        lab_in = rgb_to_lab(crop)
+        lab_sur = rgb_to_lab(warped)
+        sig = max(1.0, s.light_sigma * fw)
+        lab = lab_sur - masked_blur(lab_sur, skin, sig) + masked_blur(lab_in, skin, sig)
+        if s.fine_sigma > 0:
+            fs = max(0.5, s.fine_sigma * fw)
+            lab = cv2.GaussianBlur(lab, (0, 0), fs) + lab_in - cv2.GaussianBlur(lab_in, (0, 0), fs)
+        if not s.surrogate_chroma:
+            lab[..., 1:] = lab_in[..., 1:]
+        rgb = lab_to_rgb(lab)
+        src = crop.astype(np.float32)
+        rgb = rgb * (1.0 - keep[..., None]) + src * keep[..., None]
+        alpha = feather(region, max(0.8, s.feather_sigma * fw))
+        out = src * (1.0 - alpha[..., None]) + rgb * alpha[..., None]
+        return np.clip(np.round(out), 0, 255).astype(np.uint8), alpha
