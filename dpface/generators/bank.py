@@ -41,6 +41,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dpface.generators.refine import push_away
 from dpface.generators.warp import (
     extend,
     lab_to_rgb,
@@ -51,13 +52,12 @@ from dpface.generators.warp import (
 )
 from dpface.models.dlib_models import arcface_points
 
-BANK_VERSION = 1
+BANK_VERSION = 3
 CANON = 256  # canonical frame side (ArcFace template scaled as insightface does for 256)
-MIN_CONTRIBUTOR_WIDTH = 95.0
+MIN_CONTRIBUTOR_WIDTH = 84.0
 MAX_YAW = 0.22
 VERIFY_MARGIN = 0.03
-MAX_PER_GROUP = 60  # at most this many triples are tried per sex group (deterministic order)
-REQUIRE_VERIFIED = False  # development switch
+MAX_PER_GROUP = 16  # at most this many triples are tried per sex group (deterministic order)
 EXCLUDED = {
     "face-api-sample1.jpg#0": "stage make-up (painted tear drops) would carry over",
     "face-api-sample1.jpg#1": "stage make-up and eyes closed",
@@ -116,12 +116,15 @@ class _Face:
 class SurrogateBank:
     """Synthetic identities in a common canonical frame.
 
-    ``textures``: (K, 256, 256, 3) uint8 canonical renders; ``shape68``: the canonical mean
-    landmarks; ``tri``: the fixed mesh over ``extend(shape68)``; ``embeddings``: encoder
+    ``textures``: (K, 256, 256, 3) uint8 canonical renders (all in the mean shape);
+    ``shapes``: (K, 68, 2) each identity's own canonical landmarks (its contributors' mean:
+    the identity's face geometry); ``shape68``: the canonical mean landmarks; ``tri``: the
+    fixed mesh over ``extend(shape68)``; ``embeddings``: encoder
     name -> (K, dim) unit selection embeddings; ``male``: mean FaceRes P(male) of the
     contributors; ``contributors``: their sample labels; ``report``: the verification log."""
 
     textures: np.ndarray = field(repr=False)
+    shapes: np.ndarray = field(repr=False)
     shape68: np.ndarray = field(repr=False)
     tri: np.ndarray = field(repr=False)
     embeddings: dict[str, np.ndarray] = field(repr=False)
@@ -169,7 +172,8 @@ def skin_weight(shape68: np.ndarray, size: int) -> np.ndarray:
         w -= polygon_mask((size, size), c + 1.6 * (pts - c))
     for idx in (np.arange(17, 22), np.arange(22, 27)):
         pts = shape68[idx]
-        w -= polygon_mask((size, size), np.concatenate([[*pts, 0, -6], [*pts[::-1], 0, 8]]))
+        band = np.concatenate([pts + np.array([0.0, -6.0]), pts[::-1] + np.array([0.0, 8.0])])
+        w -= polygon_mask((size, size), band)
     return np.clip(w, 0.0, 1.0)
 
 
@@ -224,8 +228,6 @@ def select_contributors(faces: Sequence[object], sims: dict[str, np.ndarray],
             why[lab] = f"face {width:.0f} px wide < {MIN_CONTRIBUTOR_WIDTH:.0f}"
         elif abs(yaw_ratio(lm)) > MAX_YAW:
             why[lab] = f"turned (yaw ratio {yaw_ratio(lm):+.2f})"
-        elif float(np.abs(img[..., 0].astype(int) - img[..., 2].astype(int)).mean()) < 2.0:
-            why[lab] = "grayscale photo"
         elif (lm.min() < 0.0 or lm[:, 0].max() >= w or lm[:, 1].max() >= h):
             why[lab] = "face cut by the photo border"
         else:
@@ -277,30 +279,42 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
     groups = {"male": [k for k in range(len(chosen)) if p_male[k] >= 0.5],
               "female": [k for k in range(len(chosen)) if p_male[k] < 0.5]}
     kept_tex: list[np.ndarray] = []
+    kept_shape: list[np.ndarray] = []
     kept_contrib: list[tuple[str, ...]] = []
     kept_male: list[float] = []
     rejected: dict[str, int] = {n: 0 for n in encoders}
     closest: dict[str, float] = {n: -1.0 for n in encoders}
-    tried = 0
+    tried = refined = 0
+    hull = cv2.convexHull(extend(shape68).astype(np.float32)).reshape(-1, 2)
+    inner = cv2.GaussianBlur(polygon_mask((CANON, CANON), hull), (0, 0), 6.0)
     for _, members in sorted(groups.items()):
         triples = list(itertools.combinations(members, 3))[:MAX_PER_GROUP]
         for tri3 in triples:
             tried += 1
             avg = np.mean([textures[k] for k in tri3], axis=0)
-            render = np.clip(np.round(avg), 0, 255).astype(np.uint8)
-            synth = _Face(render, shape68)
             people = {faces[chosen[k]].identity for k in tri3}
             photos = [j for j, f in enumerate(faces) if f.identity in people]
+            render = np.clip(np.round(avg), 0, 255).astype(np.uint8)
+            internal_ok = all(
+                float(np.max(emb[n][photos] @ encoders[n].embed([_Face(render, shape68)])[0]))
+                < encoders[n].threshold - VERIFY_MARGIN for n in ("mobileface", "faceres"))
+            if not internal_ok:
+                refined += 1
+                render, _ = push_away(avg, inner, {n: emb[n][photos]
+                                                   for n in ("mobileface", "faceres")},
+                                      thresholds)
+            synth = _Face(render, shape68)
             bad = False
             for name, enc in encoders.items():
                 e = enc.embed([synth])[0]
-                s = float(np.max(emb[name][photos] @ e))
-                closest[name] = max(closest[name], s)
-                if s >= enc.threshold - VERIFY_MARGIN:
+                sim = float(np.max(emb[name][photos] @ e))
+                closest[name] = max(closest[name], sim)
+                if sim >= enc.threshold - VERIFY_MARGIN:
                     rejected[name] += 1
                     bad = True
-            if not bad or not REQUIRE_VERIFIED:
+            if not bad:
                 kept_tex.append(render)
+                kept_shape.append(np.mean([aligned[k] for k in tri3], axis=0))
                 kept_contrib.append(tuple(_label(faces[chosen[k]]) for k in tri3))
                 kept_male.append(float(np.mean([p_male[k] for k in tri3])))
     if not kept_tex:
@@ -314,13 +328,14 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
         "contributors": [_label(faces[i]) for i in chosen],
         "left_out": why,
         "triples_tried": tried,
+        "refined": refined,
         "kept": len(tex),
         "rejected_by": rejected,
         "max_similarity_to_a_contributor": closest,
         "thresholds": thresholds,
         "verify_margin": VERIFY_MARGIN,
     }
-    return SurrogateBank(tex, shape68, tri, selection, np.array(kept_male),
+    return SurrogateBank(tex, np.stack(kept_shape), shape68, tri, selection, np.array(kept_male),
                          tuple(kept_contrib), report)
 
 
@@ -329,7 +344,8 @@ def save_bank(bank: SurrogateBank, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part.npz")
     np.savez_compressed(
-        tmp, textures=bank.textures, shape68=bank.shape68, tri=bank.tri, male=bank.male,
+        tmp, textures=bank.textures, shapes=bank.shapes, shape68=bank.shape68, tri=bank.tri,
+        male=bank.male,
         **{f"emb_{k}": v for k, v in bank.embeddings.items()},
         contributors=np.array(json.dumps(bank.contributors)),
         report=np.array(json.dumps(bank.report)),
@@ -341,7 +357,7 @@ def load_bank_file(path: Path) -> SurrogateBank:
     """Read a bank written by ``save_bank``."""
     with np.load(path, allow_pickle=False) as z:
         emb = {k.removeprefix("emb_"): z[k] for k in z.files if k.startswith("emb_")}
-        return SurrogateBank(z["textures"], z["shape68"], z["tri"], emb, z["male"],
+        return SurrogateBank(z["textures"], z["shapes"], z["shape68"], z["tri"], emb, z["male"],
                              tuple(tuple(c) for c in json.loads(str(z["contributors"]))),
                              json.loads(str(z["report"])))
 

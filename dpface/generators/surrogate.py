@@ -68,6 +68,10 @@ class SurrogateSettings:
     keep_mouth: bool = True  # keep the input's mouth interior
     surrogate_chroma: bool = False  # False: colour (a*, b*) is the input's, only lightness
     # detail comes from the surrogate (no lipstick or skin-tone carry-over)
+    geometry: float = 1.0  # how much of the surrogate's own face geometry (its landmark offsets
+    # from the mean shape, inner features only) is added to the input's landmarks
+    shrink: float = 0.0  # how much of the input's own inner-feature offset from the mean
+    # shape is removed (reduces what the raw geometry reveals; also damps expression)
     mix: int = 1  # how many nearest synthetic identities are mixed
     temperature: float = 0.02  # softmax temperature on cosine similarity when mixing
 
@@ -118,6 +122,27 @@ class SurrogateGenerator(Generator):
         tex = self.bank.textures[idx].astype(np.float32)
         return np.asarray(np.tensordot(weights.astype(np.float32), tex, axes=1),
                           dtype=np.float32)
+
+    def target_landmarks(self, lm: np.ndarray, idx: np.ndarray, weights: np.ndarray
+                         ) -> np.ndarray:
+        """The input's landmarks plus the surrogate's geometry offset (its canonical inner
+        landmarks minus the mean shape, mapped into the face's pose by the similarity that
+        fits the mean shape to the input). Jaw points are not moved."""
+        g = self.settings.geometry
+        b = self.settings.shrink
+        if g == 0.0 and b == 0.0:
+            return lm
+        offset = np.tensordot(weights, self.bank.shapes[idx], axes=1) - self.bank.shape68
+        m, _ = cv2.estimateAffinePartial2D(self.bank.shape68.astype(np.float32),
+                                           lm.astype(np.float32), method=cv2.LMEDS)
+        if m is None:
+            return lm
+        a = np.asarray(m, dtype=np.float64)
+        moved = offset @ a[:, :2].T
+        mean_here = self.bank.shape68 @ a[:, :2].T + a[:, 2]
+        out = lm.copy()
+        out[17:] += g * moved[17:] - b * (lm[17:] - mean_here[17:])
+        return out
 
     # ------------------------------------------------------------------ record
 
@@ -173,7 +198,8 @@ class SurrogateGenerator(Generator):
                 "face lies (almost) entirely outside the photo; NOT de-identified"))
         crop = img[y0:y1, x0:x1]
         off = np.array([x0, y0], dtype=np.float64)
-        out_crop, alpha = self._replace(crop, lm - off, pts - off, fw,
+        target = self.target_landmarks(lm, idx, w)
+        out_crop, alpha = self._replace(crop, lm - off, target - off, fw,
                                         self.surrogate_texture(idx, w))
         out = img.copy()
         out[y0:y1, x0:x1] = out_crop
@@ -197,7 +223,8 @@ class SurrogateGenerator(Generator):
         for part in (np.arange(17, 22), np.arange(22, 27)):
             p = lm[part]
             holes = np.maximum(holes, polygon_mask(
-                shape, np.concatenate([[*p, 0, -0.03 * fw], [*p[::-1], 0, 0.03 * fw]])))
+                shape, np.concatenate([p - np.array([0.0, 0.03 * fw]),
+                                       p[::-1] + np.array([0.0, 0.03 * fw])])))
         skin = np.clip(region - holes, 0.0, 1.0)
         keep = np.zeros(shape, dtype=np.float32)
         if s.keep_eyes:
@@ -212,12 +239,21 @@ class SurrogateGenerator(Generator):
                               dtype=np.float32)
         return region, skin, keep
 
-    def _replace(self, crop: np.ndarray, lm: np.ndarray, pts: np.ndarray, fw: float,
+    def _replace(self, crop: np.ndarray, lm_in: np.ndarray, lm: np.ndarray, fw: float,
                  texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = self.settings
         shape = (crop.shape[0], crop.shape[1])
+        pts_in = extend(lm_in)
+        pts = np.concatenate([lm, pts_in[68:]])  # the forehead band stays where it was
+        if not np.array_equal(lm, lm_in):
+            # move the input's inner features to the target geometry (outside the mesh and
+            # on its boundary nothing moves)
+            moved, inside_in = warp_piecewise(crop, pts_in, pts, self.bank.tri, shape)
+            crop = np.where(inside_in[..., None], np.clip(np.round(moved), 0, 255),
+                            crop).astype(np.uint8)
         warped, inside = warp_piecewise(texture, self._canon_pts, pts, self.bank.tri, shape)
         region, skin, keep = self._masks(shape, lm, pts, fw)
+        region = np.maximum(region, self._masks(shape, lm_in, pts_in, fw)[0])
         region *= inside.astype(np.float32)
         skin *= inside.astype(np.float32)
         lab_in = rgb_to_lab(crop)
