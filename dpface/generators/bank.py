@@ -44,6 +44,7 @@ import numpy as np
 from dpface.generators.refine import push_away
 from dpface.generators.warp import (
     extend,
+    fit_similarity,
     lab_to_rgb,
     polygon_mask,
     rgb_to_lab,
@@ -52,7 +53,7 @@ from dpface.generators.warp import (
 )
 from dpface.models.dlib_models import arcface_points
 
-BANK_VERSION = 3
+BANK_VERSION = 5
 CANON = 256  # canonical frame side (ArcFace template scaled as insightface does for 256)
 MIN_CONTRIBUTOR_WIDTH = 84.0
 MAX_YAW = 0.22
@@ -79,12 +80,8 @@ def canonical_template(size: int = CANON) -> np.ndarray:
 
 def similarity_to_template(points5: np.ndarray, size: int = CANON) -> np.ndarray:
     """2×3 similarity transform (photo -> canonical frame), least squares on five points."""
-    m, _ = cv2.estimateAffinePartial2D(np.asarray(points5, dtype=np.float32),
-                                       canonical_template(size).astype(np.float32),
-                                       method=cv2.LMEDS)
-    if m is None:
-        raise ValueError("could not align the face to the template")
-    return np.asarray(m, dtype=np.float64)
+    return fit_similarity(np.asarray(points5, dtype=np.float64).reshape(5, 2),
+                          canonical_template(size))
 
 
 def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -248,6 +245,24 @@ def select_contributors(faces: Sequence[object], sims: dict[str, np.ndarray],
     return sorted(chosen), why
 
 
+def balanced_triples(members: Sequence[int], limit: int) -> list[tuple[int, ...]]:
+    """Up to ``limit`` triples of ``members`` in which every member is used about equally
+    often: combinations in a fixed pseudo-random order (seed 0, so the bank is
+    reproducible), each accepted while all three members are below the usage cap."""
+    combos = list(itertools.combinations(members, 3))
+    order = np.random.default_rng(0).permutation(len(combos))
+    cap = max(1, -(-3 * min(limit, len(combos)) // max(1, len(members))))
+    used = dict.fromkeys(members, 0)
+    out: list[tuple[int, ...]] = []
+    for k in order:
+        c = combos[int(k)]
+        if len(out) < limit and all(used[m] < cap for m in c):
+            out.append(c)
+            for m in c:
+                used[m] += 1
+    return out
+
+
 def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib")
                ) -> SurrogateBank:
     """Build the bank from the sample faces (see the module docstring); ~1-2 minutes."""
@@ -288,7 +303,7 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
     hull = cv2.convexHull(extend(shape68).astype(np.float32)).reshape(-1, 2)
     inner = cv2.GaussianBlur(polygon_mask((CANON, CANON), hull), (0, 0), 6.0)
     for _, members in sorted(groups.items()):
-        triples = list(itertools.combinations(members, 3))[:MAX_PER_GROUP]
+        triples = balanced_triples(members, MAX_PER_GROUP)
         for tri3 in triples:
             tried += 1
             avg = np.mean([textures[k] for k in tri3], axis=0)

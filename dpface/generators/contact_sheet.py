@@ -34,9 +34,11 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
 
 
 def contact_sheet(gen: Generator, faces_idx: Sequence[int] = DEFAULT_FACES,
-                  epsilons: Sequence[float] = DEFAULT_EPS, seed: int = 7) -> np.ndarray:
+                  epsilons: Sequence[float] = DEFAULT_EPS, seed: int = 7,
+                  sex_channel: str = "raw") -> np.ndarray:
     """The sheet as an RGB uint8 array."""
     from dpface.align import loose_crop
+    from dpface.generators.evaluate import sex_attributes
     from dpface.models.encoders import get_encoder
     from dpface.models.samples import sample_faces
     from mechanisms.identity import IdentityLaplace
@@ -44,6 +46,7 @@ def contact_sheet(gen: Generator, faces_idx: Sequence[int] = DEFAULT_FACES,
     faces = sample_faces()
     chosen = [faces[i] for i in faces_idx]
     emb = get_encoder(gen.encoder).embed(chosen)
+    attrs = sex_attributes(chosen, sex_channel)
     rows = []
     for k, f in enumerate(chosen):
         tiles = [_label(loose_crop(f.image, f.landmarks68, TILE), f"input #{faces_idx[k]}")]
@@ -53,7 +56,7 @@ def contact_sheet(gen: Generator, faces_idx: Sequence[int] = DEFAULT_FACES,
             else:
                 mech = IdentityLaplace(epsilon=eps, dim=emb.shape[1], seed=seed + 1000 * j + k)
                 priv = mech(emb[k])
-            res = gen.generate(f.image, FaceInput.of(f), priv)
+            res = gen.generate(f.image, FaceInput.of(f), priv, attrs[k])
             tag = "no noise" if math.isinf(eps) else f"eps={eps:g}"
             sur = res.details.get("surrogates", [])
             tiles.append(_label(loose_crop(res.image, f.landmarks68, TILE),
@@ -74,9 +77,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--eps", type=float, nargs="+", default=list(DEFAULT_EPS))
     ap.add_argument("--faces", type=int, nargs="+", default=list(DEFAULT_FACES))
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--sex-channel", choices=["raw", "none"], default="raw")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    sheet = contact_sheet(SurrogateGenerator(), args.faces, args.eps, args.seed)
+    sheet = contact_sheet(SurrogateGenerator(), args.faces, args.eps, args.seed,
+                          args.sex_channel)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))

@@ -13,7 +13,8 @@ generator replaces the face, and we measure
 * ``psr_gallery``: the same against *every* photo of that person in the samples;
 * detection: dlib HOG finds a face overlapping the input box (IoU >= 0.3) on the output;
 * SSIM on the aligned 256×256 ArcFace crop (scikit-image, RGB);
-* emotion top-1 agreement (TFJS emotion model, input landmarks);
+* emotion top-1 agreement (TFJS emotion model, input landmarks), on all faces and on the
+  faces whose input prediction is confident (top-1 probability >= 0.6);
 * skin ΔE2000: (outside) on face-box pixels outside the replaced region; (tone) between the
   input and output skin colour inside the replaced region after a Gaussian blur of 5 % of
   the face width (skin tone, not identity detail);
@@ -32,8 +33,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dpface.generators.base import FaceInput, Generator
-from dpface.generators.warp import face_width
+from dpface.generators.base import AttributeChannel, FaceInput, Generator
 
 EPSILONS = (math.inf, 6.0, 2.0, 1.0)
 
@@ -80,10 +80,13 @@ def detect_near(models: object, img: np.ndarray, box: Sequence[float]
 
 
 def skin_delta_e(inp: np.ndarray, out: np.ndarray, alpha: np.ndarray | None,
-                 region: tuple[int, int, int, int] | None, lm: np.ndarray
-                 ) -> tuple[float, float]:
-    """(mean ΔE2000 outside the replaced region within the face box, mean ΔE2000 of the
-    blurred skin tone inside it)."""
+                 region: tuple[int, int, int, int] | None, lm: np.ndarray,
+                 lm_out: np.ndarray | None = None) -> tuple[float, float]:
+    """Skin colour change as ΔE2000 between mean CIE Lab colours of the same skin pixels in
+    the input and the output: (outside: face-hull skin not in the replaced region, inside:
+    skin in the replaced region). Region means, so a geometric shift is not a colour change.
+    Eyes, brows and mouth are left out; with ``lm_out`` (the output's face geometry) only
+    pixels inside both face outlines count."""
     from skimage.color import deltaE_ciede2000, rgb2lab
 
     if alpha is None or region is None:
@@ -91,31 +94,49 @@ def skin_delta_e(inp: np.ndarray, out: np.ndarray, alpha: np.ndarray | None,
     x0, y0, x1, y1 = region
     a = rgb2lab(inp[y0:y1, x0:x1])
     b = rgb2lab(out[y0:y1, x0:x1])
-    de = deltaE_ciede2000(a, b)
-    hull = cv2.convexHull((lm - [x0, y0]).astype(np.float32)).astype(np.int32)
     face = np.zeros(alpha.shape, np.uint8)
-    cv2.fillConvexPoly(face, hull, 1)
-    outside = (face > 0) & (alpha < 0.01)
-    sig = 0.05 * face_width(lm)
-    ab = rgb2lab(cv2.GaussianBlur(inp[y0:y1, x0:x1], (0, 0), sig))
-    bb = rgb2lab(cv2.GaussianBlur(out[y0:y1, x0:x1], (0, 0), sig))
-    inner = (alpha > 0.9)
-    # skin only: leave out eyes, brows and mouth
+    cv2.fillConvexPoly(face, cv2.convexHull((lm - [x0, y0]).astype(np.float32))
+                       .astype(np.int32), 1)
+    if lm_out is not None:
+        other = np.zeros_like(face)
+        cv2.fillConvexPoly(other, cv2.convexHull((lm_out - [x0, y0]).astype(np.float32))
+                           .astype(np.int32), 1)
+        face &= other
     for part in (range(36, 42), range(42, 48), range(48, 60), range(17, 27)):
         p = lm[list(part)] - [x0, y0]
         c = p.mean(axis=0)
         cv2.fillConvexPoly(face, cv2.convexHull((c + 1.6 * (p - c)).astype(np.float32))
                            .astype(np.int32), 0)
-    inner &= face > 0
-    tone = deltaE_ciede2000(ab, bb)
-    return (float(de[outside].mean()) if outside.any() else 0.0,
-            float(tone[inner].mean()) if inner.any() else 0.0)
+    res = []
+    for sel in ((face > 0) & (alpha < 0.05), (face > 0) & (alpha > 0.9)):
+        if not sel.any():
+            res.append(0.0)
+            continue
+        res.append(float(deltaE_ciede2000(a[sel].mean(axis=0), b[sel].mean(axis=0))))
+    return res[0], res[1]
+
+
+def sex_attributes(faces: Sequence[object], mode: str) -> list[AttributeChannel | None]:
+    """Per face: None (``mode="none"``) or FaceRes's raw P(male) as a NOT privatised
+    attribute channel (``mode="raw"``)."""
+    if mode == "none":
+        return [None] * len(faces)
+    if mode != "raw":
+        raise ValueError("sex channel must be 'raw' or 'none'")
+    from dpface.models.attributes import age_gender
+
+    _, male = age_gender(faces)  # type: ignore[arg-type]
+    return [AttributeChannel({"male": float(p)}, privatised=False) for p in male]
 
 
 def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 1,
              seed: int = 2024, faces_idx: Sequence[int] | None = None,
-             verbose: bool = True) -> dict[str, object]:
-    """Run the protocol (module docstring); returns per-epsilon summaries."""
+             verbose: bool = True, sex_channel: str = "raw") -> dict[str, object]:
+    """Run the protocol (module docstring); returns per-epsilon summaries.
+
+    ``sex_channel="raw"`` passes FaceRes's P(male) of the input face as a raw (NOT
+    privatised) attribute channel, so the surrogate's apparent sex matches; ``"none"``
+    passes nothing."""
     from skimage.metrics import structural_similarity
 
     from dpface.align import arcface_crop
@@ -131,7 +152,10 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
     emb = enc.embed([faces[i] for i in idx])
     dl = DlibFaceModels()
     desc_in = {i: dl.descriptor(faces[i].image, faces[i].landmarks68) for i in range(len(faces))}
-    emo_in = emotion_probs([faces[i] for i in idx]).argmax(axis=1)
+    p_in = emotion_probs([faces[i] for i in idx])
+    emo_in = p_in.argmax(axis=1)
+    confident = p_in.max(axis=1) >= 0.6
+    attrs = sex_attributes([faces[i] for i in idx], sex_channel)
     summary: dict[str, object] = {}
     for eps in epsilons:
         rows = []
@@ -144,7 +168,7 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
             for k, i in enumerate(idx):
                 f = faces[i]
                 t = time.perf_counter()
-                res = gen.generate(f.image, FaceInput.of(f), priv[k])
+                res = gen.generate(f.image, FaceInput.of(f), priv[k], attrs[k])
                 dt = time.perf_counter() - t
                 out = res.image
                 found, box = detect_near(dl, out, f.box)
@@ -157,12 +181,15 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
                     arcface_crop(f.image, f.points5, 256), arcface_crop(out, f.points5, 256),
                     channel_axis=2, data_range=255))
                 emo = int(emotion_probs([_Out(out, f.landmarks68)])[0].argmax())
+                tl = res.details.get("target_landmarks")
                 de_out, de_tone = skin_delta_e(f.image, out, res.alpha, res.region,
-                                               f.landmarks68)
+                                               f.landmarks68,
+                                               None if tl is None else np.asarray(tl))
                 rows.append({"face": i, "draw": d, "replaced": res.replaced,
                              "dlib_distance": dist, "protected": dist >= 0.6,
                              "protected_gallery": gal >= 0.6, "detected": found,
                              "ssim": ssim, "emotion_agrees": emo == int(emo_in[k]),
+                             "emotion_confident": bool(confident[k]),
                              "delta_e_outside": de_out, "delta_e_tone": de_tone,
                              "seconds": dt})
         s = {
@@ -174,6 +201,8 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
             "detection": float(np.mean([r["detected"] for r in rows])),
             "ssim": float(np.mean([r["ssim"] for r in rows])),
             "emotion_agreement": float(np.mean([r["emotion_agrees"] for r in rows])),
+            "emotion_agreement_confident": float(np.mean(
+                [r["emotion_agrees"] for r in rows if r["emotion_confident"]] or [np.nan])),
             "delta_e_outside": float(np.mean([r["delta_e_outside"] for r in rows])),
             "delta_e_tone": float(np.mean([r["delta_e_tone"] for r in rows])),
             "seconds_per_face": float(np.median([r["seconds"] for r in rows])),
@@ -199,9 +228,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--draws", type=int, default=1)
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--json", help="write the summary here")
+    ap.add_argument("--sex-channel", choices=["raw", "none"], default="raw",
+                    help="pass the input's raw apparent sex as an (uncovered) attribute")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    summary = evaluate(SurrogateGenerator(), args.eps, args.draws, args.seed)
+    summary = evaluate(SurrogateGenerator(), args.eps, args.draws, args.seed,
+                       sex_channel=args.sex_channel)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=1)

@@ -32,7 +32,7 @@ from dpface.generators.base import (
     Generator,
     check_image,
 )
-from dpface.generators.warp import face_width
+from dpface.generators.warp import face_width, fit_similarity
 
 MIN_FACE_WIDTH = 24.0
 
@@ -42,12 +42,8 @@ def swap_template_matrix(points5: np.ndarray, size: int = 128) -> np.ndarray:
     128-multiples (template scaled by size/128 and shifted 8·size/128 px right)."""
     from dpface.generators.bank import canonical_template
 
-    m, _ = cv2.estimateAffinePartial2D(np.asarray(points5, dtype=np.float32),
-                                       canonical_template(size).astype(np.float32),
-                                       method=cv2.LMEDS)
-    if m is None:
-        raise ValueError("could not align the face to the template")
-    return np.asarray(m, dtype=np.float64)
+    return fit_similarity(np.asarray(points5, dtype=np.float64).reshape(5, 2),
+                          canonical_template(size))
 
 
 class OnnxFaceSwapGenerator(Generator):

@@ -46,14 +46,19 @@ from dpface.generators.warp import (
     extend,
     face_width,
     feather,
+    fit_similarity,
     lab_to_rgb,
     masked_blur,
     polygon_mask,
     rgb_to_lab,
+    ring,
+    triangulate,
     warp_piecewise,
 )
 
 MIN_FACE_WIDTH = 24.0  # px; below this the 68 landmarks are too unreliable to warp onto
+EXPRESSIVE_PARTS = (np.arange(17, 22), np.arange(22, 27), LEFT_EYE, RIGHT_EYE,
+                    np.arange(48, 68))
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class SurrogateSettings:
     # from the mean shape, inner features only) is added to the input's landmarks
     shrink: float = 0.0  # how much of the input's own inner-feature offset from the mean
     # shape is removed (reduces what the raw geometry reveals; also damps expression)
+    jaw: float = 0.5  # share of the geometry change applied to the jaw line (face
+    # outline; the surroundings follow smoothly, anchored on a ring around the face)
     mix: int = 1  # how many nearest synthetic identities are mixed
     temperature: float = 0.02  # softmax temperature on cosine similarity when mixing
 
@@ -92,6 +99,7 @@ class SurrogateGenerator(Generator):
         self.identity_dim = int(self._emb.shape[1])
         self.settings = settings or SurrogateSettings()
         self._canon_pts = extend(self.bank.shape68)
+        self._outer_tri = triangulate(np.concatenate([self._canon_pts, ring(self.bank.shape68)]))
 
     # ------------------------------------------------------------------ identity -> surrogate
 
@@ -125,24 +133,24 @@ class SurrogateGenerator(Generator):
 
     def target_landmarks(self, lm: np.ndarray, idx: np.ndarray, weights: np.ndarray
                          ) -> np.ndarray:
-        """The input's landmarks plus the surrogate's geometry offset (its canonical inner
-        landmarks minus the mean shape, mapped into the face's pose by the similarity that
-        fits the mean shape to the input). Jaw points are not moved."""
-        g = self.settings.geometry
-        b = self.settings.shrink
-        if g == 0.0 and b == 0.0:
+        """The face geometry to render: the input's landmarks plus ``geometry`` × the
+        surrogate's own offset from the mean shape, minus ``shrink`` × the input's offset
+        (both mapped into the face's pose by the least-squares similarity that fits the mean
+        shape to the input). Jaw points move by ``jaw`` × the same amounts."""
+        s = self.settings
+        if s.geometry == 0.0 and s.shrink == 0.0:
             return lm
+        a = fit_similarity(self.bank.shape68, lm)
         offset = np.tensordot(weights, self.bank.shapes[idx], axes=1) - self.bank.shape68
-        m, _ = cv2.estimateAffinePartial2D(self.bank.shape68.astype(np.float32),
-                                           lm.astype(np.float32), method=cv2.LMEDS)
-        if m is None:
-            return lm
-        a = np.asarray(m, dtype=np.float64)
         moved = offset @ a[:, :2].T
         mean_here = self.bank.shape68 @ a[:, :2].T + a[:, 2]
-        out = lm.copy()
-        out[17:] += g * moved[17:] - b * (lm[17:] - mean_here[17:])
-        return out
+        delta = s.geometry * moved - s.shrink * (lm - mean_here)
+        delta[JAW] *= s.jaw
+        # expressive parts move as a whole (their placement is identity, their shape is
+        # expression): each brow, each eye and the mouth get their mean displacement
+        for part in EXPRESSIVE_PARTS:
+            delta[part] = delta[part].mean(axis=0)
+        return lm + delta
 
     # ------------------------------------------------------------------ record
 
@@ -187,8 +195,10 @@ class SurrogateGenerator(Generator):
             return GeneratedFace(img, "untouched", record, reason=(
                 f"face is {fw:.0f} px wide (< {MIN_FACE_WIDTH:.0f}): landmarks too unreliable to"
                 " synthesise a face; NOT de-identified, protect it another way (e.g. DP-Pix)"))
-        pts = extend(lm)
-        pad = 0.2 * fw
+        target = self.target_landmarks(lm, idx, w)
+        anchors = ring(lm)
+        pts = np.concatenate([extend(lm), extend(target), anchors])
+        pad = 2.0
         x0 = int(max(0, np.floor(pts[:, 0].min() - pad)))
         y0 = int(max(0, np.floor(pts[:, 1].min() - pad)))
         x1 = int(min(w_img, np.ceil(pts[:, 0].max() + pad)))
@@ -198,14 +208,14 @@ class SurrogateGenerator(Generator):
                 "face lies (almost) entirely outside the photo; NOT de-identified"))
         crop = img[y0:y1, x0:x1]
         off = np.array([x0, y0], dtype=np.float64)
-        target = self.target_landmarks(lm, idx, w)
-        out_crop, alpha = self._replace(crop, lm - off, target - off, fw,
+        out_crop, alpha = self._replace(crop, lm - off, target - off, anchors - off, fw,
                                         self.surrogate_texture(idx, w))
         out = img.copy()
         out[y0:y1, x0:x1] = out_crop
         return GeneratedFace(out, "replaced", record, region=(x0, y0, x1, y1), alpha=alpha,
                              details={"surrogates": idx.tolist(), "weights": w.tolist(),
-                                      "similarities": sims.tolist()})
+                                      "similarities": sims.tolist(),
+                                      "target_landmarks": target})
 
     def _masks(self, shape: tuple[int, int], lm: np.ndarray, pts: np.ndarray, fw: float
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -239,16 +249,19 @@ class SurrogateGenerator(Generator):
                               dtype=np.float32)
         return region, skin, keep
 
-    def _replace(self, crop: np.ndarray, lm_in: np.ndarray, lm: np.ndarray, fw: float,
-                 texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _replace(self, crop: np.ndarray, lm_in: np.ndarray, lm: np.ndarray,
+                 anchors: np.ndarray, fw: float, texture: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
         s = self.settings
         shape = (crop.shape[0], crop.shape[1])
         pts_in = extend(lm_in)
         pts = np.concatenate([lm, pts_in[68:]])  # the forehead band stays where it was
         if not np.array_equal(lm, lm_in):
-            # move the input's inner features to the target geometry (outside the mesh and
-            # on its boundary nothing moves)
-            moved, inside_in = warp_piecewise(crop, pts_in, pts, self.bank.tri, shape)
+            # move the input's features (and, smoothly, its surroundings) to the target
+            # geometry; the anchor ring and everything outside it stay put
+            moved, inside_in = warp_piecewise(crop, np.concatenate([pts_in, anchors]),
+                                              np.concatenate([pts, anchors]), self._outer_tri,
+                                              shape)
             crop = np.where(inside_in[..., None], np.clip(np.round(moved), 0, 255),
                             crop).astype(np.uint8)
         warped, inside = warp_piecewise(texture, self._canon_pts, pts, self.bank.tri, shape)

@@ -146,3 +146,32 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     """float32 Lab -> float32 RGB in 0..255 (unclipped rounding left to the caller)."""
     rgb = cv2.cvtColor(np.asarray(lab, dtype=np.float32), cv2.COLOR_Lab2RGB)
     return np.asarray(rgb * np.float32(255.0), dtype=np.float32)
+
+
+def fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` points
+    onto ``dst`` (Umeyama's closed form; deterministic), as a 2×3 matrix."""
+    s = np.asarray(src, dtype=np.float64)
+    d = np.asarray(dst, dtype=np.float64)
+    ms, md = s.mean(axis=0), d.mean(axis=0)
+    a, b = s - ms, d - md
+    var = float((a**2).sum())
+    if var <= 0:
+        raise ValueError("degenerate points: cannot fit a similarity")
+    # complex-number form: b ~ z * a with z = scale * e^{i theta}
+    za = a[:, 0] + 1j * a[:, 1]
+    zb = b[:, 0] + 1j * b[:, 1]
+    z = complex(np.sum(np.conj(za) * zb) / var)
+    m = np.array([[z.real, -z.imag, 0.0], [z.imag, z.real, 0.0]])
+    m[:, 2] = md - m[:, :2] @ ms
+    return m
+
+
+def ring(lm68: np.ndarray, scale: float = 1.25, n: int = 16) -> np.ndarray:
+    """(n, 2) points on an ellipse around the face (its landmarks' centre and spread,
+    enlarged by ``scale``): fixed anchors for smooth geometry warps."""
+    lm = np.asarray(lm68, dtype=np.float64)
+    c = (lm.min(axis=0) + lm.max(axis=0)) / 2.0
+    r = (lm.max(axis=0) - lm.min(axis=0)) / 2.0 * scale
+    t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
+    return np.stack([c[0] + r[0] * np.cos(t), c[1] + r[1] * np.sin(t)], axis=1)

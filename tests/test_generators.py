@@ -1,0 +1,219 @@
+"""The surrogate generator and its bank, on the real sample faces.
+
+The bank is built on first use (about a minute) and cached under ``assets/.cache``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dpface.generators.bank import SurrogateBank, default_bank
+from dpface.generators.base import AttributeChannel, FaceInput, GeneratedFace
+from dpface.generators.surrogate import SurrogateGenerator
+from dpface.models.samples import SampleFace, sample_faces
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bank() -> SurrogateBank:
+    return default_bank()
+
+
+@pytest.fixture(scope="module")
+def gen(bank: SurrogateBank) -> SurrogateGenerator:
+    return SurrogateGenerator(bank=bank)
+
+
+@pytest.fixture(scope="module")
+def faces() -> tuple[SampleFace, ...]:
+    return sample_faces()
+
+
+def _face(faces: tuple[SampleFace, ...], photo: str, index: int = 0) -> SampleFace:
+    return next(f for f in faces if f.photo == photo and f.index == index)
+
+
+def _noise(seed: int, dim: int = 256) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(dim)
+
+
+def test_same_privatised_embedding_gives_the_same_output(gen: SurrogateGenerator,
+                                                         faces: tuple[SampleFace, ...]) -> None:
+    f = _face(faces, "fr-obama.jpg")
+    before = f.image.copy()
+    ident = _noise(1)
+    a = gen.generate(f.image, FaceInput.of(f), ident)
+    b = gen.generate(f.image.copy(), FaceInput.of(f), ident.copy())
+    np.testing.assert_array_equal(f.image, before)  # the input is never modified
+    assert a.replaced and b.replaced
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.details["surrogates"] == b.details["surrogates"]
+
+
+def test_different_embeddings_give_different_surrogates(gen: SurrogateGenerator,
+                                                        bank: SurrogateBank,
+                                                        faces: tuple[SampleFace, ...]) -> None:
+    f = _face(faces, "skimage-astronaut.png")
+    emb = bank.embedding("mobileface")
+    outs: list[GeneratedFace] = []
+    for k in (0, 1, len(bank) - 1):
+        res = gen.generate(f.image, FaceInput.of(f), emb[k])
+        assert res.details["surrogates"] == [k]  # the nearest synthetic identity is itself
+        outs.append(res)
+    for i in range(len(outs)):
+        for j in range(i + 1, len(outs)):
+            diff = np.abs(outs[i].image.astype(int) - outs[j].image.astype(int))
+            assert diff.mean() > 0.05
+    # different privatised embeddings of one face reach more than one surrogate
+    chosen = {int(gen.choose(_noise(s))[0][0]) for s in range(40)}
+    assert len(chosen) >= 5
+
+
+def test_identity_comes_only_from_the_privatised_embedding(
+        gen: SurrogateGenerator, faces: tuple[SampleFace, ...],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generation never runs an identity encoder or dlib on the photo, and two different
+    people given the same privatised embedding get the same surrogate identity."""
+    from dpface.models import dlib_models, encoders
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("an identity model ran inside the generator")
+
+    for cls in (encoders.MobileFaceEncoder, encoders.FaceResEncoder, encoders.DlibEncoder):
+        monkeypatch.setattr(cls, "embed", refuse)
+    monkeypatch.setattr(encoders.TfjsEncoder, "embed_tensor", refuse)
+    monkeypatch.setattr(dlib_models.DlibFaceModels, "descriptor", refuse)
+    monkeypatch.setattr(dlib_models.DlibFaceModels, "detect", refuse)
+    ident = _noise(7)
+    a = gen.generate(_face(faces, "fr-biden.jpg").image,
+                     FaceInput.of(_face(faces, "fr-biden.jpg")), ident)
+    b = gen.generate(_face(faces, "skimage-astronaut.png").image,
+                     FaceInput.of(_face(faces, "skimage-astronaut.png")), ident)
+    assert a.replaced and b.replaced
+    assert a.details["surrogates"] == b.details["surrogates"]
+
+
+def test_channel_record_names_covered_and_uncovered(gen: SurrogateGenerator,
+                                                    faces: tuple[SampleFace, ...]) -> None:
+    f = _face(faces, "fr-obama.jpg")
+    rec = gen.generate(f.image, FaceInput.of(f), _noise(2)).channels.as_dict()
+    assert any("privatised" in c for c in rec["covered"])
+    text = " ".join(rec["uncovered"])
+    for word in ("geometry", "landmarks", "skin", "background", "hair"):
+        assert word in text
+    raw = gen.channels(AttributeChannel({"male": 0.9}, privatised=False)).as_dict()
+    assert any("not privatised" in u for u in raw["uncovered"])
+    priv = gen.channels(AttributeChannel({"male": 0.9}, privatised=True)).as_dict()
+    assert any("attribute channel" in c for c in priv["covered"])
+
+
+def test_attribute_channel_restricts_the_surrogate_sex(gen: SurrogateGenerator,
+                                                       bank: SurrogateBank) -> None:
+    for want in (0.9, 0.1):
+        attr = AttributeChannel({"male": want}, privatised=True)
+        for s in range(10):
+            idx, _, _ = gen.choose(_noise(s), attr)
+            assert (bank.male[idx] >= 0.5).all() == (want >= 0.5)
+
+
+def test_multi_face_photo(gen: SurrogateGenerator, faces: tuple[SampleFace, ...]) -> None:
+    group = [f for f in faces if f.photo == "insightface-t1.jpg"]
+    assert len(group) == 6
+    img = group[0].image
+    ids = np.stack([_noise(10 + k) for k in range(len(group))])
+    out, results = gen.generate_all(img, [FaceInput.of(f) for f in group], ids)
+    assert len(results) == 6 and all(r.replaced for r in results)
+    changed = np.any(out != img, axis=2)
+    inside_any = np.zeros(changed.shape, dtype=bool)
+    for f, r in zip(group, results, strict=True):
+        assert r.region is not None
+        x0, y0, x1, y1 = r.region
+        inside_any[y0:y1, x0:x1] = True
+        hull = cv2.convexHull(f.landmarks68.astype(np.float32)).astype(np.int32)
+        face_mask = np.zeros(changed.shape, np.uint8)
+        cv2.fillConvexPoly(face_mask, hull, 1)
+        assert changed[face_mask > 0].mean() > 0.5  # every face was replaced
+    assert not changed[~inside_any].any()  # nothing outside the faces' regions moved
+
+
+def test_face_at_the_image_border(gen: SurrogateGenerator, faces: tuple[SampleFace, ...]) -> None:
+    f = _face(faces, "fr-obama.jpg")
+    lm = f.landmarks68
+    # cut the photo through the face: the left third and the top of the head are outside
+    x_cut = int(lm[:, 0].min() + 0.3 * np.ptp(lm[:, 0]))
+    y_cut = int(lm[:, 1].min() - 0.05 * np.ptp(lm[:, 1]))
+    img = np.ascontiguousarray(f.image[y_cut:, x_cut:])
+    face = FaceInput((f.box[0] - x_cut, f.box[1] - y_cut, f.box[2] - x_cut, f.box[3] - y_cut),
+                     lm - [x_cut, y_cut])
+    res = gen.generate(img, face, _noise(3))
+    assert res.image.shape == img.shape
+    assert res.replaced
+    assert np.any(res.image != img)
+
+
+def test_tiny_face_is_left_untouched_with_a_reason(gen: SurrogateGenerator,
+                                                   faces: tuple[SampleFace, ...]) -> None:
+    f = _face(faces, "fr-obama.jpg")
+    s = 0.07  # the face becomes ~17 px wide
+    small = cv2.resize(f.image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    face = FaceInput(tuple(v * s for v in f.box), f.landmarks68 * s)  # type: ignore[arg-type]
+    res = gen.generate(small, face, _noise(4))
+    assert res.status == "untouched" and not res.replaced
+    assert res.reason is not None and "NOT de-identified" in res.reason
+    np.testing.assert_array_equal(res.image, small)
+
+
+def test_small_but_workable_face_is_replaced(gen: SurrogateGenerator,
+                                             faces: tuple[SampleFace, ...]) -> None:
+    f = _face(faces, "fr-obama.jpg")
+    s = 0.15  # ~36 px wide
+    small = cv2.resize(f.image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    face = FaceInput(tuple(v * s for v in f.box), f.landmarks68 * s)  # type: ignore[arg-type]
+    res = gen.generate(small, face, _noise(5))
+    assert res.replaced and np.any(res.image != small)
+
+
+def test_bad_inputs_are_refused(gen: SurrogateGenerator, faces: tuple[SampleFace, ...],
+                                bank: SurrogateBank) -> None:
+    f = _face(faces, "fr-obama.jpg")
+    with pytest.raises(ValueError, match="256"):
+        gen.generate(f.image, FaceInput.of(f), np.ones(128))
+    with pytest.raises(ValueError, match="non-finite"):
+        gen.generate(f.image, FaceInput.of(f), np.full(256, np.inf))
+    with pytest.raises(ValueError, match="RGB uint8"):
+        gen.generate(f.image.astype(np.float32), FaceInput.of(f), _noise(1))
+    with pytest.raises(ValueError, match="attacker"):
+        SurrogateGenerator(encoder="dlib", bank=bank)
+
+
+def test_every_synthetic_identity_is_verified_against_its_contributors(
+        bank: SurrogateBank, faces: tuple[SampleFace, ...]) -> None:
+    """No synthetic identity matches any photo of any of its contributors under any encoder
+    available offline (dlib included), at the encoders' calibrated thresholds."""
+    from dpface.models.encoders import get_encoder
+
+    by_label = {f"{f.photo}#{f.index}": f.identity for f in faces}
+    for name in ("mobileface", "faceres", "dlib"):
+        enc = get_encoder(name)
+        photos = enc.embed(faces)
+        synth = enc.embed([bank.face(k) for k in range(len(bank))])
+        for k, contributors in enumerate(bank.contributors):
+            people = {by_label[c] for c in contributors}
+            assert len(people) == 3
+            rows = [j for j, f in enumerate(faces) if f.identity in people]
+            worst = float(np.max(photos[rows] @ synth[k]))
+            assert worst < enc.threshold, (name, k, contributors, worst)
+    report = bank.report
+    assert set(report) >= {"contributors", "left_out", "rejected_by", "kept"}
+    assert report["kept"] == len(bank)
