@@ -9,10 +9,11 @@ How the bank is built (once, on first use; cached under ``assets/.cache``; deter
    closed: things that would carry over). One photo per person: faces with the same label,
    or that the generator's own encoders (MobileFace, FaceRes) call the same person, form one
    person; the most frontal photo represents it.
-2. **Canonical textures.** Each contributor's face is warped piecewise-affinely (68 landmarks
-   plus ten forehead points, one fixed Delaunay mesh) onto the contributors' mean shape in a
-   256×256 ArcFace-template frame, and its skin colour statistics are standardised to the
-   pooled mean (Reinhard in Lab) so that no contributor dominates by contrast or lighting.
+2. **Canonical textures.** Each contributor's face is warped piecewise-affinely through its
+   468 FaceMesh points (dense correspondence; one fixed Delaunay mesh) onto the contributors'
+   mean mesh in a 384×384 ArcFace-template frame, and its skin colour statistics are
+   standardised to the pooled mean (Reinhard in Lab) so that no contributor dominates by
+   contrast or lighting.
 3. **Synthetic identities.** Every triple of three different persons of the same apparent
    sex (FaceRes P(male) >= 0.5 or not) is averaged pixel-wise in the canonical frame. No
    synthetic identity is a real person.
@@ -53,8 +54,8 @@ from dpface.generators.warp import (
 )
 from dpface.models.dlib_models import arcface_points
 
-BANK_VERSION = 5
-CANON = 256  # canonical frame side (ArcFace template scaled as insightface does for 256)
+BANK_VERSION = 7
+CANON = 384  # canonical frame side (ArcFace template scaled as insightface does for 384)
 MIN_CONTRIBUTOR_WIDTH = 84.0
 MAX_YAW = 0.22
 VERIFY_MARGIN = 0.03
@@ -115,14 +116,16 @@ class SurrogateBank:
 
     ``textures``: (K, 256, 256, 3) uint8 canonical renders (all in the mean shape);
     ``shapes``: (K, 68, 2) each identity's own canonical landmarks (its contributors' mean:
-    the identity's face geometry); ``shape68``: the canonical mean landmarks; ``tri``: the
-    fixed mesh over ``extend(shape68)``; ``embeddings``: encoder
+    the identity's face geometry); ``shape68``: the canonical mean landmarks; ``mesh``: the
+    canonical mean FaceMesh (468 points); ``tri``: the fixed Delaunay triangles over it
+    (textures correspond densely through them); ``embeddings``: encoder
     name -> (K, dim) unit selection embeddings; ``male``: mean FaceRes P(male) of the
     contributors; ``contributors``: their sample labels; ``report``: the verification log."""
 
     textures: np.ndarray = field(repr=False)
     shapes: np.ndarray = field(repr=False)
     shape68: np.ndarray = field(repr=False)
+    mesh: np.ndarray = field(repr=False)
     tri: np.ndarray = field(repr=False)
     embeddings: dict[str, np.ndarray] = field(repr=False)
     male: np.ndarray = field(repr=False)
@@ -147,14 +150,43 @@ class SurrogateBank:
 # ------------------------------------------------------------------------------- building
 
 
-def _canonical(img: np.ndarray, lm68: np.ndarray, shape68: np.ndarray, tri: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 canonical texture, inside-mesh mask): mesh part warped piecewise onto the
-    mean shape; outside the mesh, the similarity-aligned photo."""
+def face_mesh(img: np.ndarray, lm68: np.ndarray) -> np.ndarray:
+    """(468, 2) FaceMesh landmarks (x, y) in photo pixels (a landmark model, not a
+    recogniser), from a 192×192 crop that is rotated so the eyes are level (FaceMesh
+    expects upright faces; a tilted head otherwise misplaces the mesh)."""
+    import torch
+
+    from dpface.models.tfjs_models import prepare, run
+
+    lm = np.asarray(lm68, dtype=np.float64)
+    d = lm[42:48].mean(axis=0) - lm[36:42].mean(axis=0)
+    ang = float(np.arctan2(d[1], d[0]))
+    c, s_ = np.cos(-ang), np.sin(-ang)
+    rot = np.array([[c, -s_], [s_, c]])
+    centre = lm.mean(axis=0)
+    r = (lm - centre) @ rot.T
+    mid = (r.min(axis=0) + r.max(axis=0)) / 2.0
+    scale = 192.0 / (1.5 * float(np.ptp(r, axis=0).max()))
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = 96.0 - scale * (rot @ centre + mid)
+    crop = cv2.warpAffine(img, m, (192, 192), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    with torch.no_grad():
+        mesh = run("facemesh", prepare("facemesh", crop[None]))["mesh"].numpy()
+    pts = mesh.reshape(468, 3)[:, :2].astype(np.float64)
+    inv = cv2.invertAffineTransform(m)
+    return np.asarray(pts @ inv[:, :2].T + inv[:, 2])
+
+
+def _canonical(img: np.ndarray, lm68: np.ndarray, mesh: np.ndarray, mean_mesh: np.ndarray,
+               tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 canonical texture, inside-mesh mask): the FaceMesh part warped piecewise
+    onto the mean mesh; outside it, the similarity-aligned photo."""
     m = similarity_to_template(arcface_points(lm68))
     base = cv2.warpAffine(img, m, (CANON, CANON), flags=cv2.INTER_AREA,
                           borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-    warped, inside = warp_piecewise(img, extend(lm68), extend(shape68), tri, (CANON, CANON))
+    warped, inside = warp_piecewise(img, mesh, mean_mesh, tri, (CANON, CANON))
     out = np.where(inside[..., None], warped, base)
     return out.astype(np.float32), inside
 
@@ -282,10 +314,13 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
     aligned = [apply_affine(similarity_to_template(faces[i].points5), faces[i].landmarks68)
                for i in chosen]
     shape68 = np.mean(aligned, axis=0)
-    tri = triangulate(extend(shape68))
+    meshes = [face_mesh(faces[i].image, faces[i].landmarks68) for i in chosen]
+    mean_mesh = np.mean([apply_affine(similarity_to_template(faces[i].points5), m)
+                         for i, m in zip(chosen, meshes, strict=True)], axis=0)
+    tri = triangulate(mean_mesh)
     weight = skin_weight(shape68, CANON)
-    textures = [_canonical(faces[i].image, faces[i].landmarks68, shape68, tri)[0]
-                for i in chosen]
+    textures = [_canonical(faces[i].image, faces[i].landmarks68, m, mean_mesh, tri)[0]
+                for i, m in zip(chosen, meshes, strict=True)]
     labs = [rgb_to_lab(t).reshape(-1, 3)[weight.reshape(-1) > 0.5] for t in textures]
     target = (np.mean([x.mean(axis=0) for x in labs], axis=0),
               np.mean([x.std(axis=0) for x in labs], axis=0))
@@ -350,7 +385,8 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
         "thresholds": thresholds,
         "verify_margin": VERIFY_MARGIN,
     }
-    return SurrogateBank(tex, np.stack(kept_shape), shape68, tri, selection, np.array(kept_male),
+    return SurrogateBank(tex, np.stack(kept_shape), shape68, mean_mesh, tri, selection,
+                         np.array(kept_male),
                          tuple(kept_contrib), report)
 
 
@@ -359,7 +395,8 @@ def save_bank(bank: SurrogateBank, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part.npz")
     np.savez_compressed(
-        tmp, textures=bank.textures, shapes=bank.shapes, shape68=bank.shape68, tri=bank.tri,
+        tmp, textures=bank.textures, shapes=bank.shapes, shape68=bank.shape68, mesh=bank.mesh,
+        tri=bank.tri,
         male=bank.male,
         **{f"emb_{k}": v for k, v in bank.embeddings.items()},
         contributors=np.array(json.dumps(bank.contributors)),
@@ -372,7 +409,8 @@ def load_bank_file(path: Path) -> SurrogateBank:
     """Read a bank written by ``save_bank``."""
     with np.load(path, allow_pickle=False) as z:
         emb = {k.removeprefix("emb_"): z[k] for k in z.files if k.startswith("emb_")}
-        return SurrogateBank(z["textures"], z["shapes"], z["shape68"], z["tri"], emb, z["male"],
+        return SurrogateBank(z["textures"], z["shapes"], z["shape68"], z["mesh"], z["tri"], emb,
+                             z["male"],
                              tuple(tuple(c) for c in json.loads(str(z["contributors"]))),
                              json.loads(str(z["report"])))
 

@@ -31,18 +31,23 @@ class RefineSettings:
 
 
 def _crops(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mobileface 112 crop, faceres 224 crop) of a 256 canonical NHWC image: the canonical
-    frame is the ArcFace template ×2 shifted 16 px right, so both crops are its
-    [0:224, 16:240] window (halved for MobileFace)."""
-    win = img[:, 0:224, 16:240, :]
-    half = F.avg_pool2d(win.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
-    return half, win
+    """(mobileface 112 crop, faceres 224 crop) of an S×S canonical NHWC image (S a multiple
+    of 128): the canonical frame is the ArcFace template × S/128 shifted S/16 right, so the
+    ArcFace 112 frame is its [0:7S/8, S/16:15S/16] window."""
+    size = img.shape[1]
+    x0, side = size // 16, size * 7 // 8
+    win = img[:, 0:side, x0:x0 + side, :].permute(0, 3, 1, 2)
+    fr = F.interpolate(win, size=(224, 224), mode="bilinear", antialias=True,
+                       align_corners=False)
+    mf = F.interpolate(win, size=(112, 112), mode="bilinear", antialias=True,
+                       align_corners=False)
+    return mf.permute(0, 2, 3, 1), fr.permute(0, 2, 3, 1)
 
 
 def push_away(texture: np.ndarray, mask: np.ndarray, avoid: dict[str, np.ndarray],
               thresholds: dict[str, float], settings: RefineSettings | None = None
               ) -> tuple[np.ndarray, dict[str, float]]:
-    """Refine a (256, 256, 3) float texture so that its MobileFace and FaceRes embeddings
+    """Refine an (S, S, 3) float canonical texture so that its MobileFace and FaceRes embeddings
     stay below ``threshold - margin`` against every row of ``avoid[encoder]``.
     Returns (uint8 texture, final max similarities)."""
     from dpface.models.encoders import get_encoder

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dpface.generators.bank import SurrogateBank, default_bank
+from dpface.generators.bank import SurrogateBank, default_bank, face_mesh
 from dpface.generators.base import (
     AttributeChannel,
     ChannelRecord,
@@ -42,6 +42,7 @@ from dpface.generators.warp import (
     INNER_LIPS,
     JAW,
     LEFT_EYE,
+    OUTER_LIPS,
     RIGHT_EYE,
     extend,
     face_width,
@@ -71,6 +72,8 @@ class SurrogateSettings:
     jaw_inset: float = 0.10  # the mask stays this far inside the jaw line (towards the nose)
     keep_eyes: bool = True  # keep the input's eye interiors
     keep_mouth: bool = True  # keep the input's mouth interior
+    keep_lips: bool = False  # keep the input's lips (expression) too
+    poisson: bool = False  # gradient-domain (Poisson) blend of the replaced region
     surrogate_chroma: bool = False  # False: colour (a*, b*) is the input's, only lightness
     # detail comes from the surrogate (no lipstick or skin-tone carry-over)
     geometry: float = 1.0  # how much of the surrogate's own face geometry (its landmark offsets
@@ -81,6 +84,26 @@ class SurrogateSettings:
     # outline; the surroundings follow smoothly, anchored on a ring around the face)
     mix: int = 1  # how many nearest synthetic identities are mixed
     temperature: float = 0.02  # softmax temperature on cosine similarity when mixing
+
+
+def poisson_blend(src: np.ndarray, dst: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Seamless (Poisson) clone of ``src`` into ``dst`` (same size) over ``region`` > 0.5:
+    inside, the gradients of ``src``; on the boundary, ``dst``. Returns float32 RGB."""
+    h, w = region.shape
+    mask = np.where(region > 0.5, 255, 0).astype(np.uint8)
+    mask[:2, :] = 0
+    mask[-2:, :] = 0
+    mask[:, :2] = 0
+    mask[:, -2:] = 0
+    if mask.sum() == 0 or h < 8 or w < 8:
+        return np.asarray(src, dtype=np.float32)
+    x, y, bw, bh = cv2.boundingRect(mask)
+    src8 = np.clip(np.round(src), 0, 255).astype(np.uint8)
+    dst8 = np.ascontiguousarray(dst, dtype=np.uint8)
+    # OpenCV 5's seamlessClone writes into its mask argument: always pass a copy
+    out = cv2.seamlessClone(src8, dst8, mask.copy(), (x + bw // 2, y + bh // 2),
+                            cv2.NORMAL_CLONE)
+    return np.asarray(out, dtype=np.float32)
 
 
 class SurrogateGenerator(Generator):
@@ -169,6 +192,8 @@ class SurrogateGenerator(Generator):
             uncovered.append("eye interiors: iris, sclera, gaze, eye state")
         if s.keep_mouth:
             uncovered.append("mouth interior: teeth, tongue")
+        if s.keep_lips:
+            uncovered.append("lips (shape is the target geometry, texture the input's)")
         if attributes is not None:
             names = ", ".join(sorted(attributes.values))
             (covered if attributes.privatised else uncovered).append(
@@ -240,6 +265,10 @@ class SurrogateGenerator(Generator):
         if s.keep_eyes:
             for part in (LEFT_EYE, RIGHT_EYE):
                 keep = np.maximum(keep, polygon_mask(shape, lm[part]))
+        if s.keep_lips:
+            outer = lm[OUTER_LIPS]
+            c = outer.mean(axis=0)
+            keep = np.maximum(keep, polygon_mask(shape, c + 1.05 * (outer - c)))
         if s.keep_mouth:
             inner = lm[INNER_LIPS]
             c = inner.mean(axis=0)
@@ -264,7 +293,8 @@ class SurrogateGenerator(Generator):
                                               shape)
             crop = np.where(inside_in[..., None], np.clip(np.round(moved), 0, 255),
                             crop).astype(np.uint8)
-        warped, inside = warp_piecewise(texture, self._canon_pts, pts, self.bank.tri, shape)
+        mesh = face_mesh(crop, lm)
+        warped, inside = warp_piecewise(texture, self.bank.mesh, mesh, self.bank.tri, shape)
         region, skin, keep = self._masks(shape, lm, pts, fw)
         region = np.maximum(region, self._masks(shape, lm_in, pts_in, fw)[0])
         region *= inside.astype(np.float32)
@@ -281,6 +311,8 @@ class SurrogateGenerator(Generator):
         rgb = lab_to_rgb(lab)
         src = crop.astype(np.float32)
         rgb = rgb * (1.0 - keep[..., None]) + src * keep[..., None]
+        if s.poisson:
+            rgb = poisson_blend(rgb, crop, region)
         alpha = feather(region, max(0.8, s.feather_sigma * fw))
         out = src * (1.0 - alpha[..., None]) + rgb * alpha[..., None]
         return np.clip(np.round(out), 0, 255).astype(np.uint8), alpha
