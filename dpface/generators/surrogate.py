@@ -2,24 +2,28 @@
 
 Identity comes only from the privatised embedding: the generator picks the synthetic
 identities of the surrogate bank (``dpface.generators.bank``) nearest to it in the encoder's
-space (cosine), mixes the top ``mix`` of them with softmax weights, and paints that face's
-*identity detail* (the band between ``fine_sigma`` and ``light_sigma``) into the photo:
+space (cosine; optionally restricted by an attribute channel ``{"male": p}``), mixes the top
+``mix`` of them with softmax weights, and renders that identity into the photo:
 
-1. warp: the surrogate's canonical texture is warped piecewise-affinely (68 landmarks + ten
-   forehead points, one fixed mesh) onto the input face's landmarks, so pose, expression and
-   face shape are the input's;
-2. lighting and skin colour: in Lab, the surrogate's low frequencies are replaced by the
-   input's (Gaussian of ``light_sigma`` × face width, normalised over skin only, so eyes,
-   brows, mouth and background do not bleed in);
-3. grain: the finest band (``fine_sigma`` × face width) is the input's, so sharpness and
-   noise match the photo (a low-resolution surrogate does not look melted);
-4. the input's eye interiors (iris, sclera: gaze and eye state) and mouth interior (teeth,
-   tongue) are kept;
-5. a feathered mask (brows to jaw, inset from the face outline) blends the result in.
+1. geometry: the input's 68 landmarks get the surrogate's own shape offset from the mean
+   shape (× ``geometry``) and lose part of their own (× ``shrink``); brows, eyes and mouth
+   move as wholes (placement changes, expression shape stays), the jaw line by ``jaw`` × the
+   offset. The photo is warped accordingly inside a ring anchored around the face, so
+   hair and background follow smoothly;
+2. dense placement: the surrogate's canonical texture (caricatured away from the bank's mean
+   face by ``exaggerate``) is warped through the 468 FaceMesh points of the re-shaped face;
+3. lighting and skin colour: in Lab, the surrogate's lightness below ``light_sigma`` × face
+   width is replaced by the input's (masked to skin, so eyes, brows, mouth and background do
+   not bleed in), and the colour channels a*, b* are the input's (no lipstick or skin-tone
+   carry-over); an optional finest band (``fine_sigma``) restores the input's grain but
+   measurably hands identity back to the attacker, so it is off by default;
+4. the input's eye interiors (gaze, eye state) and mouth interior (teeth) are kept;
+5. a feathered mask (brows to jaw) blends the result in (optionally a Poisson blend).
 
 Nothing is random and nothing depends on the raw identity: the same privatised embedding
-and the same photo give the same output. The raw channels it keeps are listed in every
-result's ``ChannelRecord``. No dlib model runs here (dlib is the evaluation attacker).
+and the same photo give the same output. FaceMesh (a landmark model) runs on the photo; no
+identity model does, and dlib (the evaluation attacker) never runs here. The raw channels it
+keeps are listed in every result's ``ChannelRecord``.
 """
 
 from __future__ import annotations
@@ -66,21 +70,23 @@ EXPRESSIVE_PARTS = (np.arange(17, 22), np.arange(22, 27), LEFT_EYE, RIGHT_EYE,
 class SurrogateSettings:
     """Tunable constants (fractions of the face width unless said otherwise)."""
 
-    light_sigma: float = 0.07  # low band from the input (lighting, skin colour)
-    fine_sigma: float = 0.008  # finest band from the input (grain); 0 disables
+    light_sigma: float = 0.3  # low band from the input (lighting, skin colour)
+    fine_sigma: float = 0.0  # finest band from the input (grain); 0 disables
     feather_sigma: float = 0.035  # soft edge of the replaced region
-    jaw_inset: float = 0.10  # the mask stays this far inside the jaw line (towards the nose)
+    jaw_inset: float = 0.03  # the mask stays this far inside the jaw line (towards the nose)
     keep_eyes: bool = True  # keep the input's eye interiors
     keep_mouth: bool = True  # keep the input's mouth interior
     keep_lips: bool = False  # keep the input's lips (expression) too
     poisson: bool = False  # gradient-domain (Poisson) blend of the replaced region
     surrogate_chroma: bool = False  # False: colour (a*, b*) is the input's, only lightness
     # detail comes from the surrogate (no lipstick or skin-tone carry-over)
-    geometry: float = 1.0  # how much of the surrogate's own face geometry (its landmark offsets
+    exaggerate: float = 1.0  # caricature of the surrogate texture away from the bank mean
+    exaggerate_sigma: float = 0.0  # canonical px; >0: caricature only above this scale
+    geometry: float = 1.5  # how much of the surrogate's own face geometry (its landmark offsets
     # from the mean shape, inner features only) is added to the input's landmarks
-    shrink: float = 0.0  # how much of the input's own inner-feature offset from the mean
+    shrink: float = 0.5  # how much of the input's own inner-feature offset from the mean
     # shape is removed (reduces what the raw geometry reveals; also damps expression)
-    jaw: float = 0.5  # share of the geometry change applied to the jaw line (face
+    jaw: float = 0.7  # share of the geometry change applied to the jaw line (face
     # outline; the surroundings follow smoothly, anchored on a ring around the face)
     mix: int = 1  # how many nearest synthetic identities are mixed
     temperature: float = 0.02  # softmax temperature on cosine similarity when mixing
@@ -122,6 +128,7 @@ class SurrogateGenerator(Generator):
         self.identity_dim = int(self._emb.shape[1])
         self.settings = settings or SurrogateSettings()
         self._canon_pts = extend(self.bank.shape68)
+        self._mean_texture = self.bank.textures.astype(np.float32).mean(axis=0)
         self._outer_tri = triangulate(np.concatenate([self._canon_pts, ring(self.bank.shape68)]))
 
     # ------------------------------------------------------------------ identity -> surrogate
@@ -151,8 +158,16 @@ class SurrogateGenerator(Generator):
     def surrogate_texture(self, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The mixed canonical texture (float32 RGB)."""
         tex = self.bank.textures[idx].astype(np.float32)
-        return np.asarray(np.tensordot(weights.astype(np.float32), tex, axes=1),
-                          dtype=np.float32)
+        out = np.tensordot(weights.astype(np.float32), tex, axes=1)
+        k = self.settings.exaggerate
+        if k:
+            # caricature: push the identity away from the bank's average face
+            diff = out - self._mean_texture
+            sig = self.settings.exaggerate_sigma
+            if sig > 0:  # feature edges only, not broad shading (which looks like dirt)
+                diff = diff - cv2.GaussianBlur(diff, (0, 0), sig)
+            out = out + np.float32(k) * diff
+        return np.asarray(out, dtype=np.float32)
 
     def target_landmarks(self, lm: np.ndarray, idx: np.ndarray, weights: np.ndarray
                          ) -> np.ndarray:
@@ -182,8 +197,11 @@ class SurrogateGenerator(Generator):
         s = self.settings
         covered = ["choice and mix of the synthetic surrogate identity (from the privatised"
                    f" {self.encoder} embedding only)",
-                   "inner-face identity detail (mid-frequency texture of the surrogate)"]
-        uncovered = ["face geometry: the 68 input landmarks (face shape, pose, expression)",
+                   "inner-face identity detail (mid-frequency lightness of the surrogate)",
+                   "the surrogate's shape offset added to the landmarks"]
+        uncovered = ["face geometry: the input's 68 landmarks (face shape, pose, expression),"
+                     f" of which {1 - s.shrink:.0%} of the inner features' offset from the"
+                     " mean shape is kept",
                      "lighting and skin colour: low frequencies of the input face",
                      "hair, ears, face outline, neck, background, clothing (outside the mask)"]
         if s.fine_sigma > 0:
