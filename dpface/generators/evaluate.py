@@ -157,13 +157,16 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
     confident = p_in.max(axis=1) >= 0.6
     attrs = sex_attributes([faces[i] for i in idx], sex_channel)
     summary: dict[str, object] = {}
-    for eps in epsilons:
+    for j, eps in enumerate(epsilons):
         rows = []
         for d in range(draws):
             if math.isinf(eps):
                 priv = emb.astype(np.float64)
             else:
-                mech = IdentityLaplace(epsilon=eps, dim=emb.shape[1], seed=seed + d)
+                # a separate seed per epsilon: one seed for all would draw the same noise
+                # shape at every scale (the surrogate choices would then barely differ)
+                mech = IdentityLaplace(epsilon=eps, dim=emb.shape[1],
+                                       seed=seed + 1000 * j + d)
                 priv = mech.batch(emb)
             for k, i in enumerate(idx):
                 f = faces[i]
