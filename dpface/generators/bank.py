@@ -74,9 +74,9 @@ _ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.73
 def canonical_template(size: int = CANON) -> np.ndarray:
     """The ArcFace five-point template scaled to ``size`` (insightface's convention)."""
     if size % 112 == 0:
-        return _ARCFACE_112 * (size / 112.0)
+        return np.asarray(_ARCFACE_112 * (size / 112.0))
     ratio = size / 128.0
-    return _ARCFACE_112 * ratio + np.array([8.0 * ratio, 0.0])
+    return np.asarray(_ARCFACE_112 * ratio + np.array([8.0 * ratio, 0.0]))
 
 
 def similarity_to_template(points5: np.ndarray, size: int = CANON) -> np.ndarray:
@@ -203,7 +203,7 @@ def skin_weight(shape68: np.ndarray, size: int) -> np.ndarray:
         pts = shape68[idx]
         band = np.concatenate([pts + np.array([0.0, -6.0]), pts[::-1] + np.array([0.0, 8.0])])
         w -= polygon_mask((size, size), band)
-    return np.clip(w, 0.0, 1.0)
+    return np.asarray(np.clip(w, 0.0, 1.0))
 
 
 def _standardise(tex: np.ndarray, weight: np.ndarray, target: tuple[np.ndarray, np.ndarray]
@@ -214,7 +214,7 @@ def _standardise(tex: np.ndarray, weight: np.ndarray, target: tuple[np.ndarray, 
     px = lab.reshape(-1, 3)[w]
     mu, sd = px.mean(axis=0), px.std(axis=0) + 1e-3
     lab = (lab - mu) / sd * target[1] + target[0]
-    return np.clip(lab_to_rgb(lab), 0, 255)
+    return np.asarray(np.clip(lab_to_rgb(lab), 0, 255))
 
 
 def _source_key() -> str:
@@ -305,7 +305,8 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
     faces = sample_faces()
     encoders = {name: get_encoder(name) for name in verify_encoders}
     emb = {name: enc.embed(faces) for name, enc in encoders.items()}
-    internal = {n: emb[n] @ emb[n].T for n in ("mobileface", "faceres") if n in emb}
+    internal: dict[str, np.ndarray] = {n: emb[n] @ emb[n].T for n in ("mobileface", "faceres")
+                                       if n in emb}
     thresholds = {n: encoders[n].threshold for n in encoders}
     chosen, why = select_contributors(faces, internal, thresholds)
     _, p_male = age_gender([faces[i] for i in chosen])
@@ -344,7 +345,7 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
             avg = np.mean([textures[k] for k in tri3], axis=0)
             people = {faces[chosen[k]].identity for k in tri3}
             photos = [j for j, f in enumerate(faces) if f.identity in people]
-            render = np.clip(np.round(avg), 0, 255).astype(np.uint8)
+            render: np.ndarray = np.asarray(np.clip(np.round(avg), 0, 255), dtype=np.uint8)
             internal_ok = all(
                 float(np.max(emb[n][photos] @ encoders[n].embed([_Face(render, shape68)])[0]))
                 < encoders[n].threshold - VERIFY_MARGIN for n in ("mobileface", "faceres"))
@@ -394,13 +395,15 @@ def save_bank(bank: SurrogateBank, path: Path) -> None:
     """Write the bank atomically as .npz (report as JSON)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part.npz")
-    np.savez_compressed(
-        tmp, textures=bank.textures, shapes=bank.shapes, shape68=bank.shape68, mesh=bank.mesh,
-        tri=bank.tri,
-        male=bank.male,
+    arrays: dict[str, np.ndarray] = {
+        "textures": bank.textures, "shapes": bank.shapes, "shape68": bank.shape68,
+        "mesh": bank.mesh, "tri": bank.tri, "male": bank.male,
+        "contributors": np.array(json.dumps(bank.contributors)),
+        "report": np.array(json.dumps(bank.report)),
         **{f"emb_{k}": v for k, v in bank.embeddings.items()},
-        contributors=np.array(json.dumps(bank.contributors)),
-        report=np.array(json.dumps(bank.report)),
+    }
+    np.savez_compressed(
+        tmp, **arrays,  # type: ignore[arg-type]
     )
     tmp.replace(path)
 

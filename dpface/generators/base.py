@@ -46,7 +46,7 @@ class FaceInput:
         lm = np.asarray(face.landmarks68, dtype=np.float64)  # type: ignore[attr-defined]
         if lm.shape != (68, 2) or len(box) != 4:
             raise ValueError(f"a face needs a 4-value box and (68, 2) landmarks, got {lm.shape}")
-        return cls(box, lm)  # type: ignore[arg-type]
+        return cls((box[0], box[1], box[2], box[3]), lm)
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,8 @@ def skin_delta_e(inp: np.ndarray, out: np.ndarray, alpha: np.ndarray | None,
         if not sel.any():
             res.append(0.0)
             continue
-        res.append(float(deltaE_ciede2000(a[sel].mean(axis=0), b[sel].mean(axis=0))))
+        res.append(float(deltaE_ciede2000(  # type: ignore[no-untyped-call]
+            a[sel].mean(axis=0), b[sel].mean(axis=0))))
     return res[0], res[1]
 
 
@@ -180,7 +181,7 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
                 dist = float(np.linalg.norm(desc - desc_in[i]))
                 same = [j for j, g in enumerate(faces) if g.identity == f.identity]
                 gal = min(float(np.linalg.norm(desc - desc_in[j])) for j in same)
-                ssim = float(structural_similarity(
+                ssim = float(structural_similarity(  # type: ignore[no-untyped-call]
                     arcface_crop(f.image, f.points5, 256), arcface_crop(out, f.points5, 256),
                     channel_axis=2, data_range=255))
                 emo = int(emotion_probs([_Out(out, f.landmarks68)])[0].argmax())

@@ -56,7 +56,7 @@ class OnnxFaceSwapGenerator(Generator):
         """``latent_map``: None (the latent is the unit embedding), a (d_id, d_latent)
         matrix, or ``"graph"`` to use the model's last initializer when it is a square
         matrix of the latent size (how inswapper ships its ``emap``)."""
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped]
 
         p = Path(path)
         if not p.is_file():
@@ -119,7 +119,7 @@ class OnnxFaceSwapGenerator(Generator):
         out: Any = self.session.run(None, {self.target_name: np.ascontiguousarray(blob),
                                            self.latent_name: latent})[0]
         img = np.asarray(out, dtype=np.float32)[0].transpose(1, 2, 0)
-        return np.clip(img, 0.0, 1.0) * np.float32(255.0)
+        return np.asarray(np.clip(img, 0.0, 1.0) * np.float32(255.0))
 
     def channels(self, attributes: AttributeChannel | None = None) -> ChannelRecord:
         """What the output derives from."""

@@ -188,7 +188,7 @@ class SurrogateGenerator(Generator):
         # expression): each brow, each eye and the mouth get their mean displacement
         for part in EXPRESSIVE_PARTS:
             delta[part] = delta[part].mean(axis=0)
-        return lm + delta
+        return np.asarray(lm + delta)
 
     # ------------------------------------------------------------------ record
 

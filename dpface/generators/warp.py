@@ -25,7 +25,7 @@ FOREHEAD_LIFT = 0.22  # forehead points: brows lifted by this share of nose-root
 def face_width(lm68: np.ndarray) -> float:
     """Jaw-to-jaw width of the face in pixels (landmarks 0 and 16, at least the x extent)."""
     lm = np.asarray(lm68, dtype=np.float64)
-    return float(max(np.linalg.norm(lm[16] - lm[0]), np.ptp(lm[:, 0]), 1e-6))
+    return max(float(np.linalg.norm(lm[16] - lm[0])), float(np.ptp(lm[:, 0])), 1e-6)
 
 
 def up_vector(lm68: np.ndarray) -> tuple[np.ndarray, float]:
