@@ -24,6 +24,7 @@ import math
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = ["BudgetExceeded", "Charge", "Ledger", "event_from_json", "event_to_js
 
 Composition = Literal["basic", "pld"]
 SCHEMA_VERSION = 1
+_PLD_INTERVAL = 1e-3  # PLD value grid of the tight total (see Ledger._compose)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -288,9 +290,20 @@ class Ledger:
             )
         if self.composition == "basic" or delta <= 0.0:
             return basic
-        events = [event_from_json(j) for _, _, j in rows]
+        # identical events (the common case: one mechanism, many releases) are self-composed,
+        # which dp-accounting does by repeated squaring instead of one convolution each
+        counts = Counter(j for _, _, j in rows)
+        events = [
+            event_from_json(j) if c == 1 else accounting.self_compose(event_from_json(j), c)
+            for j, c in counts.items()
+        ]
         try:
-            tight = accounting.epsilon(events, delta, method="pld")
+            # a coarser grid than dp-accounting's default keeps a charge under a second; the
+            # PLD is still the pessimistic (upper-bound) discretisation, so this only costs
+            # tightness (measured: < 1e-6 relative on Gaussian releases)
+            tight = accounting.pld_epsilon(
+                accounting.compose(events), delta, value_discretization_interval=_PLD_INTERVAL
+            )
         except (ValueError, TypeError, NotImplementedError):
             return basic  # an event the PLD accountant cannot handle: basic is still sound
         return ApproxDP(tight, delta) if tight < basic.epsilon else basic
