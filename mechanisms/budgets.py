@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import decimal
 import math
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -48,11 +49,6 @@ def _exact_sum_up(values: list[float]) -> float:
     return ceil_float(sum((Fraction(v) for v in values), Fraction(0)))
 
 
-def _round_up(x: float) -> float:
-    """Next float above ``x`` (conservative rounding of a computed loss)."""
-    return x if math.isinf(x) or x == 0.0 else math.nextafter(x, math.inf)
-
-
 @dataclass(frozen=True, slots=True)
 class PureDP:
     """epsilon-differential privacy: Pr[M(x) in S] <= e^epsilon Pr[M(x') in S]."""
@@ -70,8 +66,24 @@ class PureDP:
         return ApproxDP(self.epsilon, 0.0, allow_inf=self.allow_inf)
 
     def to_zcdp(self) -> ZCDP:
-        """epsilon-DP implies (epsilon^2 / 2)-zCDP (Bun & Steinke 2016, Prop. 1.4)."""
-        return ZCDP(_round_up(self.epsilon**2 / 2.0), allow_inf=self.allow_inf)
+        """epsilon-DP implies (epsilon^2 / 2)-zCDP (Bun & Steinke 2016, Prop. 1.4).
+
+        rho is the smallest float >= the exact rational epsilon^2 / 2, and never a subnormal: a
+        positive epsilon whose rho would underflow gets the smallest normal float 2^-1022 (still
+        an upper bound, and one that later float arithmetic keeps to relative precision). An
+        epsilon whose rho would overflow the float range raises ``OverflowError``.
+        """
+        if math.isinf(self.epsilon):
+            return ZCDP(math.inf, allow_inf=True)
+        if self.epsilon == 0.0:
+            return ZCDP(0.0, allow_inf=self.allow_inf)
+        exact = Fraction(self.epsilon) ** 2 / 2
+        if exact > Fraction(sys.float_info.max):
+            raise OverflowError(
+                f"epsilon = {self.epsilon:g} gives rho = epsilon^2/2 beyond the float range"
+            )
+        rho = max(ceil_float(exact), sys.float_info.min)
+        return ZCDP(rho, allow_inf=self.allow_inf)
 
     def __str__(self) -> str:
         return f"{self.epsilon:.6g}-DP"

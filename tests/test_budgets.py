@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
@@ -96,3 +98,29 @@ def test_zcdp_conversion_is_never_below_the_exact_value(rho: float, delta: float
 def test_composition_of_exact_floats_is_exact() -> None:
     assert compose_basic([PureDP(1.0)] * 3) == PureDP(3.0)
     assert compose_basic([PureDP(0.1)] * 3).epsilon >= 0.3  # 0.1 is not exact: rounded up
+
+
+@given(st.floats(min_value=0.0, max_value=1e150, allow_subnormal=True))
+def test_pure_to_zcdp_rounds_up_exactly_and_never_underflows(eps: float) -> None:
+    """rho >= the exact rational eps^2/2 over the whole range, including eps <= 2e-162 (where
+    eps^2/2 underflows in floats), and rho is 0 only for eps = 0 and never subnormal."""
+    rho = PureDP(eps).to_zcdp().rho
+    assert Fraction(rho) >= Fraction(eps) ** 2 / 2
+    if eps > 0.0:
+        assert rho >= sys.float_info.min
+        # tight: one float step down is below the exact value, unless clamped to 2^-1022
+        if rho > sys.float_info.min:
+            assert Fraction(math.nextafter(rho, 0.0)) < Fraction(eps) ** 2 / 2
+    else:
+        assert rho == 0.0
+
+
+@pytest.mark.parametrize("eps", [1e-170, 2e-162, 5e-324, 1e-300])
+def test_pure_to_zcdp_of_tiny_epsilon_is_positive(eps: float) -> None:
+    assert PureDP(eps).to_zcdp().rho > 0.0
+
+
+def test_pure_to_zcdp_extremes() -> None:
+    assert PureDP(math.inf, allow_inf=True).to_zcdp().rho == math.inf
+    with pytest.raises(OverflowError, match="float range"):
+        PureDP(1e200).to_zcdp()
