@@ -32,6 +32,8 @@ from .rng import Randomness
 
 __all__ = [
     "MAX_GAUSSIAN_S",
+    "MAX_MARGIN",
+    "MIN_MARGIN",
     "bernoulli_exp_neg",
     "bernoulli_fraction",
     "discrete_gaussian",
@@ -48,6 +50,24 @@ _I64_SAFE = 2**62
 # fallback is used. Each float64 operation is correctly rounded (IEEE 754), so computing p with
 # k operations is off by at most k * 2^-53 relative; 2^-40 leaves a wide safety factor.
 _FLOAT_MARGIN = 2.0**-40
+# Accepted range for a caller-supplied ``margin``. Below 2^-41 the window of
+# proofs/sampling.md F2 would no longer be provably wide enough for the float error of the
+# estimates; above 1/2 the window is useless (and a huge margin makes m overflow int64).
+MIN_MARGIN = 2.0**-41
+MAX_MARGIN = 0.5
+
+
+def _check_margin(margin: float) -> float:
+    """Validate a relative float-error margin (a wrong one silently breaks exactness)."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float, np.floating)):
+        raise TypeError(f"margin must be a real number, got {type(margin).__name__}")
+    m = float(margin)
+    if not MIN_MARGIN <= m <= MAX_MARGIN:  # also rejects NaN
+        raise ValueError(
+            f"margin must lie in [2^-41, 1/2], got {margin!r}: a margin below the float error "
+            "of the estimates makes the Bernoulli draws inexact (proofs/sampling.md F2)"
+        )
+    return m
 
 
 def _bernoulli_exp_neg_unit(num: IntArray, den: IntArray, rng: Randomness) -> BoolArray:
@@ -185,8 +205,10 @@ def bernoulli_fraction(
     1; if w/2^53 lies certainly above p it is 0. Otherwise ``exact_fn(i)`` gives (N_i, M_i) as
     Python ints and U is refined with more random bits until it is on one side of N_i/M_i, so the
     answer is exactly Bernoulli(N_i/M_i) whatever the float estimate was, provided it is within
-    ``margin`` (relative) of the truth.
+    ``margin`` (relative) of the truth. ``margin`` must lie in [2^-41, 1/2] (``ValueError``
+    otherwise); larger margins only send more draws down the exact path.
     """
+    margin = _check_margin(margin)
     n = p_estimate.shape[0]
     w = rng.integers_below(np.full(n, 2**53, dtype=np.int64))
     unit = 2.0**-53
@@ -230,6 +252,7 @@ def discrete_gaussian(
     if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
         raise ValueError(f"s must be a positive integer, got {s!r}")
     s = int(s)
+    margin = _check_margin(margin)
     if s > MAX_GAUSSIAN_S:
         raise OverflowError(f"s = {s} exceeds {MAX_GAUSSIAN_S}; use a coarser grid")
     t = s + 1

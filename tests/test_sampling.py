@@ -11,6 +11,8 @@ import pytest
 from mechanisms.geometric import _count_above, geometric, geometric_tables
 from mechanisms.rng import Randomness
 from mechanisms.sampling import (
+    MAX_MARGIN,
+    MIN_MARGIN,
     bernoulli_exp_neg,
     bernoulli_fraction,
     discrete_gaussian,
@@ -183,3 +185,28 @@ def test_seeded_is_reproducible_and_secure_is_not() -> None:
     d = discrete_laplace(100, 50, Randomness.secure())
     assert not np.array_equal(c, d)
     assert Randomness.from_seed(1).seeded and not Randomness.secure().seeded
+
+
+@pytest.mark.parametrize("bad", [0.0, 1e-20, 2.0**-42, -0.1, 0.75, 1.0, math.inf, math.nan])
+def test_margin_out_of_range_is_refused(bad: float) -> None:
+    """A margin below the float error silently breaks exactness (sampling.md G5): refused."""
+    rng = Randomness.from_seed(0)
+    est = np.full(4, 1 / 3)
+    with pytest.raises(ValueError, match="margin"):
+        bernoulli_fraction(est, lambda i: (1, 3), rng, margin=bad)
+    with pytest.raises(ValueError, match="margin"):
+        discrete_gaussian(3, 4, rng, margin=bad)
+
+
+def test_margin_must_be_a_real_number() -> None:
+    rng = Randomness.from_seed(0)
+    with pytest.raises(TypeError, match="margin"):
+        discrete_gaussian(3, 4, rng, margin=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="margin"):
+        bernoulli_fraction(np.full(2, 0.5), lambda i: (1, 2), rng, margin="0.1")  # type: ignore[arg-type]
+
+
+def test_margin_bounds_are_accepted() -> None:
+    rng = Randomness.from_seed(0)
+    for margin in (MIN_MARGIN, MAX_MARGIN):
+        assert discrete_gaussian(3, 10, rng, margin=margin).shape == (10,)
