@@ -238,6 +238,9 @@ def _refine_exact(w: int, bits: int, num: int, den: int, rng: Randomness) -> boo
 
 
 MAX_GAUSSIAN_S = 2**24
+# Largest number of factors exp(-gamma/m) in _bernoulli_exp_neg_square, exclusive: keeps the
+# float -> int64 cast of m defined and m * k exact in float64.
+_M_LIMIT = 2.0**52
 
 
 def discrete_gaussian(
@@ -277,14 +280,20 @@ def _bernoulli_exp_neg_square(
 
     exp(-gamma) is the product of m factors exp(-gamma/m), m = floor(gamma_est) + 1 >= gamma, each
     decided by CKS Algorithm 1 whose Bernoulli(gamma / (m k)) draws go through
-    :func:`bernoulli_fraction`. Float error: a -> float, s*t -> float, the division, the square,
-    and the division by m*k are five correctly rounded operations: relative error < 6 * 2^-53,
-    far inside ``margin``.
+    :func:`bernoulli_fraction`. Float error: a -> float, the division by s*t (exact), the square
+    (which doubles its argument's error), m*k -> float and the final division: relative error
+    < 7.01 * 2^-53 (proofs/sampling.md F2), far inside ``margin``.
+
+    Raises ``OverflowError`` if some gamma_est * (1 + margin) >= 2^52, so that m fits int64 and
+    m*k is exact in float64; that needs |Y| >= 2^26 s, probability < exp(-2^25) per candidate.
     """
     n = a.shape[0]
     st = float(s) * float(t)
     gamma = (a.astype(np.float64) / st) ** 2 / 2.0
-    m = np.floor(gamma * (1.0 + margin)).astype(np.int64) + 1
+    m_float = np.floor(gamma * (1.0 + margin))
+    if n and float(m_float.max()) >= _M_LIMIT:
+        raise OverflowError("discrete Gaussian acceptance exponent too large for exact draws")
+    m = m_float.astype(np.int64) + 1
     den_base = 2 * (s * t) ** 2  # Python int, exact
     result = np.ones(n, dtype=bool)
     factors_left = m.copy()

@@ -13,6 +13,7 @@ from mechanisms.rng import Randomness
 from mechanisms.sampling import (
     MAX_MARGIN,
     MIN_MARGIN,
+    _bernoulli_exp_neg_square,
     bernoulli_exp_neg,
     bernoulli_fraction,
     discrete_gaussian,
@@ -210,3 +211,21 @@ def test_margin_bounds_are_accepted() -> None:
     rng = Randomness.from_seed(0)
     for margin in (MIN_MARGIN, MAX_MARGIN):
         assert discrete_gaussian(3, 10, rng, margin=margin).shape == (10,)
+
+
+def test_huge_acceptance_exponent_raises_instead_of_wrapping() -> None:
+    """sampling.md G4: gamma ~ 2^77 used to overflow the int64 cast of m (m = INT64_MIN + 1),
+    which made the candidate be *accepted* with certainty instead of with probability
+    e^-gamma. Now it raises like the other int64 guards."""
+    rng = Randomness.from_seed(0)
+    for a in (2**40, 2**61):
+        with pytest.raises(OverflowError, match="exponent"):
+            _bernoulli_exp_neg_square(np.array([0, a], dtype=np.int64), 1, 2, rng, 2.0**-40)
+
+
+def test_large_but_castable_exponent_is_rejected_exactly() -> None:
+    """Just below the guard (gamma ~ 2^50, m ~ 2^50): works, and the candidate is rejected
+    (exact acceptance probability e^-(2^50))."""
+    rng = Randomness.from_seed(1)
+    a = np.full(50, 2**26, dtype=np.int64)  # gamma = 2^52 / 8 = 2^49 at s = 1, t = 2
+    assert not _bernoulli_exp_neg_square(a, 1, 2, rng, 2.0**-40).any()
