@@ -41,6 +41,7 @@ __all__ = ["BudgetExceeded", "Charge", "Ledger", "event_from_json", "event_to_js
 
 Composition = Literal["basic", "pld"]
 SCHEMA_VERSION = 1
+MAX_REFERENCES = 5  # face templates kept per subject and encoder for linking
 _PLD_INTERVAL = 1e-3  # PLD value grid of the tight total (see Ledger._compose)
 
 _SCHEMA = """
@@ -70,6 +71,13 @@ CREATE TABLE IF NOT EXISTS pseudonyms (
     created_at REAL NOT NULL,
     PRIMARY KEY (subject, key)
 );
+CREATE TABLE IF NOT EXISTS refs (
+    subject TEXT NOT NULL REFERENCES subjects(subject),
+    encoder TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refs_by_encoder ON refs(encoder);
 """
 
 
@@ -270,6 +278,49 @@ class Ledger:
         ).fetchone()
         return None if row is None else np.frombuffer(row[0], dtype="<f8").copy()
 
+    # ------------------------------------------------------------------ face linking
+    def enroll(self, subject: str, encoder: str, embedding: np.ndarray) -> None:
+        """Keep a RAW identity embedding of ``subject`` to link later unnamed faces to them.
+
+        This is trusted-side data (a biometric template, not a DP release): whoever holds the
+        ledger can recognise the enrolled people. The subject must have (or get) a budget; at
+        most ``MAX_REFERENCES`` templates are kept per subject and encoder (later ones are
+        ignored).
+        """
+        vec = np.asarray(embedding, dtype="<f8").ravel()
+        norm = float(np.linalg.norm(vec))
+        if not (np.all(np.isfinite(vec)) and norm > 0):
+            raise ValueError("an enrolment embedding must be finite and non-zero")
+        with self._transaction():
+            self._ensure_subject(subject)
+            (kept,) = self._conn.execute(
+                "SELECT COUNT(*) FROM refs WHERE subject=? AND encoder=?", (subject, encoder)
+            ).fetchone()
+            if kept < MAX_REFERENCES:
+                self._conn.execute(
+                    "INSERT INTO refs(subject, encoder, vector, created_at) VALUES (?, ?, ?, ?)",
+                    (subject, encoder, (vec / norm).tobytes(), time.time()),
+                )
+
+    def match(
+        self, encoder: str, embedding: np.ndarray, threshold: float
+    ) -> tuple[str, float] | None:
+        """The enrolled subject most similar (cosine) to ``embedding``, if at or above
+        ``threshold``: (subject, similarity); None when nobody matches."""
+        vec = np.asarray(embedding, dtype=np.float64).ravel()
+        vec = vec / np.linalg.norm(vec)
+        best: tuple[str, float] | None = None
+        for subject, blob in self._conn.execute(
+            "SELECT subject, vector FROM refs WHERE encoder=?", (encoder,)
+        ):
+            ref = np.frombuffer(blob, dtype="<f8")
+            if ref.shape != vec.shape:
+                continue
+            sim = float(ref @ vec)
+            if sim >= threshold and (best is None or sim > best[1]):
+                best = (subject, sim)
+        return best
+
     # ------------------------------------------------------------------ spending
     def _event_rows(self, subject: str) -> list[tuple[float, float, str]]:
         return list(
@@ -324,6 +375,26 @@ class Ledger:
             return math.inf
         return max(budget.epsilon - self.spent(subject).epsilon, 0.0)
 
+    def _ensure_subject(self, subject: str) -> ApproxDP:
+        """The subject's total budget, creating the subject with the default (in a transaction)."""
+        row = self._conn.execute(
+            "SELECT budget_epsilon, budget_delta FROM subjects WHERE subject=?", (subject,)
+        ).fetchone()
+        if row is not None:
+            return ApproxDP(row[0], row[1])
+        if self.default_budget is None:
+            raise KeyError(
+                f"subject {subject!r} has no budget; call set_budget() first or open "
+                "the ledger with default_budget="
+            )
+        total = self.default_budget
+        self._conn.execute(
+            "INSERT INTO subjects(subject, budget_epsilon, budget_delta, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (subject, total.epsilon, total.delta, time.time()),
+        )
+        return total
+
     def charge(
         self,
         subject: str,
@@ -340,23 +411,7 @@ class Ledger:
         cost = _as_approx(budget, 1e-9)
         payload = event_to_json(event)
         with self._transaction():
-            row = self._conn.execute(
-                "SELECT budget_epsilon, budget_delta FROM subjects WHERE subject=?", (subject,)
-            ).fetchone()
-            if row is None:
-                if self.default_budget is None:
-                    raise KeyError(
-                        f"subject {subject!r} has no budget; call set_budget() first or open "
-                        "the ledger with default_budget="
-                    )
-                total = self.default_budget
-                self._conn.execute(
-                    "INSERT INTO subjects(subject, budget_epsilon, budget_delta, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (subject, total.epsilon, total.delta, time.time()),
-                )
-            else:
-                total = ApproxDP(row[0], row[1])
+            total = self._ensure_subject(subject)
             rows = self._event_rows(subject)
             spent = self._compose(rows, total.delta)
             after = self._compose([*rows, (cost.epsilon, cost.delta, payload)], total.delta)

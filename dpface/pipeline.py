@@ -18,6 +18,7 @@ says why. Output images carry no metadata (EXIF, GPS, ...) from the input.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ MASK_VALUE = 128
 IdentityMechanism = IdentityLaplace | IdentityGaussian | IdentityVMF
 ImageMechanism = DPPixelization | DPBlur
 Pseudonym = Literal["fresh", "reuse"]
+Linking = Literal["none", "match"]
+LINK_ENCODER = "mobileface"  # encoder used to link faces when no generator names one
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class FaceRecord:
     spent: dict[str, float] | None = None
     remaining_epsilon: float | None = None
     channels: dict[str, list[str]] | None = None
+    linked: str | None = None  # how an unnamed face was linked to an enrolled subject
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -72,6 +76,7 @@ class AnonymizationResult:
     faces: list[FaceRecord]
     receipt: dict[str, Any]
     error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per pipeline stage
 
     @property
     def ok(self) -> bool:
@@ -108,7 +113,11 @@ class Anonymizer:
         ledger: Ledger | None = None,
         detector: str = "hog",
         pseudonym: Pseudonym = "fresh",
+        link: Linking = "none",
     ) -> None:
+        """``link="match"``: a named face is enrolled (its raw embedding kept in the ledger, on
+        the trusted side) and later unnamed faces that match an enrolled subject are charged
+        to that subject instead of being separate privacy units."""
         if isinstance(mechanism, (IdentityLaplace, IdentityGaussian, IdentityVMF)):
             if generator is None:
                 raise ValueError(
@@ -130,12 +139,16 @@ class Anonymizer:
             )
         if pseudonym not in ("fresh", "reuse"):
             raise ValueError("pseudonym must be 'fresh' or 'reuse'")
+        if link not in ("none", "match"):
+            raise ValueError("link must be 'none' or 'match'")
+        self.link: Linking = link
         self.mechanism = mechanism
         self.generator = generator
         self.ledger = ledger if ledger is not None else Ledger(":memory:")
         self.detector = detector
         self.pseudonym: Pseudonym = pseudonym
         self._encoder: Any = None
+        self._timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -146,9 +159,14 @@ class Anonymizer:
         if self._encoder is None:
             from .models.encoders import get_encoder
 
-            assert self.generator is not None
-            self._encoder = get_encoder(self.generator.encoder)
+            name = self.generator.encoder if self.generator is not None else LINK_ENCODER
+            self._encoder = get_encoder(name)
         return self._encoder
+
+    def _tick(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self._timings[stage] = self._timings.get(stage, 0.0) + now - since
+        return now
 
     def _pseudonym_key(self) -> str:
         assert self.generator is not None
@@ -186,17 +204,26 @@ class Anonymizer:
         releases of that person in other photos are then NOT linked in the ledger.
         """
         source = str(image) if not isinstance(image, np.ndarray) else "<array>"
+        self._timings = {}
+        t = time.perf_counter()
         try:
             rgb = load_rgb(image) if not isinstance(image, np.ndarray) else array_to_rgb8(image)
         except (ImageError, OSError) as err:
             return self._failed(source, f"could not read the image: {err}")
+        t = self._tick("read", t)
         found = detect_array(rgb, source=source, detector=self.detector)
+        t = self._tick("detect", t)
         if not found.ok:
             return self._failed(source, found.error or "detection failed")
         faces = found.faces
-        names = self._names(faces, subject, subjects)
-        if isinstance(names, str):
-            return self._failed(source, names)
+        embeddings: np.ndarray | None = None
+        if faces and (self.generator is not None or self.link == "match"):
+            embeddings = self._encoder_for().embed(faces)
+            t = self._tick("embed", t)
+        named = self._names(faces, subject, subjects)
+        if isinstance(named, str):
+            return self._failed(source, named)
+        names, links = self._linked(named, embeddings)
         out = rgb.copy()
         records: list[FaceRecord] = []
         if isinstance(self.mechanism, (DPPixelization, DPBlur)):
@@ -204,9 +231,38 @@ class Anonymizer:
                 out, rec = self._pixelize_face(out, face, i, name)
                 records.append(rec)
         else:
-            out, records = self._replace_faces(out, faces, names)
+            assert embeddings is not None or not faces
+            out, records = self._replace_faces(out, faces, names, embeddings)
+        records = [
+            r if links[r.index] is None else FaceRecord(**{**r.__dict__, "linked": links[r.index]})
+            for r in records
+        ]
         receipt = self._receipt(source, records, found.note)
-        return AnonymizationResult(source, out, records, receipt)
+        return AnonymizationResult(source, out, records, receipt, timings=dict(self._timings))
+
+    def _linked(
+        self, names: list[str], embeddings: np.ndarray | None
+    ) -> tuple[list[str], list[str | None]]:
+        """With ``link="match"``: enrol named faces, link unnamed ones to enrolled subjects."""
+        links: list[str | None] = [None] * len(names)
+        if self.link != "match" or embeddings is None:
+            return names, links
+        t = time.perf_counter()
+        enc = self._encoder_for()
+        out = list(names)
+        for i, (name, emb) in enumerate(zip(names, embeddings, strict=True)):
+            if not name.startswith("unlinked:"):
+                self.ledger.enroll(name, enc.name, emb)
+                continue
+            hit = self.ledger.match(enc.name, emb, enc.threshold)
+            if hit is not None:
+                out[i] = hit[0]
+                links[i] = (
+                    f"matched to enrolled subject on the trusted side ({enc.name} cosine "
+                    f"{hit[1]:.3f} >= {enc.threshold})"
+                )
+        self._tick("link", t)
+        return out, links
 
     def _names(
         self, faces: list[Face], subject: str | None, subjects: Sequence[str | None] | None
@@ -242,7 +298,9 @@ class Anonymizer:
         self, img: np.ndarray, face: Face, index: int, subject: str
     ) -> tuple[np.ndarray, FaceRecord]:
         region = _face_region(face, img.shape)
+        t = time.perf_counter()
         event_id, refused = self._charge(subject)
+        t = self._tick("charge", t)
         if refused is not None:
             rec = FaceRecord(index, region, subject, "masked", reason=f"budget refused: {refused}")
             return self._mask(img, region), rec
@@ -250,6 +308,7 @@ class Anonymizer:
         mech = self.mechanism
         assert isinstance(mech, (DPPixelization, DPBlur))
         out = np.asarray(mech(img, (x0, y0, x1, y1)))
+        self._tick("privatise", t)
         spent, left = self._spent(subject)
         rec = FaceRecord(
             index,
@@ -271,15 +330,14 @@ class Anonymizer:
         return out, rec
 
     def _replace_faces(
-        self, img: np.ndarray, faces: list[Face], names: list[str]
+        self, img: np.ndarray, faces: list[Face], names: list[str], embeddings: np.ndarray | None
     ) -> tuple[np.ndarray, list[FaceRecord]]:
         assert self.generator is not None
         mech = self.mechanism
         assert isinstance(mech, (IdentityLaplace, IdentityGaussian, IdentityVMF))
         records: list[FaceRecord] = []
-        if not faces:
+        if not faces or embeddings is None:
             return img, records
-        embeddings = self._encoder_for().embed(faces)
         key = self._pseudonym_key()
         for i, (face, name, emb) in enumerate(zip(faces, names, embeddings, strict=True)):
             region = _face_region(face, img.shape)
@@ -290,7 +348,9 @@ class Anonymizer:
             if stored is not None:
                 private, how = stored, "reused pseudonym"
             else:
+                t = time.perf_counter()
                 event_id, refused = self._charge(name)
+                t = self._tick("charge", t)
                 if refused is not None:
                     records.append(
                         FaceRecord(i, region, name, "masked", reason=f"budget refused: {refused}")
@@ -300,7 +360,10 @@ class Anonymizer:
                 private, how = np.asarray(mech(emb.astype(np.float64))), "fresh draw"
                 if self.pseudonym == "reuse" and not name.startswith("unlinked:"):
                     self.ledger.store_pseudonym(name, key, private)
+                self._tick("privatise", t)
+            t = time.perf_counter()
             result = self.generator.generate(img, FaceInput.of(face), private)
+            self._tick("generate", t)
             spent, left = self._spent(name)
             if result.replaced:
                 img = result.image
@@ -367,9 +430,18 @@ class Anonymizer:
                 "everything outside the replaced face regions",
                 "metadata is dropped from written images; in-memory arrays carry none",
             ],
-            "linking": "faces without a subject name are separate privacy units (not linked "
-            "across photos); named subjects are linked by the caller, on the trusted side",
+            "linking": self._linking_text(),
         }
+
+    def _linking_text(self) -> str:
+        base = "named subjects are linked by the caller, on the trusted side; "
+        if self.link == "match":
+            return base + (
+                "unnamed faces are matched against enrolled subjects' raw face templates kept in "
+                f"the ledger ({self._encoder_for().name}), on the trusted side; an unmatched face "
+                "is its own privacy unit for this photo only"
+            )
+        return base + "faces without a name are separate privacy units (not linked across photos)"
 
     def _failed(self, source: str, error: str) -> AnonymizationResult:
         receipt = {

@@ -1,0 +1,109 @@
+"""The identity path end to end on real photos: generator, ledger, pseudonyms, face linking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpface.generators.surrogate import SurrogateGenerator
+from dpface.ledger import Ledger
+from dpface.models import store
+from dpface.models.images import load_rgb
+from dpface.pipeline import Anonymizer
+from mechanisms.budgets import PureDP
+from mechanisms.identity import IdentityLaplace
+from mechanisms.pixelization import DPPixelization
+
+
+@pytest.fixture(scope="module")
+def generator() -> SurrogateGenerator:
+    return SurrogateGenerator()
+
+
+def _anon(gen: SurrogateGenerator, ledger: Ledger, **kw: object) -> Anonymizer:
+    mech = IdentityLaplace(epsilon=6.0, dim=gen.identity_dim)
+    return Anonymizer(mechanism=mech, generator=gen, ledger=ledger, **kw)  # type: ignore[arg-type]
+
+
+def test_faces_are_replaced_charged_and_timed(
+    tmp_path: Path, generator: SurrogateGenerator
+) -> None:
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
+    photo = store.path("samples/fr-obama.jpg")
+    res = _anon(generator, led).anonymize(photo, subject="obama")
+    assert res.ok and res.image is not None and len(res.faces) == 1
+    face = res.faces[0]
+    assert face.status == "replaced" and face.identity == "fresh draw"
+    assert face.ledger_event is not None and face.spent == {"epsilon": 6.0, "delta": 0.0}
+    assert face.remaining_epsilon == pytest.approx(24.0)
+    assert face.channels is not None and face.channels["uncovered"]  # names what leaks
+    x0, y0, x1, y1 = face.box
+    before, after = load_rgb(photo), res.image
+    assert np.abs(after[y0:y1, x0:x1].astype(int) - before[y0:y1, x0:x1]).mean() > 3
+    assert {"read", "detect", "embed", "charge", "privatise", "generate"} <= set(res.timings)
+    assert all(v >= 0 for v in res.timings.values())
+
+
+def test_n_runs_spend_n_releases_then_refuse(
+    tmp_path: Path, generator: SurrogateGenerator
+) -> None:
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(12.0))
+    anon = _anon(generator, led)
+    photo = store.path("samples/fr-obama2.jpg")
+    statuses = [anon.anonymize(photo, subject="o").faces[0].status for _ in range(3)]
+    assert statuses == ["replaced", "replaced", "masked"]
+    assert len(led.events("o")) == 2 and led.spent("o").epsilon == pytest.approx(12.0)
+
+
+def test_reused_pseudonym_spends_once_and_gives_one_identity(
+    tmp_path: Path, generator: SurrogateGenerator
+) -> None:
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(6.0))
+    anon = _anon(generator, led, pseudonym="reuse")
+    a = anon.anonymize(store.path("samples/fr-obama.jpg"), subject="o")
+    b = anon.anonymize(store.path("samples/fr-obama3.jpg"), subject="o")
+    assert [f.identity for f in a.faces + b.faces] == ["fresh draw", "reused pseudonym"]
+    assert b.faces[0].status == "replaced" and b.faces[0].ledger_event is None
+    assert len(led.events("o")) == 1  # the second photo was post-processing of the first draw
+
+
+def test_linking_charges_an_unnamed_face_to_the_enrolled_subject(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(10.0))
+    anon = Anonymizer(
+        mechanism=DPPixelization(epsilon=1.0, block=16, m=16), ledger=led, link="match"
+    )
+    anon.anonymize(store.path("samples/fr-obama.jpg"), subject="obama")  # enrols
+    same = anon.anonymize(store.path("samples/fr-obama2.jpg"))
+    other = anon.anonymize(store.path("samples/fr-biden.jpg"))
+    assert same.faces[0].subject == "obama" and "trusted side" in (same.faces[0].linked or "")
+    assert other.faces[0].subject.startswith("unlinked:") and other.faces[0].linked is None
+    assert len(led.events("obama")) == 2
+    assert "enrolled" in same.receipt["linking"]
+
+
+def test_without_linking_unnamed_faces_stay_separate(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(10.0))
+    anon = Anonymizer(mechanism=DPPixelization(epsilon=1.0, block=16, m=16), ledger=led)
+    anon.anonymize(store.path("samples/fr-obama.jpg"), subject="obama")
+    same = anon.anonymize(store.path("samples/fr-obama2.jpg"))
+    assert same.faces[0].subject.startswith("unlinked:")
+    assert len(led.events("obama")) == 1
+    with pytest.raises(ValueError, match="link"):
+        Anonymizer(mechanism=DPPixelization(epsilon=1.0, block=16, m=16), link="maybe")  # type: ignore[arg-type]
+
+
+def test_ledger_match_threshold_and_reference_cap(tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(1.0))
+    e = np.zeros(8)
+    e[0] = 1.0
+    for _ in range(7):
+        led.enroll("a", "enc", e)
+    assert led._conn.execute("SELECT COUNT(*) FROM refs").fetchone()[0] == 5
+    near = np.array([0.9, 0.1, 0, 0, 0, 0, 0, 0])
+    assert led.match("enc", near, 0.9)[0] == "a"  # type: ignore[index]
+    assert led.match("enc", np.eye(8)[1], 0.5) is None
+    assert led.match("other-encoder", near, 0.1) is None
+    with pytest.raises(ValueError):
+        led.enroll("a", "enc", np.zeros(8))
