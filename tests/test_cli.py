@@ -1,4 +1,4 @@
-"""The dpface command line: the demo writes a receipt and refuses bad budgets."""
+"""The dpface command line: the mechanisms demo writes a receipt and refuses bad budgets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ runner = CliRunner()
 
 def test_demo_writes_receipt_and_releases(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["demo", "--epsilon", "2", "--people", "50", "-o", str(tmp_path), "--seed", "3"]
+        app,
+        ["mechanisms-demo", "--epsilon", "2", "--people", "50", "-o", str(tmp_path), "--seed", "3"],
     )
     assert result.exit_code == 0, result.output
     receipt = json.loads((tmp_path / "receipt.json").read_text())
@@ -30,7 +31,7 @@ def test_demo_writes_receipt_and_releases(tmp_path: Path) -> None:
 
 
 def test_demo_without_seed_says_csprng(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["demo", "--people", "5", "-o", str(tmp_path)])
+    result = runner.invoke(app, ["mechanisms-demo", "--people", "5", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     receipt = json.loads((tmp_path / "receipt.json").read_text())
     assert receipt["seeded"] is False
@@ -39,6 +40,6 @@ def test_demo_without_seed_says_csprng(tmp_path: Path) -> None:
 
 def test_demo_refuses_bad_budgets(tmp_path: Path) -> None:
     for bad in ["0", "-1", "nan", "inf"]:
-        result = runner.invoke(app, ["demo", "--epsilon", bad, "-o", str(tmp_path)])
+        result = runner.invoke(app, ["mechanisms-demo", "--epsilon", bad, "-o", str(tmp_path)])
         assert result.exit_code != 0
         assert "epsilon" in result.output
