@@ -1,0 +1,210 @@
+"""Tables (Markdown, HTML) in the layout of the book's Table 5.1, and the privacy–utility
+plots (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ATTACKER_TITLES = {"dlib": "dlib", "faceres": "FaceRes", "mobileface": "MobileFace (white-box)"}
+
+
+def _cell(summary: dict[str, Any], key: str, digits: int = 3) -> str:
+    val = summary["metrics"].get(key)
+    if val is None:
+        return "–"
+    mean, half = val
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if math.isinf(mean):
+        return "∞"
+    if half is None or math.isnan(half):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def _eps(summary: dict[str, Any]) -> str:
+    e = summary["epsilon"]
+    if e is None:
+        return "–"
+    return "∞" if math.isinf(e) else f"{e:g}"
+
+
+def main_columns(attackers: Sequence[str]) -> list[tuple[str, str, int]]:
+    """(header, metric key, digits) of the Table-5.1 layout."""
+    cols: list[tuple[str, str, int]] = []
+    for a in attackers:
+        t = ATTACKER_TITLES.get(a, a)
+        cols += [(f"Id-dis {t}", f"iddis_{a}", 3), (f"PSR {t}", f"psr_{a}", 3)]
+    cols += [("PSNR (face)", "psnr_face", 2), ("SSIM (face)", "ssim_face", 3),
+             ("Detection HOG", "detected_hog", 3), ("Detection BlazeFace", "detected_blazeface", 3),
+             ("Expression agreement", "emotion_agrees", 3)]
+    return cols
+
+
+def extra_columns(attackers: Sequence[str]) -> list[tuple[str, str, int]]:
+    """Further attacks and utility metrics."""
+    cols: list[tuple[str, str, int]] = []
+    for a in attackers:
+        t = ATTACKER_TITLES.get(a, a).split(" ")[0]
+        cols += [(f"Rank-1 {t}", f"rank1_{a}", 3),
+                 (f"Parrot rank-1 {t}", f"parrot_rank1_{a}", 3),
+                 (f"Parrot PSR {t}", f"parrot_psr_{a}", 3),
+                 (f"TAR@FAR=0.1 {t}", f"tar@far0.1_{a}", 3)]
+    cols += [("SSIM (image)", "ssim_image", 4), ("PSNR (image)", "psnr_image", 1),
+             ("Landmark NME", "nme", 3), ("Emotion TV distance", "emotion_tv", 3),
+             ("Age error (y)", "age_error", 1), ("Gender agreement", "gender_agrees", 3),
+             ("Skin ΔE2000", "skin_delta_e", 2), ("Skin texture ratio", "skin_texture", 2),
+             ("Fréchet descriptor distance (FaceRes)", "frechet_faceres", 3),
+             ("s/face (anonymise)", "seconds", 3)]
+    return cols
+
+
+def averaging_columns(attackers: Sequence[str], counts: Sequence[int]
+                      ) -> list[tuple[str, str, int]]:
+    """PSR after averaging n releases, per attacker."""
+    return [(f"PSR {ATTACKER_TITLES.get(a, a).split(' ')[0]} n={n}", f"avg{n}_psr_{a}", 3)
+            for a in attackers for n in counts]
+
+
+def markdown_table(summaries: Sequence[dict[str, Any]], cols: Sequence[tuple[str, str, int]]
+                   ) -> str:
+    """A Markdown table: one row per condition."""
+    head = "| Method | ε | " + " | ".join(c[0] for c in cols) + " |"
+    sep = "|---|---|" + "|".join("---:" for _ in cols) + "|"
+    rows = [f"| {s['label']} | {_eps(s)} | " + " | ".join(_cell(s, k, dg) for _, k, dg in cols)
+            + " |" for s in summaries]
+    return "\n".join([head, sep, *rows])
+
+
+def html_table(summaries: Sequence[dict[str, Any]], cols: Sequence[tuple[str, str, int]]) -> str:
+    """The same table as HTML."""
+    th = "".join(f"<th>{html.escape(c[0])}</th>" for c in cols)
+    body = "".join(
+        f"<tr><td>{html.escape(s['label'])}</td><td>{_eps(s)}</td>"
+        + "".join(f"<td>{html.escape(_cell(s, k, dg))}</td>" for _, k, dg in cols) + "</tr>"
+        for s in summaries)
+    return f"<table><tr><th>Method</th><th>ε</th>{th}</tr>{body}</table>"
+
+
+def write_tables(summaries: Sequence[dict[str, Any]], out: Path, attackers: Sequence[str],
+                 averaging: Sequence[int], header: str) -> str:
+    """Write ``table51.md`` and ``table51.html`` into ``out``; returns the Markdown."""
+    avg_rows = [s for s in summaries
+                if any(k.startswith("avg") for k in s["metrics"])]
+    parts = [header, "## Table 5.1 layout\n", markdown_table(summaries, main_columns(attackers)),
+             "\n## Further attacks and utility\n",
+             markdown_table(summaries, extra_columns(attackers))]
+    if avg_rows:
+        parts += ["\n## Averaging attack (PSR after averaging n releases of one face)\n",
+                  markdown_table(avg_rows, averaging_columns(attackers, averaging))]
+    md = "\n".join(parts) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table51.md").write_text(md)
+    doc = ("<!doctype html><meta charset='utf-8'><title>dpface evaluation</title>"
+           "<style>table{border-collapse:collapse;font:12px sans-serif}td,th{border:1px solid"
+           " #ccc;padding:2px 5px;text-align:right}td:first-child{text-align:left}</style>"
+           f"<pre>{html.escape(header)}</pre><h2>Table 5.1 layout</h2>"
+           + html_table(summaries, main_columns(attackers))
+           + "<h2>Further attacks and utility</h2>"
+           + html_table(summaries, extra_columns(attackers))
+           + ("<h2>Averaging attack</h2>"
+              + html_table(avg_rows, averaging_columns(attackers, averaging)) if avg_rows else ""))
+    (out / "table51.html").write_text(doc)
+    return md
+
+
+def _metric(s: dict[str, Any], key: str) -> tuple[float, float]:
+    mean, half = s["metrics"].get(key, [math.nan, math.nan])
+    return float(mean), 0.0 if half is None or math.isnan(half) else float(half)
+
+
+def write_plots(summaries: Sequence[dict[str, Any]], out: Path, attackers: Sequence[str],
+                averaging: Sequence[int]) -> list[Path]:
+    """PSR vs SSIM (all conditions), PSR vs ε (DP conditions), PSR vs averaged releases."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    colours = {"original": "black", "baseline": "tab:gray", "dp-pix": "tab:orange",
+               "generator": "tab:purple", "identity-laplace": "tab:blue",
+               "identity-gaussian": "tab:green", "identity-vmf": "tab:red"}
+    fig, axes = plt.subplots(1, len(attackers), figsize=(5.2 * len(attackers), 4.6),
+                             squeeze=False)
+    for ax, a in zip(axes[0], attackers, strict=True):
+        for s in summaries:
+            x, xe = _metric(s, "ssim_face")
+            y, ye = _metric(s, f"psr_{a}")
+            ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", ms=4, capsize=2,
+                        color=colours.get(s["family"], "tab:brown"))
+            short = s["name"].replace("identity-", "").replace("@eps=", " ε")
+            ax.annotate(short.split(",")[0], (x, y), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel("SSIM (aligned face crop)")
+        ax.set_ylabel(f"PSR ({ATTACKER_TITLES.get(a, a)})")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Privacy (PSR) vs utility (SSIM); mean ± 95% CI over faces")
+    fig.tight_layout()
+    p = out / "psr_vs_ssim.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+
+    fams = [f for f in ("identity-laplace", "identity-gaussian", "identity-vmf", "dp-pix")
+            if any(s["family"] == f for s in summaries)]
+    if fams:
+        fig, axes = plt.subplots(1, len(attackers), figsize=(5.2 * len(attackers), 4.2),
+                                 squeeze=False)
+        for ax, a in zip(axes[0], attackers, strict=True):
+            for f in fams:
+                rows = sorted((s for s in summaries if s["family"] == f),
+                              key=lambda s: s["epsilon"])
+                xs = [s["epsilon"] for s in rows]
+                ys = [_metric(s, f"psr_{a}") for s in rows]
+                ax.errorbar(xs, [y for y, _ in ys], yerr=[e for _, e in ys], marker="o",
+                            capsize=2, label=f, color=colours.get(f))
+            for s in summaries:
+                if s["family"] in ("generator", "original"):
+                    ax.axhline(_metric(s, f"psr_{a}")[0], ls="--", lw=1,
+                               color=colours[s["family"]], label=s["label"])
+            ax.set_xscale("log")
+            ax.set_xlabel("ε")
+            ax.set_ylabel(f"PSR ({ATTACKER_TITLES.get(a, a)})")
+            ax.set_ylim(-0.05, 1.05)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle("PSR vs ε (mean ± 95% CI over faces)")
+        fig.tight_layout()
+        p = out / "psr_vs_epsilon.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+
+    avg = [s for s in summaries if any(k.startswith("avg") for k in s["metrics"])]
+    if avg and len(averaging) > 1:
+        fig, axes = plt.subplots(1, len(attackers), figsize=(5.2 * len(attackers), 4.2),
+                                 squeeze=False)
+        for ax, a in zip(axes[0], attackers, strict=True):
+            for s in avg:
+                ys = [_metric(s, f"avg{n}_psr_{a}")[0] for n in averaging]
+                ax.plot(list(averaging), ys, marker="o", label=s["label"])
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("releases averaged (n)")
+            ax.set_ylabel(f"PSR ({ATTACKER_TITLES.get(a, a)})")
+            ax.set_ylim(-0.05, 1.05)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=6)
+        fig.suptitle("Averaging attack: PSR when the attacker averages n releases")
+        fig.tight_layout()
+        p = out / "averaging_attack.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    return paths
