@@ -550,3 +550,6 @@ if __name__ == "__main__":
 from dpface.evaluation.command import register as _register_evaluate  # noqa: E402
 
 _register_evaluate(app)
+from dpface.evaluation.command import register as _register_evaluate  # noqa: E402
+
+_register_evaluate(app)
