@@ -545,11 +545,9 @@ def version() -> None:
     typer.echo(_version("dpface"))
 
 
+from dpface.evaluation.command import register as _register_evaluate  # noqa: E402
+
+_register_evaluate(app)
+
 if __name__ == "__main__":
     app()
-from dpface.evaluation.command import register as _register_evaluate  # noqa: E402
-
-_register_evaluate(app)
-from dpface.evaluation.command import register as _register_evaluate  # noqa: E402
-
-_register_evaluate(app)
