@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import mpmath
 import numpy as np
 import pytest
 from dp_accounting import dp_event
@@ -14,9 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mechanisms.budgets import ApproxDP
-from mechanisms.gaussian import Gaussian, analytic_gaussian_delta, analytic_gaussian_sigma
+from mechanisms.gaussian import (
+    _RDP_ORDERS,
+    Gaussian,
+    analytic_gaussian_delta,
+    analytic_gaussian_sigma,
+)
 from mechanisms.lattice import GRID_SHARE
-from mechanisms.sampling import MAX_GAUSSIAN_S
+from mechanisms.rng import Randomness
+from mechanisms.sampling import MAX_GAUSSIAN_S, discrete_gaussian
 from tests.stats_helpers import ALPHA, chi2_goodness_of_fit, discrete_gaussian_pmf
 
 
@@ -208,3 +215,147 @@ def test_exact_discrete_delta_for_a_diagonal_shift() -> None:
     shift = np.array([side, side], dtype=np.float64)
     assert math.hypot(side, side) <= steps
     assert _hockey_stick(cal.s, shift, 1.0) <= 1e-5
+
+
+# ---------------------------------------------------------------- privacy_map (gaussian.md G4, G5)
+
+mpmath.mp.dps = 50
+
+
+def _rdp_bound_exact(multiplier: Fraction, delta: float) -> mpmath.mpf:
+    """50-digit value of the bound the RDP branch evaluates: dp-accounting's conversion
+    (CKS 2020 Prop. 12, KL shortcut included) over its default orders, at the exact
+    multiplier."""
+    r2 = mpmath.mpf(multiplier.numerator) ** 2 / mpmath.mpf(multiplier.denominator) ** 2
+    best = None
+    for a_float in _RDP_ORDERS:
+        a = mpmath.mpf(a_float)
+        r = a / (2 * r2)
+        if delta**2 + mpmath.expm1(-r) > 0:
+            e = mpmath.mpf(0)
+        else:
+            e = r + mpmath.log1p(-1 / a) - mpmath.log(mpmath.mpf(delta) * a) / (a - 1)
+        best = e if best is None or e < best else best
+    return max(best, mpmath.mpf(0))
+
+
+def test_rdp_privacy_map_rounds_up_counterexample() -> None:
+    """gaussian.md G4: the old RDP branch returned dp-accounting's float 6.433224116390997,
+    below the 50-digit value 6.4332241163909982917 of the same bound."""
+    mech = Gaussian(epsilon=2.0, delta=1e-5, sensitivity=1.0, calibration="rdp")
+    d = 2.8023460440328627
+    exact = _rdp_bound_exact(Fraction(mech.noise_multiplier) / Fraction(d), 1e-5)
+    got = mech.privacy_map(d)
+    assert got.delta == 1e-5
+    assert mpmath.mpf(got.epsilon) >= exact
+    assert got.epsilon <= float(exact) * (1 + 1e-14)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    eps=st.floats(min_value=0.05, max_value=10),
+    delta=st.floats(min_value=1e-10, max_value=1e-2),
+    sens=st.floats(min_value=1e-3, max_value=1e3),
+    factor=st.floats(min_value=1.0, max_value=50.0, exclude_min=True),
+)
+def test_rdp_privacy_map_never_below_exact_bound(
+    eps: float, delta: float, sens: float, factor: float
+) -> None:
+    mech = Gaussian(epsilon=eps, delta=delta, sensitivity=sens, calibration="rdp")
+    d = sens * factor
+    if d <= sens:
+        return
+    exact = _rdp_bound_exact(
+        Fraction(mech.noise_multiplier) * Fraction(sens) / Fraction(d), delta
+    )
+    got = mech.privacy_map(d).epsilon
+    assert mpmath.mpf(got) >= exact
+    assert got >= eps
+    # tight: within float rounding of the exact bound (or the declared eps, whichever is larger)
+    assert got <= max(float(exact) * (1 + 1e-14), eps)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    calibration=st.sampled_from(["analytic", "rdp"]),
+    eps=st.floats(min_value=0.05, max_value=10),
+    delta=st.floats(min_value=1e-10, max_value=1e-2),
+    sens=st.floats(min_value=1e-3, max_value=1e3),
+    d1=st.floats(min_value=0.0, max_value=20.0),
+    d2=st.floats(min_value=0.0, max_value=20.0),
+)
+def test_privacy_map_monotone_and_declared_at_sensitivity(
+    calibration: str, eps: float, delta: float, sens: float, d1: float, d2: float
+) -> None:
+    mech = Gaussian(epsilon=eps, delta=delta, sensitivity=sens, calibration=calibration)  # type: ignore[arg-type]
+    assert mech.privacy_map(sens) == ApproxDP(eps, delta) == mech.guarantee.budget
+    lo, hi = sorted((d1 * sens, d2 * sens))
+    a, b = mech.privacy_map(lo), mech.privacy_map(hi)
+    assert a.delta == b.delta == delta
+    assert a.epsilon <= b.epsilon
+    if hi > sens:
+        assert b.epsilon >= eps
+
+
+def test_privacy_map_is_monotone_across_the_sensitivity() -> None:
+    """Just above Δ the re-solved ε (calibrated with a 1e-9 margin) must not dip below ε."""
+    for calibration in ("analytic", "rdp"):
+        mech = Gaussian(epsilon=1.0, delta=1e-5, sensitivity=1.0, calibration=calibration)  # type: ignore[arg-type]
+        up = math.nextafter(1.0, 2.0)
+        assert mech.privacy_map(up).epsilon >= mech.privacy_map(1.0).epsilon == 1.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    eps=st.floats(min_value=0.05, max_value=10),
+    delta=st.floats(min_value=1e-10, max_value=1e-2),
+    factor=st.floats(min_value=1.0, max_value=50.0, exclude_min=True),
+)
+def test_analytic_privacy_map_sound_at_exact_multiplier(
+    eps: float, delta: float, factor: float
+) -> None:
+    """δ_BW(ε_map; cΔ/d) ≤ δ in 50-digit arithmetic at the exact multiplier (P6)."""
+    mech = Gaussian(epsilon=eps, delta=delta, sensitivity=1.0)
+    got = mech.privacy_map(factor).epsilon
+    c = mpmath.mpf(Fraction(mech.noise_multiplier).numerator) / Fraction(
+        mech.noise_multiplier
+    ).denominator / mpmath.mpf(factor)
+    e = mpmath.mpf(got)
+    bw = mpmath.ncdf(1 / (2 * c) - e * c) - mpmath.exp(e) * mpmath.ncdf(-1 / (2 * c) - e * c)
+    assert bw <= delta
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    eps=st.floats(min_value=0.05, max_value=10),
+    coords=st.integers(min_value=1, max_value=10**6),
+    factor=st.floats(min_value=1.0, max_value=100.0),
+)
+def test_realised_multiplier_at_distance_d_bounds_the_map_for_every_query_size(
+    eps: float, coords: int, factor: float
+) -> None:
+    """P6 through calibration(n): sqrt(s² - 9) g / (d + f g) ≥ cΔ/d for d ≥ Δ (exact)."""
+    mech = Gaussian(epsilon=eps, delta=1e-6, sensitivity=1.0)
+    try:
+        cal = mech.calibration(coords)
+    except ValueError:
+        return
+    d = Fraction(factor)
+    f = math.isqrt(coords - 1) + 1
+    grid = Fraction(cal.grid)
+    c = Fraction(mech.noise_multiplier)
+    # (s² - 9) g² ≥ (c Δ (d + f g) / d)²  ⇔  realised multiplier ≥ cΔ/d
+    assert (cal.s**2 - 9) * grid**2 * d**2 >= (c * (d + f * grid)) ** 2
+
+
+def test_scale_beyond_the_exact_sampler_is_refused() -> None:
+    """s > 2^24 (MAX_GAUSSIAN_S): the calibration refuses, and so does the sampler."""
+    mech = Gaussian(epsilon=1e-3, delta=1e-5, sensitivity=1.0)
+    assert mech.calibration(1000).s <= MAX_GAUSSIAN_S
+    with pytest.raises(ValueError, match="split the query"):
+        mech.calibration(2000)
+    with pytest.raises(ValueError, match="split the query"):
+        mech(np.zeros(2000))
+    with pytest.raises(OverflowError, match="exceeds"):
+        discrete_gaussian(MAX_GAUSSIAN_S + 1, 3, Randomness.from_seed(0))
+    assert discrete_gaussian(MAX_GAUSSIAN_S, 3, Randomness.from_seed(0)).shape == (3,)
