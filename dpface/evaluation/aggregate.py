@@ -51,6 +51,14 @@ def summarise(cond: Condition, faces: Sequence[EvalFace], files: Mapping[str, Pa
         hits = np.stack([rank1(att.pairwise(out[:, k], inp), same, known) for k in range(d)],
                         axis=1)
         m[f"rank1_{name}"] = _est(hits)
+        # the same with the probe's own photo left out of the gallery: is another photo of
+        # the person nearest? (only probes whose person has another photo)
+        other = known & ~self_mask
+        has_mate = np.any(same & ~self_mask, axis=1)
+        if has_mate.any():
+            ohits = np.stack([rank1(att.pairwise(out[has_mate, k], inp), same[has_mate],
+                                    other[has_mate]) for k in range(d)], axis=1)
+            m[f"rank1_other_{name}"] = _est(ohits)
         for far in FARS:
             tars = [tar_at_far(att.pairwise(out[:, k], inp), same, known, self_mask, far)
                     for k in range(d)]
@@ -64,6 +72,10 @@ def summarise(cond: Condition, faces: Sequence[EvalFace], files: Mapping[str, Pa
             phits = np.stack([rank1(att.pairwise(out[:, k], par), same, known)
                               for k in range(d)], axis=1)
             m[f"parrot_rank1_{name}"] = _est(phits)
+            if has_mate.any():
+                pohits = np.stack([rank1(att.pairwise(out[has_mate, k], par), same[has_mate],
+                                         other[has_mate]) for k in range(d)], axis=1)
+                m[f"parrot_rank1_other_{name}"] = _est(pohits)
         if cfg.averages(cond):
             prot = [averaging_protected(att, rel[i], inp[i], cfg.averaging)
                     for i in range(len(faces))]

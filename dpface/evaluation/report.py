@@ -51,7 +51,9 @@ def extra_columns(attackers: Sequence[str]) -> list[tuple[str, str, int]]:
     for a in attackers:
         t = ATTACKER_TITLES.get(a, a).split(" ")[0]
         cols += [(f"Rank-1 {t}", f"rank1_{a}", 3),
+                 (f"Rank-1 other photo {t}", f"rank1_other_{a}", 3),
                  (f"Parrot rank-1 {t}", f"parrot_rank1_{a}", 3),
+                 (f"Parrot rank-1 other photo {t}", f"parrot_rank1_other_{a}", 3),
                  (f"Parrot PSR {t}", f"parrot_psr_{a}", 3),
                  (f"TAR@FAR=0.1 {t}", f"tar@far0.1_{a}", 3)]
     cols += [("SSIM (image)", "ssim_image", 4), ("PSNR (image)", "psnr_image", 1),

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,18 @@ def _locate(img: np.ndarray, face: EvalFace) -> tuple[bool, np.ndarray]:
     return found, _dlib().landmarks(np.ascontiguousarray(img), box)
 
 
+@lru_cache(maxsize=64)
+def _input_features(face: EvalFace, attackers: tuple[str, ...]) -> tuple[
+        _Out, np.ndarray, float, float, np.ndarray, dict[str, np.ndarray]]:
+    """The input measured exactly like every output (the attacker's own landmarks), so an
+    unchanged image scores as unchanged on every metric. Cached per process: tasks are
+    handed out face by face."""
+    view_in = _Out(face.image, _locate(face.image, face)[1])
+    desc_in, age_in, male_in = _faceres(view_in)
+    return (view_in, desc_in, age_in, male_in, _emotion(view_in),
+            _embeddings(view_in, attackers, desc_in))
+
+
 def run_task(cond: Condition, face: EvalFace, cfg: RunConfig, cache_dir: Path) -> Path:
     """Compute (or find) one task's result file."""
     from dpface.align import arcface_crop
@@ -155,12 +167,7 @@ def run_task(cond: Condition, face: EvalFace, cfg: RunConfig, cache_dir: Path) -
     if path.is_file():
         return path
     img_in = face.image
-    # the input is measured exactly like every output (the attacker's own landmarks), so an
-    # unchanged image scores as unchanged on every metric
-    view_in = _Out(img_in, _locate(img_in, face)[1])
-    desc_in, age_in, male_in = _faceres(view_in)
-    emo_in = _emotion(view_in)
-    emb_in = _embeddings(view_in, cfg.attackers, desc_in)
+    view_in, desc_in, age_in, male_in, emo_in, emb_in = _input_features(face, cfg.attackers)
     mf = emb_in.get("mobileface")
     gen_emb = mf if mf is not None else identity_embedding(face)
     crop_in = arcface_crop(img_in, face.points5, 256)
@@ -250,8 +257,8 @@ def run_all(conds: Sequence[Condition], faces: Sequence[EvalFace], cfg: RunConfi
     cache_dir.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, str], Path] = {}
     todo = []
-    for c in conds:
-        for f in faces:
+    for f in faces:  # face by face, so a worker's per-face input features are reused
+        for c in conds:
             p = cache_dir / f"{task_key(c, f, cfg)}.npz"
             if p.is_file():
                 results[(c.name, f.key)] = p
