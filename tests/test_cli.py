@@ -43,3 +43,23 @@ def test_demo_refuses_bad_budgets(tmp_path: Path) -> None:
         result = runner.invoke(app, ["mechanisms-demo", "--epsilon", bad, "-o", str(tmp_path)])
         assert result.exit_code != 0
         assert "epsilon" in result.output
+
+
+def test_main_job_anonymises_every_bundled_sample(tmp_path: Path) -> None:
+    """``./dev run``'s command, with the generator-free mechanism to keep the suite fast."""
+    from dpface.models.store import assets_dir
+
+    samples = sorted((assets_dir() / "samples").iterdir())
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path), "-m", "dp-pix", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["inputs"] == summary["images"] == len(samples) == 16
+    assert summary["faces"] == summary["pixelized"] >= 30 and summary["masked"] == 0
+    assert summary["problems"] == [] and summary["seeded"] is False
+    assert set(summary["stage_seconds"]) >= {"detect", "charge", "privatise"}
+    for s in samples:
+        assert (tmp_path / s.name).with_suffix(".png").is_file()
+        receipt = json.loads((tmp_path / s.name).with_suffix(".receipt.json").read_text())
+        assert receipt["schema"] == "dpface.receipt/1" and receipt["faces"]
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+    assert json.loads((tmp_path / "report.json").read_text())["totals"]["releases"] >= 30

@@ -12,7 +12,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_python_examples_run(page: Path) -> None:
+def test_python_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # examples write relative paths (out/...): keep them per run
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     if page.name == "README.md":
         assert blocks, "README lost its Python example"
