@@ -50,20 +50,21 @@ candidate (< 2.5e-7 for k <= 10^6).
 Float64 error, and what it costs
 --------------------------------
 Let ``u = 2^-53``. Sums, products and quotients are correctly rounded (relative error <= u); for
-``numpy.exp`` we assume a relative error <= ``2^-44`` (512 ulp; numpy's implementation measures
-~1 ulp, and a test checks it against 60-digit ``decimal`` arithmetic). Let ``d_i* = c'(u_i - m)``
+``numpy.exp`` we assume a relative error <= ``2^-42`` on [-90, 0] (2048 ulp; numpy's kernels
+measure a few ulp; checked once per process on fixed points before the first weight, and by a
+test against 60-digit ``decimal`` arithmetic). Let ``d_i* = c'(u_i - m)``
 in exact arithmetic and ``d_i`` its float64 value. Three roundings give
 ``|d_i - d_i*| <= 3.01 u |d_i*|`` (plus ~2^-1074 if the product underflows; an overflow of
 ``u_i - m`` to -inf only happens when ``|d_i*| > 2^63`` because ``c' >= 2^-960`` is enforced).
 Split at ``D = (P + 64) ln 2 <= 87``:
 
 * ``|d_i*| <= D``: ``exp(d_i) / exp(d_i*)`` is within ``exp(+-3.01 u D)``, i.e. relative error
-  <= 2.9e-14, and ``exp`` adds <= 5.7e-14;
+  <= 2.9e-14, and ``exp`` adds <= 2.3e-13;
 * ``|d_i*| > D``: both ``exp(d_i*)`` and the computed value are below ``e^-D(1 - 3.01u)``, an
   absolute error <= ``3 e^-D = 3 * 2^-(P+64)``, i.e. <= ``3 * 2^-64`` relative to ``v_i >= phi``.
 
-Adding ``phi`` rounds once more (u). So every ``w_i`` is within relative error ``a = 8.7e-14`` of
-``v_i``; we charge ``alpha = 1e-12`` (over ten times that). The realised probabilities
+Adding ``phi`` rounds once more (u). So every ``w_i`` is within relative error ``a = 2.6e-13``
+of ``v_i``; we charge ``alpha = 1e-12`` (almost four times that). The realised probabilities
 ``r_i = w_i / sum w`` then satisfy ``r_i / q_i`` in ``[(1-alpha)/(1+alpha), (1+alpha)/(1-alpha)]``,
 hence ``r_i(u) / r_i(u') <= e^(eps') ((1+alpha)/(1-alpha))^2``. Choosing
 
@@ -74,6 +75,7 @@ makes the realised ratio at most ``e^eps``. Epsilons below ~4e-12 are therefore 
 
 from __future__ import annotations
 
+import decimal
 import math
 
 import numpy as np
@@ -92,8 +94,51 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 _ULP = 2.0**-53
-# Assumed bound on the relative error of numpy.exp for arguments in [-90, 0] (tested).
-_EXP_REL_ERR = 2.0**-44
+# Assumed bound on the relative error of numpy.exp for float64 arguments in [-90, 0]: 2^-42
+# (2048 ulp; numpy measures <= a few ulp). Checked once per process on this machine's numpy
+# kernels before the first sampling weight is computed (_check_numpy_exp), and by the tests.
+_EXP_REL_ERR = 2.0**-42
+# Points the per-process check evaluates: 512 spread over [-90, 0], plus tiny arguments and a
+# few below -90 (where only exp(x) <= e^x (1 + _EXP_REL_ERR) is used).
+_EXP_CHECK_POINTS: tuple[float, ...] = (
+    *(-90.0 * (i + 0.5) / 512 for i in range(512)),
+    *(-(2.0**-e) for e in range(1, 60, 4)),
+    -90.0,
+    -0.0,
+    -100.0,
+    -300.0,
+    -700.0,
+)
+_exp_checked = False
+
+
+def _check_numpy_exp() -> None:
+    """Refuse to sample if this numpy's ``exp`` misses the assumed accuracy on the check points.
+
+    Evaluates ``np.exp`` the way the sampler does (a contiguous float64 array, so the same SIMD
+    kernel) plus a strided view and a 1-element array (scalar / tail loops), and compares each
+    value with a 40-digit ``decimal`` exponential. A spot check, not a proof
+    (proofs/exponential.md R1): it catches a kernel that is grossly less accurate than assumed.
+    """
+    global _exp_checked
+    if _exp_checked:
+        return
+    xs = np.array(_EXP_CHECK_POINTS, dtype=np.float64)
+    runs = [(xs, np.exp(xs)), (xs[::3], np.exp(xs[::3])), (xs[:1], np.exp(xs[:1]))]
+    bound = decimal.Decimal(_EXP_REL_ERR)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        for args, values in runs:
+            for x, y in zip(args.tolist(), values.tolist(), strict=True):
+                exact = decimal.Decimal(x).exp()
+                err = (decimal.Decimal(y) - exact) / exact
+                if err > bound or (x >= -90.0 and -err > bound):
+                    raise RuntimeError(
+                        f"numpy.exp({x!r}) = {y!r} is off by a relative {float(err):.3g}, more "
+                        f"than the {_EXP_REL_ERR:.3g} the exponential mechanism's float-error "
+                        "charge assumes (proofs/exponential.md R1): refusing to sample"
+                    )
+    _exp_checked = True
 # Relative error charged for each sampled weight (see the module docstring).
 _ALPHA = 1e-12
 # eps - eps': 2 ln((1 + alpha) / (1 - alpha)), rounded up generously.
@@ -284,6 +329,7 @@ class Exponential(Mechanism):
         return z
 
     def _sampling_weights(self, u: FloatArray) -> FloatArray:
+        _check_numpy_exp()
         k = u.shape[1]
         phi = 2.0 ** -_floor_bits(k)
         d = self._shifted(u, self._sampling_rate)

@@ -9,6 +9,7 @@ from decimal import Decimal, localcontext
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import scipy.stats
 from dp_accounting import dp_event, pld
@@ -426,3 +427,29 @@ def test_unseeded_is_secure_and_instances_differ() -> None:
 def test_import_does_not_pull_torch() -> None:
     code = "import mechanisms.exponential, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_inaccurate_numpy_exp_is_caught_before_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """exponential.md R1/G2: an exp kernel 2^-40 off (beyond the assumed 2^-42) makes the
+    per-process check refuse to sample; the accurate one passes."""
+    real_exp = np.exp
+
+    def sloppy_exp(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        return np.asarray(real_exp(x) * (1.0 + 2.0**-40), dtype=np.float64)
+
+    mech = Exponential(epsilon=1.0, sensitivity=1.0, seed=0)
+    monkeypatch.setattr(expmod, "_exp_checked", False)
+    monkeypatch.setattr(expmod.np, "exp", sloppy_exp)
+    with pytest.raises(RuntimeError, match=r"numpy\.exp"):
+        mech(np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(RuntimeError, match=r"numpy\.exp"):
+        mech.sampling_probabilities(np.array([0.0, 1.0]))
+    monkeypatch.setattr(expmod.np, "exp", real_exp)
+    assert mech(np.array([0.0, 1.0, 2.0])) in (0, 1, 2)
+    assert expmod._exp_checked
+
+
+def test_assumed_exp_error_is_covered_by_the_charge() -> None:
+    """The weaker 2^-42 assumption still fits inside alpha = 1e-12 for every k."""
+    assert expmod._EXP_REL_ERR >= 2.0**-42
+    assert max(expmod.weight_error_bound(2**j) for j in range(41)) <= expmod._ALPHA / 3
