@@ -77,6 +77,8 @@ from __future__ import annotations
 
 import decimal
 import math
+import sys
+from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
@@ -85,7 +87,7 @@ from scipy.special import logsumexp
 
 from .accounting import pure_event
 from .base import Guarantee, Mechanism, check_positive_finite
-from .budgets import PureDP
+from .budgets import PureDP, ceil_float
 from .rng import Randomness, resolve
 
 __all__ = ["Exponential"]
@@ -264,19 +266,20 @@ class Exponential(Mechanism):
     def privacy_map(self, d_in: float) -> PureDP:
         """Loss when neighbours' scores differ by at most ``d_in`` per candidate.
 
-        ``eps * d_in / Delta`` for ``d_in >= Delta``; below Delta the float64 charge
-        ``eps - eps'`` does not scale down, so the map returns ``eps' d_in / Delta + (eps - eps')``.
+        The map is ``eps' d_in / Delta + (eps - eps')`` (the float64 charge ``eps - eps'`` does
+        not scale with d_in), evaluated exactly in rationals and rounded up: exactly ``eps`` at
+        Delta, at most ``eps * d_in / Delta`` beyond, 0 at ``d_in = 0``, monotone in ``d_in``.
         """
         d = self._check_d_in(d_in)
         if d == 0.0:
             return PureDP(0.0)
         if math.isinf(d):
             return PureDP(math.inf, allow_inf=True)
-        if d == self._sensitivity:
-            return PureDP(self._epsilon)
-        slack = self._epsilon - self._sampling_epsilon
-        loss = self._sampling_epsilon * d / self._sensitivity + slack
-        return PureDP(math.nextafter(loss * (1.0 + 4.0 * _ULP), math.inf))
+        eps, eps_s = Fraction(self._epsilon), Fraction(self._sampling_epsilon)
+        loss = eps_s * Fraction(d) / Fraction(self._sensitivity) + (eps - eps_s)
+        if loss > Fraction(sys.float_info.max):
+            return PureDP(math.inf, allow_inf=True)
+        return PureDP(ceil_float(loss))
 
     def event(self) -> dp_event.DpEvent:
         """A pure eps-DP release, as 2-bucket randomized response (its dominating pair).

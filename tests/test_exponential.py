@@ -6,8 +6,10 @@ import math
 import subprocess
 import sys
 from decimal import Decimal, localcontext
+from fractions import Fraction
 from pathlib import Path
 
+import mpmath
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -453,3 +455,98 @@ def test_assumed_exp_error_is_covered_by_the_charge() -> None:
     """The weaker 2^-42 assumption still fits inside alpha = 1e-12 for every k."""
     assert expmod._EXP_REL_ERR >= 2.0**-42
     assert max(expmod.weight_error_bound(2**j) for j in range(41)) <= expmod._ALPHA / 3
+
+
+# ------------------------------------------------------------- privacy_map properties (G4)
+
+
+def _map_exact(mech: Exponential, d: float) -> Fraction:
+    eps, eps_s = Fraction(mech.epsilon), Fraction(mech.sampling_epsilon)
+    return eps_s * Fraction(d) / Fraction(mech.sensitivity) + (eps - eps_s)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    eps=st.floats(min_value=1e-9, max_value=50.0),
+    sens=st.floats(min_value=1e-6, max_value=1e6),
+    monotonic=st.booleans(),
+    r1=st.floats(min_value=0.0, max_value=1e3),
+    r2=st.floats(min_value=0.0, max_value=1e3),
+)
+def test_privacy_map_monotone_exact_and_declared(
+    eps: float, sens: float, monotonic: bool, r1: float, r2: float
+) -> None:
+    mech = Exponential(epsilon=eps, sensitivity=sens, monotonic=monotonic)
+    assert mech.privacy_map(sens) == mech.guarantee.budget == PureDP(eps)
+    lo, hi = sorted((r1 * sens, r2 * sens))
+    a, b = mech.privacy_map(lo).epsilon, mech.privacy_map(hi).epsilon
+    assert a <= b
+    for d, got in ((lo, a), (hi, b)):
+        if d == 0.0:
+            assert got == 0.0
+            continue
+        exact = _map_exact(mech, d)
+        assert Fraction(got) >= exact  # rounded up
+        assert Fraction(math.nextafter(got, 0.0)) < exact  # and tight
+        if d >= sens:
+            assert Fraction(got) <= Fraction(eps) * Fraction(d) / Fraction(sens) + Fraction(
+                math.ulp(got)
+            )
+
+
+def test_privacy_map_is_monotone_across_the_sensitivity() -> None:
+    """The old float formula gave privacy_map(nextbelow(Δ)) = 1.0000000000000004 > ε = 1."""
+    for sens in (1.0, 0.3, 3.0, 7e-5):
+        mech = Exponential(epsilon=1.0, sensitivity=sens)
+        below, above = math.nextafter(sens, 0.0), math.nextafter(sens, math.inf)
+        assert (
+            mech.privacy_map(below).epsilon
+            <= mech.privacy_map(sens).epsilon
+            == 1.0
+            <= mech.privacy_map(above).epsilon
+        )
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    eps=st.floats(min_value=0.01, max_value=5.0),
+    factor=st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0, 10.0]),
+    k=st.integers(min_value=2, max_value=6),
+)
+def test_privacy_map_covers_the_realised_ratio_at_distance_d(
+    eps: float, factor: float, k: int
+) -> None:
+    """exponential.md G4: the sampler's own distributions (sampling_probabilities) for a pair at
+    distance d (candidate 0 up by d, every other down by d) have a log-ratio within
+    privacy_map(d), also for d != Δ."""
+    mech = Exponential(epsilon=eps, sensitivity=1.0)
+    d = factor
+    u = np.zeros(k)
+    v = np.full(k, -d)
+    v[0] = d
+    bound = mpmath.mpf(mech.privacy_map(d).epsilon)
+    p, q = mech.sampling_probabilities(u), mech.sampling_probabilities(v)
+    with mpmath.workdps(40):
+        worst = max(
+            abs(mpmath.log(mpmath.mpf(float(x)) / mpmath.mpf(float(y))))
+            for x, y in zip(p, q, strict=True)
+        )
+    assert 0 < worst <= bound
+
+
+def test_longdouble_scores_are_refused() -> None:
+    """exponential.md G1: scores wider than float64 would be rounded (measured loss 1.88 at a
+    claimed ε = 1); they are refused, in __call__, batch and the probability reports."""
+    if np.finfo(np.longdouble).nmant <= np.finfo(np.float64).nmant:
+        pytest.skip("np.longdouble is float64 on this platform")
+    ulp = np.spacing(np.float64(1e6))
+    u = np.array([np.longdouble(1e6) + np.longdouble(ulp) * np.longdouble(0.4), 1e6])
+    mech = Exponential(epsilon=1.0, sensitivity=1.0, seed=0)
+    for call in (mech, mech.probabilities, mech.sampling_probabilities, mech.log_probabilities):
+        with pytest.raises(TypeError, match="float64"):
+            call(u)
+    with pytest.raises(TypeError, match="float64"):
+        mech.batch(u.reshape(1, -1))
+    # float64 and narrower floats / integers are accepted unchanged
+    assert mech(u.astype(np.float64)) in (0, 1)
+    assert mech(np.array([1.0, 2.0], dtype=np.float32)) in (0, 1)
