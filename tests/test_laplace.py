@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mechanisms.accounting import pure_event
 from mechanisms.budgets import PureDP
-from mechanisms.laplace import Laplace
+from mechanisms.laplace import MAX_LAPLACE_T, Laplace
 from mechanisms.lattice import GRID_SHARE
 from tests.stats_helpers import ALPHA, binned_discrete_laplace_test
 
@@ -165,3 +166,64 @@ def test_exact_likelihood_ratio_of_realised_outputs(
     cal = mech.calibration(x.size)
     k, k2 = round_to_grid(x, cal.grid), round_to_grid(x2, cal.grid)
     assert Fraction(int(np.abs(k - k2).sum()), cal.t) <= Fraction(eps)
+
+
+# ---------------------------------------------------------------- laplace.md G4
+
+
+def _map_exact(eps: float, sens: float, d: float) -> Fraction:
+    e, s, dd = Fraction(eps), Fraction(sens), Fraction(d)
+    if dd <= s:
+        return e * (dd + GRID_SHARE * s) / (s * (1 + GRID_SHARE))
+    return e * dd / s
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    eps=st.floats(min_value=1e-3, max_value=50.0),
+    sens=st.floats(min_value=1e-6, max_value=1e6),
+    r1=st.floats(min_value=0.0, max_value=100.0),
+    r2=st.floats(min_value=0.0, max_value=100.0),
+    coords=st.integers(min_value=1, max_value=10**6),
+)
+def test_privacy_map_properties(
+    eps: float, sens: float, r1: float, r2: float, coords: int
+) -> None:
+    """Monotone in d, = ε at Δ, the exact P2 bound rounded up (and tight), and never below the
+    realised loss (d + n g)/(t g) of an n-coordinate query at distance d (P2, exact)."""
+    mech = Laplace(epsilon=eps, sensitivity=sens)
+    assert mech.privacy_map(sens) == mech.guarantee.budget == PureDP(eps)
+    lo, hi = sorted((r1 * sens, r2 * sens))
+    a, b = mech.privacy_map(lo).epsilon, mech.privacy_map(hi).epsilon
+    assert a <= b
+    try:
+        cal = mech.calibration(coords)
+    except ValueError:
+        cal = None
+    for d, got in ((lo, a), (hi, b)):
+        exact = _map_exact(eps, sens, d)
+        assert Fraction(got) >= exact
+        assert exact == 0 or Fraction(math.nextafter(got, 0.0)) < exact
+        if cal is not None:
+            realised = (Fraction(d) + coords * cal.grid) / (cal.t * cal.grid)
+            assert realised <= Fraction(got)
+
+
+def test_scale_beyond_the_exact_sampler_is_refused() -> None:
+    """t > 2^48 (MAX_LAPLACE_T) is refused by the calibration, and hence by __call__."""
+    # n = 1: g = 2^-8 (Δ = 1), t = ceil((1 + 2^-8)/(ε 2^-8)) = ceil(257/ε)
+    ok = Laplace(epsilon=257 / 2**48, sensitivity=1.0)
+    assert ok.calibration(1).t == MAX_LAPLACE_T
+    assert ok(np.zeros(1)).shape == (1,)
+    too_small = Laplace(epsilon=math.nextafter(257 / 2**48, 0.0), sensitivity=1.0)
+    with pytest.raises(ValueError, match="split the query"):
+        too_small.calibration(1)
+    with pytest.raises(ValueError, match="split the query"):
+        too_small(np.zeros(1))
+    with pytest.raises(ValueError, match=str(MAX_LAPLACE_T)):
+        Laplace(epsilon=1e-15, sensitivity=1.0).batch(np.zeros((2, 1000)))
+
+
+def test_event_is_the_pure_event_of_epsilon() -> None:
+    ev = Laplace(epsilon=0.7, sensitivity=2.0).event()
+    assert ev == pure_event(0.7)
