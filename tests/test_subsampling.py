@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from mechanisms.budgets import ZCDP, ApproxDP, PureDP
+from mechanisms.budgets import ZCDP, ApproxDP, PureDP, ceil_float
 from mechanisms.rng import Randomness
 from mechanisms.subsampling import PoissonSubsample, poisson_amplify
 
@@ -252,3 +252,133 @@ def test_amplify_and_event() -> None:
     assert ev.sampling_probability == 0.05 and ev.event == inner
     with pytest.raises(TypeError):
         s.event("laplace")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------ exact enumeration of P1 (subsampling.md G1)
+
+mpmath_dps = 50
+
+
+def _subsampled_law(
+    records: tuple[int, ...],
+    rate: float,
+    inner: Any,
+    outputs: list[Any],
+) -> list[mpmath.mpf]:
+    """Exact output law of "keep each record w.p. rate, then run inner on the kept tuple",
+    by enumerating every subset (inner(kept, o) is the inner mechanism's pmf)."""
+    q = mpmath.mpf(rate)
+    law = [mpmath.mpf(0)] * len(outputs)
+    n = len(records)
+    for mask in range(1 << n):
+        kept = tuple(records[i] for i in range(n) if mask >> i & 1)
+        weight = q ** len(kept) * (1 - q) ** (n - len(kept))
+        for j, o in enumerate(outputs):
+            law[j] += weight * inner(kept, o)
+    return law
+
+
+def _max_log_ratio(p: list[mpmath.mpf], p2: list[mpmath.mpf]) -> mpmath.mpf:
+    return max(abs(mpmath.log(a / b)) for a, b in zip(p, p2, strict=True))
+
+
+def _dlap_count(t: int) -> Any:
+    """Discrete Laplace of scale t on the sum of the kept values: ε = 1/t for |values| ≤ 1."""
+    r = mpmath.exp(-mpmath.mpf(1) / t)
+
+    def pmf(kept: tuple[int, ...], o: int) -> mpmath.mpf:
+        return (1 - r) / (1 + r) * r ** abs(o - sum(kept))
+
+    return pmf
+
+
+def _rr_any(epsilon: float) -> Any:
+    """Randomized response (ε-DP) on the bit "some kept record is 1"."""
+    e = mpmath.exp(mpmath.mpf(epsilon))
+
+    def pmf(kept: tuple[int, ...], o: int) -> mpmath.mpf:
+        truth = int(any(kept))
+        return e / (1 + e) if o == truth else 1 / (1 + e)
+
+    return pmf
+
+
+def _worst_add_remove(
+    inner: Any, outputs: list[Any], rate: float, n: int, values: tuple[int, ...]
+) -> mpmath.mpf:
+    """Max |log ratio| over every data set in values^n and every added record, both orders."""
+    worst = mpmath.mpf(0)
+    for code in range(len(values) ** n):
+        base = tuple(values[(code // len(values) ** i) % len(values)] for i in range(n))
+        p = _subsampled_law(base, rate, inner, outputs)
+        for z in values:
+            worst = max(worst, _max_log_ratio(p, _subsampled_law((*base, z), rate, inner, outputs)))
+    return worst
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.1, 2.0**-10])
+@pytest.mark.parametrize("t", [1, 3])
+def test_enumeration_laplace_count_matches_amplification(rate: float, t: int) -> None:
+    """Subsampled counting + DLap(t): the exact likelihood ratio never exceeds poisson_amplify's
+    ε, and reaches it (the bound is tight: far-tail outputs attain 1 + q(e^ε - 1)), so the wrong
+    amplification ε·q is caught."""
+    with mpmath.workdps(mpmath_dps):
+        n = 3
+        eps = ceil_float(Fraction(1, t))  # the inner mechanism is ε-DP for this float ε
+        # beyond [-1, n + 2] the ratio is constant (geometric tails): this window covers all
+        outputs = list(range(-2, n + 4))
+        worst = _worst_add_remove(_dlap_count(t), outputs, rate, n, (0, 1))
+        claim = mpmath.mpf(poisson_amplify(PureDP(eps), rate).epsilon)
+        assert worst <= claim
+        assert worst >= claim * (1 - mpmath.mpf(10) ** -12)
+        assert worst > mpmath.mpf(eps) * mpmath.mpf(rate)  # ε·q would understate the loss
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.3, 0.01])
+@pytest.mark.parametrize("epsilon", [0.1, 1.0, 3.0])
+def test_enumeration_randomized_response_matches_amplification(rate: float, epsilon: float) -> None:
+    with mpmath.workdps(mpmath_dps):
+        worst = _worst_add_remove(_rr_any(epsilon), [0, 1], rate, 3, (0, 1))
+        claim = mpmath.mpf(poisson_amplify(PureDP(epsilon), rate).epsilon)
+        assert worst <= claim
+        assert worst >= claim * (1 - mpmath.mpf(10) ** -12)
+        wrong = mpmath.mpf(epsilon) * mpmath.mpf(rate)
+        assert worst > wrong
+
+
+def test_enumeration_catches_a_wrong_amplification_formula() -> None:
+    """Power control: a checker built on the enumeration rejects ε·q and accepts the real bound."""
+
+    def claim_holds(claim: float, inner: Any, outputs: list[Any], rate: float) -> bool:
+        with mpmath.workdps(mpmath_dps):
+            return bool(_worst_add_remove(inner, outputs, rate, 2, (0, 1)) <= mpmath.mpf(claim))
+
+    eps, rate = 1.0, 0.25
+    for inner, outputs in ((_rr_any(eps), [0, 1]), (_dlap_count(1), list(range(-2, 6)))):
+        assert claim_holds(poisson_amplify(PureDP(eps), rate).epsilon, inner, outputs, rate)
+        assert not claim_holds(eps * rate, inner, outputs, rate)
+
+
+def test_replace_one_counterexample_shows_the_refusal_is_needed() -> None:
+    """subsampling.md P3: D = {a}, D' = {b}, M(T) = RR_ε(1[a ∈ T]) if |T| = 1 else ⊥ is ε-DP for
+    replace-one, but after subsampling the ratio is still e^ε > the add/remove bound."""
+    eps, rate = 1.0, 0.1
+    with mpmath.workdps(mpmath_dps):
+        e = mpmath.exp(mpmath.mpf(eps))
+
+        def inner(kept: tuple[str, ...], o: str) -> mpmath.mpf:
+            if len(kept) == 0:
+                return mpmath.mpf(o == "bottom")
+            truth = "1" if kept == ("a",) else "0"
+            if o == "bottom":
+                return mpmath.mpf(0)
+            return e / (1 + e) if o == truth else 1 / (1 + e)
+
+        outputs = ["0", "1", "bottom"]
+        p = _subsampled_law(("a",), rate, inner, outputs)
+        p2 = _subsampled_law(("b",), rate, inner, outputs)
+        worst = _max_log_ratio(p, p2)
+        assert abs(worst - eps) < mpmath.mpf(10) ** -40
+        assert worst > mpmath.mpf(poisson_amplify(PureDP(eps), rate).epsilon)
+    with pytest.raises(ValueError, match="add_remove"):
+        poisson_amplify(PureDP(eps), rate, neighbouring="replace_one")
