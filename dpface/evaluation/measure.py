@@ -23,8 +23,8 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB for 8-bit images (inf when identical)."""
-    d = a.astype(np.int32) - b.astype(np.int32)
-    mse = float(np.einsum("...,...->", d, d, dtype=np.int64)) / d.size
+    d = a.astype(np.int64) - b.astype(np.int64)
+    mse = float((d * d).sum()) / d.size
     return float("inf") if mse == 0 else 10.0 * float(np.log10(255.0**2 / mse))
 
 
