@@ -49,7 +49,7 @@ def test_iou_and_landmark_nme() -> None:
     lm = np.random.default_rng(3).uniform(0, 100, (68, 2))
     lm[36], lm[45] = (10.0, 50.0), (50.0, 50.0)  # inter-ocular distance 40
     assert landmark_nme(lm, lm) == 0.0
-    assert landmark_nme(lm + [3.0, 4.0], lm) == pytest.approx(5.0 / 40.0)
+    assert landmark_nme(lm + np.array([3.0, 4.0]), lm) == pytest.approx(5.0 / 40.0)
 
 
 def _frechet_reference(x: np.ndarray, y: np.ndarray) -> float:
