@@ -204,7 +204,13 @@ def _collect(inputs: list[Path]) -> tuple[list[tuple[Path, Path]], list[tuple[st
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     found.append((f, f.relative_to(item)))
                 elif not f.name.startswith("."):
-                    problems.append((str(f), "skipped: not an image file by its extension"))
+                    problems.append(
+                        (
+                            str(f),
+                            f"skipped: unsupported file type {f.suffix or '(no extension)'!r}; "
+                            f"dpface reads {' '.join(sorted(IMAGE_SUFFIXES))}",
+                        )
+                    )
         elif item.is_file():
             found.append((item, Path(item.name)))
         else:
@@ -232,10 +238,20 @@ def _build_mechanism(
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a hidden temp name, flush to disk, then rename: a crash leaves either the old
+    file or the complete new one under ``path``, never a half-written one."""
+    import os
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _png_bytes(image: np.ndarray) -> bytes:

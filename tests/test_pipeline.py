@@ -106,6 +106,9 @@ def test_cli_end_to_end_with_bad_inputs_listed(tmp_path: Path, single_photo: Pat
     bad.parent.mkdir()
     bad.write_bytes(b"garbage")
     (tmp_path / "in" / "notes.txt").write_text("hello")
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "in" / "anim.gif")  # a format we do not take
     out = tmp_path / "out"
     runner = CliRunner()
     res = runner.invoke(
@@ -128,12 +131,12 @@ def test_cli_end_to_end_with_bad_inputs_listed(tmp_path: Path, single_photo: Pat
     summary = json.loads(res.stdout)
     assert summary["inputs"] == 2 and summary["images"] == 1 and summary["pixelized"] == 1
     reasons = {Path(p["input"]).name: p["reason"] for p in summary["problems"]}
-    assert set(reasons) == {"broken.jpg", "notes.txt", "missing"}
+    assert set(reasons) == {"broken.jpg", "notes.txt", "missing", "anim.gif"}
+    assert "unsupported file type '.gif'" in reasons["anim.gif"] and "no such" in reasons["missing"]
+    assert "could not read" in reasons["broken.jpg"]
     assert (out / "fr-biden.png").exists() and (out / "fr-biden.receipt.json").exists()
     assert json.loads((out / "broken.receipt.json").read_text())["error"]
     assert (out / "report.html").exists()
-    from PIL import Image
-
     assert not Image.open(out / "fr-biden.png").info.get("exif")
 
 
@@ -154,3 +157,38 @@ def test_cli_whole_run_errors_exit_2(tmp_path: Path, args: list[str], needle: st
 def test_cli_no_images_exit_2(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["anonymize", str(tmp_path), "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "no image" in res.output
+
+
+def test_a_killed_batch_leaves_only_complete_outputs_and_its_charges(tmp_path: Path) -> None:
+    """SIGKILL mid-batch: every visible output decodes, every receipt's event is in the ledger,
+    and the ledger holds at least one charge per face written (charge comes before noise)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    from dpface.models.store import assets_dir
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dpface.cli", "anonymize", str(assets_dir() / "samples"),
+           "-o", str(out), "-m", "dp-pix", "--epsilon", "1"]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("*.receipt.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    receipts = sorted(out.glob("*.receipt.json"))
+    assert 3 <= len(receipts) < 16  # killed mid-batch
+    pngs = [p for p in out.glob("*.png") if not p.name.startswith(".")]
+    for p in pngs:
+        with Image.open(p) as im:
+            im.load()  # raises on a truncated file
+    led = Ledger(out / "ledger.db")
+    ids = {e["id"] for e in led.events()}
+    faces = [f for r in receipts for f in json.loads(r.read_text())["faces"]]
+    assert faces and {f["ledger_event"] for f in faces} <= ids
+    assert len(ids) >= len(faces)
