@@ -735,3 +735,43 @@ def test_identity_table_prints_every_cell() -> None:
     rows = [line for line in text.splitlines() if line.startswith(("| 128", "| 512"))]
     assert len(rows) == 10
     assert all(row.count("±") == 3 for row in rows)
+
+
+# ------------------------------------------------- privacy_map properties of the three mechanisms
+
+_MAP_MECHS = {
+    "laplace_sphere": lambda: IdentityLaplace(epsilon=1.0, dim=8),
+    "laplace_clip": lambda: IdentityLaplace(epsilon=0.5, dim=16, domain="clip", clip=1.0),
+    "gaussian_analytic": lambda: IdentityGaussian(epsilon=1.0, delta=1e-5, dim=8),
+    "gaussian_rdp": lambda: IdentityGaussian(epsilon=1.0, delta=1e-5, dim=8, calibration="rdp"),
+    "vmf": lambda: IdentityVMF(epsilon=1.0, dim=8),
+}
+_MAP_CACHE: dict[str, Any] = {}
+
+
+def _map_mech(name: str) -> Any:
+    if name not in _MAP_CACHE:
+        _MAP_CACHE[name] = _MAP_MECHS[name]()
+    return _MAP_CACHE[name]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(sorted(_MAP_MECHS)),
+    r1=st.floats(min_value=0.0, max_value=1.0),
+    r2=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_privacy_maps_monotone_capped_and_declared(name: str, r1: float, r2: float) -> None:
+    """Every identity mechanism's map: non-decreasing in d, equal to the guarantee at the
+    declared sensitivity (the domain diameter), never above it inside the domain."""
+    mech = _map_mech(name)
+    sens = 2.0 if name == "vmf" else mech.sensitivity
+    declared = mech.guarantee.budget
+    assert mech.privacy_map(sens) == declared
+    lo, hi = sorted((r1 * sens, r2 * sens))
+    a, b = mech.privacy_map(lo), mech.privacy_map(hi)
+    assert a.epsilon <= b.epsilon <= declared.epsilon
+    if isinstance(declared, ApproxDP):
+        assert a.delta == b.delta == declared.delta
+    if name == "vmf":  # metric privacy: exactly eps d / 2 rounded up
+        assert Fraction(b.epsilon) >= Fraction(mech.epsilon) * Fraction(hi) / 2
