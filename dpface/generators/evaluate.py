@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from dpface.evaluation.measure import detect_near
 from dpface.generators.base import AttributeChannel, FaceInput, Generator
 
 EPSILONS = (math.inf, 6.0, 2.0, 1.0)
@@ -48,35 +49,6 @@ class _Out:
         from dpface.models.dlib_models import arcface_points
 
         return arcface_points(self.landmarks68)
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def detect_near(models: object, img: np.ndarray, box: Sequence[float]
-                ) -> tuple[bool, tuple[float, float, float, float]]:
-    """HOG detection in a window around ``box`` (upsampled when small): (found, box)."""
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0, y1 - y0
-    wx0, wy0 = int(max(0, x0 - w)), int(max(0, y0 - h))
-    wx1, wy1 = int(min(img.shape[1], x1 + w)), int(min(img.shape[0], y1 + h))
-    win = np.ascontiguousarray(img[wy0:wy1, wx0:wx1])
-    s = 1.0 if w >= 80 else 80.0 / max(w, 1.0)
-    if s != 1.0:
-        win = cv2.resize(win, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
-    best = (False, tuple(box))
-    best_iou = 0.3
-    for d in models.detect(win, upsample=1):  # type: ignore[attr-defined]
-        b = (d.box[0] / s + wx0, d.box[1] / s + wy0, d.box[2] / s + wx0, d.box[3] / s + wy0)
-        iou = _iou(b, box)
-        if iou >= best_iou:
-            best, best_iou = (True, b), iou
-    return best  # type: ignore[return-value]
 
 
 def skin_delta_e(inp: np.ndarray, out: np.ndarray, alpha: np.ndarray | None,
