@@ -122,21 +122,26 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         plt.close(fig)
     events = report["events"]
     if events:
-        fig, ax = plt.subplots(figsize=(6.5, 3.2))
+        fig, ax = plt.subplots(figsize=(7.5, 3.4))
         cumulative: dict[str, float] = defaultdict(float)
-        series: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
-        for i, ev in enumerate(events):
+        series: dict[str, tuple[list[dt.datetime], list[float]]] = defaultdict(lambda: ([], []))
+        for ev in events:
             cumulative[ev["subject"]] += ev["epsilon"]
-            xs, ys = series[ev["subject"]]
-            xs.append(i)
+            ts, ys = series[ev["subject"]]
+            ts.append(dt.datetime.fromisoformat(ev["time"]))
             ys.append(cumulative[ev["subject"]])
-        for subject, (xs, ys) in list(series.items())[:20]:
-            ax.step(xs, ys, where="post", label=subject)
-        ax.set_xlabel("release number (ledger order)")
-        ax.set_ylabel("epsilon (basic sum)")
-        ax.set_title("Epsilon over time")
-        if len(series) <= 10:
-            ax.legend(frameon=False, fontsize=7)
+        top = sorted(series, key=lambda k: -cumulative[k])[:12]
+        for subject in top:
+            ts, ys = series[subject]
+            ax.step(ts, ys, where="post", marker="o", markersize=3, label=subject)
+        ax.set_xlabel("time of release (UTC)")
+        ax.set_ylabel("epsilon spent (basic sum)")
+        shown = f"{len(top)} of {len(series)} subjects (most spent)" if len(series) > 12 else ""
+        ax.set_title("Epsilon over time" + (f": {shown}" if shown else ""))
+        ax.set_ylim(bottom=0)
+        fig.autofmt_xdate()
+        if len(top) <= 12:
+            ax.legend(frameon=False, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         plots["timeline"] = _png(fig)
         plt.close(fig)
     return plots
