@@ -34,7 +34,13 @@ from mechanisms.subsampling import poisson_amplify
 RECEIPT_SCHEMA = "dpface.receipt/0.1"
 
 app = typer.Typer(
-    help="dpface: de-identify faces with formal, tested differential-privacy guarantees.",
+    help="dpface: de-identify faces with formal, tested differential-privacy guarantees.\n\n"
+    "Each face's identity is privatised under an epsilon budget and a new face is drawn from it "
+    "(or the face box is released with DP pixelization). Every release is charged to its person "
+    "in a ledger before any noise is drawn; receipts say what is and is not protected.",
+    epilog="Start here:  dpface demo  (anonymises the bundled sample photos into out/samples). "
+    "Your photos:  dpface anonymize photos/ -o out/anon --epsilon 6.  "
+    "Smaller epsilon = more privacy; see docs/ and proofs/ for what each mechanism guarantees.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -481,8 +487,10 @@ def audit(
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Audit a mechanism's epsilon claim black-box: a Clopper-Pearson lower bound on its true
-    epsilon from releases on worst-case neighbouring inputs.
+    """Audit a mechanism's epsilon claim black-box (statistical lower bound on its epsilon).
+
+    A Clopper-Pearson lower bound on the true epsilon, from releases on worst-case
+    neighbouring inputs.
 
     Mechanisms: laplace, gaussian, exponential, identity-laplace, identity-gaussian,
     identity-vmf, dp-pix. Exit 0: no violation found (evidence, not proof -- the proofs are in
