@@ -40,6 +40,19 @@ def _dppix(text: str) -> list[tuple[float, int, int]]:
     return out
 
 
+def _finite(obj: object) -> object:
+    """JSON-safe copy: nan -> null, ±inf -> "inf"/"-inf" strings."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        return obj if math.isfinite(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``evaluate`` command to ``app``."""
 
@@ -149,10 +162,10 @@ def register(app: typer.Typer) -> None:
         ])
         md = write_tables(summaries, output, atts, avg, header)
         plots = write_plots(summaries, output, atts, avg)
-        (output / "summaries.json").write_text(json.dumps(
+        (output / "summaries.json").write_text(json.dumps(_finite(
             {"seed": seed, "draws": draws, "attackers": list(atts), "averaging": list(avg),
-             "faces": [f.key for f in faces], "notes": notes, "conditions": summaries},
-            indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o))
+             "faces": [f.key for f in faces], "notes": notes, "conditions": summaries}),
+            indent=1))
         print(md)
         console.print(f"{computed} task(s) computed, {len(files) - computed} reused from "
                       f"{output / 'cache'} in {elapsed:.1f} s; wrote {output / 'table51.md'}, "
