@@ -251,7 +251,7 @@ def test_rdp_privacy_map_rounds_up_counterexample() -> None:
     assert got.epsilon <= float(exact) * (1 + 1e-14)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     eps=st.floats(min_value=0.05, max_value=10),
     delta=st.floats(min_value=1e-10, max_value=1e-2),
@@ -275,7 +275,7 @@ def test_rdp_privacy_map_never_below_exact_bound(
     assert got <= max(float(exact) * (1 + 1e-14), eps)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     calibration=st.sampled_from(["analytic", "rdp"]),
     eps=st.floats(min_value=0.05, max_value=10),
