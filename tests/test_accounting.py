@@ -271,3 +271,20 @@ def test_unsupported_events_explain_what_to_do() -> None:
         pld_epsilon(zcdp_event(0.1), 1e-6)
     with pytest.raises(ValueError, match="RDP cannot account"):
         rdp_epsilon(PoissonSubsample(rate=0.1).event(laplace_event(1.0, 1.0)), 1e-6)
+
+
+def test_poisson_sampled_pure_event_refused_by_pld_and_rdp_and_handled_by_basic() -> None:
+    """accounting.md G4: PoissonSampledDpEvent(pure_event(eps)) must be refused, not
+    mis-accounted, by PLD and RDP, and basic accounting must give poisson_amplify's bound."""
+    eps, rate = 1.0, 0.1
+    ev = PoissonSubsample(rate=rate).event(pure_event(eps))
+    with pytest.raises(ValueError, match="PLD cannot account"):
+        pld_epsilon(ev, 1e-6)
+    with pytest.raises(ValueError, match="RDP cannot account"):
+        rdp_epsilon(ev, 1e-6)
+    amplified = poisson_amplify(PureDP(eps), rate).epsilon
+    one = accounting.epsilon(ev, 1e-6, method="basic")
+    assert amplified <= one <= amplified * (1 + 1e-12)
+    two = accounting.epsilon([ev, ev], 1e-6, method="basic")
+    assert Fraction(two) >= 2 * Fraction(one)
+    assert two <= math.nextafter(2 * one, math.inf)
