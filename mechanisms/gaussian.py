@@ -117,10 +117,15 @@ def rdp_gaussian_epsilon_up(ratio_squared: Fraction, delta: float) -> float:
 
 
 def _smallest(check: Callable[[float], bool], hint: float) -> float:
-    """Smallest x > 0 (to ~1e-12 relative, from above) with check(x); check must be monotone."""
+    """Smallest x > 0 (to ~1e-12 relative, from above) with check(x); check must be monotone.
+
+    Returns inf when no finite float passes (the doubling search overflows).
+    """
     lo, hi = hint / 2.0, hint
     while not check(hi):
         lo, hi = hi, hi * 2.0
+        if math.isinf(hi):
+            return math.inf
     while check(lo) and lo > 1e-300:
         lo, hi = lo / 2.0, lo
     for _ in range(200):
@@ -226,6 +231,10 @@ class Gaussian(Mechanism):
         solve = analytic_gaussian_sigma if calibration == "analytic" else rdp_gaussian_sigma
         # sigma / sensitivity: both calibrations depend on the ratio only
         self.noise_multiplier = solve(epsilon=self.epsilon, delta=self.delta, sensitivity=1.0)
+        if math.isinf(self.noise_multiplier):
+            raise ValueError(
+                f"no finite noise multiplier gives ({self.epsilon:g}, {self.delta:g})-DP"
+            )
         self._calibrations: dict[int, GaussianCalibration] = {}
 
     def calibration(self, coords: int) -> GaussianCalibration:
@@ -314,11 +323,14 @@ class Gaussian(Mechanism):
             ratio = _fraction_down(exact_ratio)
             if ratio == 0.0:
                 return ApproxDP(math.inf, self.delta, allow_inf=True)
-            eps = _smallest(
-                lambda e: analytic_gaussian_delta(ratio, epsilon=e, sensitivity=1.0)
-                <= self.delta * (1.0 - 1e-9),
-                self.epsilon,
-            )
+            with np.errstate(invalid="ignore"):
+                eps = _smallest(
+                    lambda e: analytic_gaussian_delta(ratio, epsilon=e, sensitivity=1.0)
+                    <= self.delta * (1.0 - 1e-9),
+                    self.epsilon,
+                )
+            if math.isinf(eps):
+                return ApproxDP(math.inf, self.delta, allow_inf=True)
             # coarse upward rounding: absorbs the bisection's 1e-12 jitter, so the map is
             # monotone in d except in astronomically rare ties
             eps = _round_up_bits(eps, 24)

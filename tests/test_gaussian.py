@@ -359,3 +359,14 @@ def test_scale_beyond_the_exact_sampler_is_refused() -> None:
     with pytest.raises(OverflowError, match="exceeds"):
         discrete_gaussian(MAX_GAUSSIAN_S + 1, 3, Randomness.from_seed(0))
     assert discrete_gaussian(MAX_GAUSSIAN_S, 3, Randomness.from_seed(0)).shape == (3,)
+
+
+@pytest.mark.parametrize("calibration", ["analytic", "rdp"])
+def test_privacy_map_at_huge_distance_terminates_with_inf(calibration: str) -> None:
+    """gaussian.md G6: the analytic branch used to loop forever once ε exceeded the float range
+    (the doubling search reached inf and never passed); now (inf, δ), like the RDP branch."""
+    mech = Gaussian(epsilon=1.0, delta=1e-5, sensitivity=1.0, calibration=calibration)  # type: ignore[arg-type]
+    assert mech.privacy_map(1e8).epsilon > 1e14
+    for d in (1e160, 1e300, math.inf):
+        got = mech.privacy_map(d)
+        assert got.epsilon == math.inf and got.delta == 1e-5
