@@ -21,6 +21,8 @@ def _cell(summary: dict[str, Any], key: str, digits: int = 3) -> str:
         return "–"
     if math.isinf(mean):
         return "∞"
+    if abs(mean) < 0.5 * 10.0**-digits:
+        mean = 0.0  # no "-0.000"
     if half is None or math.isnan(half):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
@@ -45,8 +47,8 @@ def main_columns(attackers: Sequence[str]) -> list[tuple[str, str, int]]:
     return cols
 
 
-def extra_columns(attackers: Sequence[str]) -> list[tuple[str, str, int]]:
-    """Further attacks and utility metrics."""
+def attack_columns(attackers: Sequence[str]) -> list[tuple[str, str, int]]:
+    """Gallery attacks: rank-1 identification, parrot, TAR@FAR."""
     cols: list[tuple[str, str, int]] = []
     for a in attackers:
         t = ATTACKER_TITLES.get(a, a).split(" ")[0]
@@ -56,13 +58,17 @@ def extra_columns(attackers: Sequence[str]) -> list[tuple[str, str, int]]:
                  (f"Parrot rank-1 other photo {t}", f"parrot_rank1_other_{a}", 3),
                  (f"Parrot PSR {t}", f"parrot_psr_{a}", 3),
                  (f"TAR@FAR=0.1 {t}", f"tar@far0.1_{a}", 3)]
-    cols += [("SSIM (image)", "ssim_image", 4), ("PSNR (image)", "psnr_image", 1),
-             ("Landmark NME", "nme", 3), ("Emotion TV distance", "emotion_tv", 3),
-             ("Age error (y)", "age_error", 1), ("Gender agreement", "gender_agrees", 3),
-             ("Skin ΔE2000", "skin_delta_e", 2), ("Skin texture ratio", "skin_texture", 2),
-             ("Fréchet descriptor distance (FaceRes)", "frechet_faceres", 3),
-             ("s/face (anonymise)", "seconds", 3)]
     return cols
+
+
+def utility_columns() -> list[tuple[str, str, int]]:
+    """Further utility metrics."""
+    return [("SSIM (image)", "ssim_image", 4), ("PSNR (image)", "psnr_image", 1),
+            ("Landmark NME", "nme", 3), ("Emotion TV distance", "emotion_tv", 3),
+            ("Age error (y)", "age_error", 1), ("Gender agreement", "gender_agrees", 3),
+            ("Skin ΔE2000", "skin_delta_e", 2), ("Skin texture ratio", "skin_texture", 2),
+            ("Fréchet descriptor distance (FaceRes)", "frechet_faceres", 3),
+            ("s/face (anonymise)", "seconds", 3)]
 
 
 def averaging_columns(attackers: Sequence[str], counts: Sequence[int]
@@ -98,8 +104,10 @@ def write_tables(summaries: Sequence[dict[str, Any]], out: Path, attackers: Sequ
     avg_rows = [s for s in summaries
                 if any(k.startswith("avg") for k in s["metrics"])]
     parts = [header, "## Table 5.1 layout\n", markdown_table(summaries, main_columns(attackers)),
-             "\n## Further attacks and utility\n",
-             markdown_table(summaries, extra_columns(attackers))]
+             "\n## Identification attacks\n",
+             markdown_table(summaries, attack_columns(attackers)),
+             "\n## Further utility\n",
+             markdown_table(summaries, utility_columns())]
     if avg_rows:
         parts += ["\n## Averaging attack (PSR after averaging n releases of one face)\n",
                   markdown_table(avg_rows, averaging_columns(attackers, averaging))]
@@ -111,8 +119,10 @@ def write_tables(summaries: Sequence[dict[str, Any]], out: Path, attackers: Sequ
            " #ccc;padding:2px 5px;text-align:right}td:first-child{text-align:left}</style>"
            f"<pre>{html.escape(header)}</pre><h2>Table 5.1 layout</h2>"
            + html_table(summaries, main_columns(attackers))
-           + "<h2>Further attacks and utility</h2>"
-           + html_table(summaries, extra_columns(attackers))
+           + "<h2>Identification attacks</h2>"
+           + html_table(summaries, attack_columns(attackers))
+           + "<h2>Further utility</h2>"
+           + html_table(summaries, utility_columns())
            + ("<h2>Averaging attack</h2>"
               + html_table(avg_rows, averaging_columns(attackers, averaging)) if avg_rows else ""))
     (out / "table51.html").write_text(doc)
