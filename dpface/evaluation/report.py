@@ -12,6 +12,44 @@ from typing import Any
 ATTACKER_TITLES = {"dlib": "dlib", "faceres": "FaceRes", "mobileface": "MobileFace (white-box)"}
 
 
+DEFINITIONS = """\
+* **Id-dis**: the attacker's distance between an output face and its own input face (dlib:
+  L2 on raw descriptors; FaceRes, MobileFace: 1 − cosine). **PSR** (protection success rate):
+  share of outputs at or beyond the attacker's match threshold (dlib 0.6; FaceRes 0.409;
+  MobileFace 0.735 as cosine distances). The attacker finds the output face itself (dlib HOG
+  near the input box, 68 landmarks in the found box, or in the input box when nothing is
+  found). MobileFace is the encoder inside dpface's identity mechanisms (white-box attacker);
+  dlib and FaceRes never run inside dpface.
+* **Rank-1**: the nearest original in the gallery of all input faces (pairs of unknown answer
+  left out) is the same person; *other photo*: the probe's own photo is left out, only people
+  with another photo count. **Parrot**: the gallery is the attacker's own anonymisation of
+  every input with the same anonymiser (independent randomness); a deterministic anonymiser
+  therefore gives the attacker an exact copy of the release. **TAR@FAR=0.1**: outputs matched
+  to another photo of the same person at the distance threshold that accepts 10 % of known
+  different-person pairs.
+* **Averaging attack**: the attacker averages its embeddings of n independent releases of
+  one face (identity mechanisms only) and compares the average with the original.
+* **PSNR/SSIM (face)**: on the 256×256 ArcFace-aligned crop at the input's landmarks; *(image)*:
+  the whole photo. **Detection**: dlib HOG / BlazeFace find a face at the input's box
+  (IoU ≥ 0.3, BlazeFace: centre inside and IoU ≥ 0.15). **Expression agreement**: top-1 of the
+  7-class emotion model agrees; *TV distance*: half the L1 distance of the class probabilities.
+  **Age error / gender agreement**: FaceRes estimates. **Landmark NME**: dlib 68 landmarks,
+  mean error over the outer inter-ocular distance. **Skin ΔE2000**: between mean Lab skin
+  colours on a skin mask (face hull without eyes, brows, mouth); **texture ratio**: std of
+  lightness detail on the mask, output over input. **Fréchet descriptor distance (FaceRes)**:
+  Fréchet distance between Gaussians fitted to the FaceRes descriptors of inputs and outputs
+  (not FID; with few faces it is biased upwards, compare rows only).
+* **Baselines** act on the face box grown to the landmarks; sizes are pixels at a 128-px face
+  width, scaled to each face. Blur k×k: down/up-sampling so one pixel covers k×k; pixelation
+  k×k: k×k blocks; Gaussian blur σ = 6; noise σ on 0–255; black mask. **DP-Pix**: ε-DP for
+  m-pixel neighbours, block b (scaled like the baselines). **dpface**: IdentityLaplace on the
+  MobileFace embedding + the surrogate generator; ε=∞ feeds the generator the un-noised
+  embedding.
+* Mean ± 95 % CI: Student t over faces (draws of a face averaged first); no ± when the value
+  is pooled (TAR, Fréchet) or constant.
+"""
+
+
 def _cell(summary: dict[str, Any], key: str, digits: int = 3) -> str:
     val = summary["metrics"].get(key)
     if val is None:
@@ -111,6 +149,7 @@ def write_tables(summaries: Sequence[dict[str, Any]], out: Path, attackers: Sequ
     if avg_rows:
         parts += ["\n## Averaging attack (PSR after averaging n releases of one face)\n",
                   markdown_table(avg_rows, averaging_columns(attackers, averaging))]
+    parts += ["\n## Definitions\n", DEFINITIONS]
     md = "\n".join(parts) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "table51.md").write_text(md)
