@@ -35,6 +35,7 @@ from .detect import Face, detect_array
 from .generators.base import FaceInput, Generator
 from .ledger import BudgetExceeded, Ledger, event_to_json
 from .models.images import ImageError, array_to_rgb8, load_rgb
+from .steering import AttributeSteering
 
 __all__ = ["RECEIPT_SCHEMA", "AnonymizationResult", "Anonymizer", "FaceRecord"]
 
@@ -102,6 +103,12 @@ def _face_region(
     return _int_box((x0 - dx, y0 - 1.5 * dy, x1 + dx, y1 + dy), shape)
 
 
+def _with_note(channels: dict[str, list[str]], note: str | None) -> dict[str, list[str]]:
+    if note is not None:
+        channels = {**channels, "notes": [*channels.get("notes", []), note]}
+    return channels
+
+
 class Anonymizer:
     """De-identify photos under a per-subject privacy budget, with a receipt for every face."""
 
@@ -114,10 +121,12 @@ class Anonymizer:
         detector: str = "hog",
         pseudonym: Pseudonym = "fresh",
         link: Linking = "none",
+        steering: AttributeSteering | None = None,
     ) -> None:
         """``link="match"``: a named face is enrolled (its raw embedding kept in the ledger, on
         the trusted side) and later unnamed faces that match an enrolled subject are charged
-        to that subject instead of being separate privacy units."""
+        to that subject instead of being separate privacy units. ``steering`` fills the
+        generator's attribute channel from an attribute mechanism (``dpface.steering``)."""
         if isinstance(mechanism, (IdentityLaplace, IdentityGaussian, IdentityVMF)):
             if generator is None:
                 raise ValueError(
@@ -141,6 +150,9 @@ class Anonymizer:
             raise ValueError("pseudonym must be 'fresh' or 'reuse'")
         if link not in ("none", "match"):
             raise ValueError("link must be 'none' or 'match'")
+        if steering is not None and generator is None:
+            raise ValueError("attribute steering needs a generator (an identity mechanism)")
+        self.steering = steering
         self.link: Linking = link
         self.mechanism = mechanism
         self.generator = generator
@@ -361,8 +373,16 @@ class Anonymizer:
                 if self.pseudonym == "reuse" and not name.startswith("unlinked:"):
                     self.ledger.store_pseudonym(name, key, private)
                 self._tick("privatise", t)
+            channel, steer_note = None, None
+            if self.steering is not None:
+                t = time.perf_counter()
+                steered = self.steering.steer(
+                    subject=name, embedding=emb, face=face, ledger=self.ledger
+                )
+                channel, steer_note = steered.channel, steered.refused or steered.note
+                self._tick("steer", t)
             t = time.perf_counter()
-            result = self.generator.generate(img, FaceInput.of(face), private)
+            result = self.generator.generate(img, FaceInput.of(face), private, channel)
             self._tick("generate", t)
             spent, left = self._spent(name)
             if result.replaced:
@@ -377,7 +397,7 @@ class Anonymizer:
                         identity=how,
                         spent=spent,
                         remaining_epsilon=left,
-                        channels=result.channels.as_dict(),
+                        channels=_with_note(result.channels.as_dict(), steer_note),
                     )
                 )
             else:
@@ -421,6 +441,7 @@ class Anonymizer:
             "time": dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds"),
             "mechanism": self._mechanism_block(),
             "generator": None if gen is None else {"name": gen.name, "encoder": gen.encoder},
+            "attribute_steering": None if self.steering is None else self.steering.describe(),
             "pseudonym": self.pseudonym,
             "ledger": str(self.ledger.path),
             "faces": [r.as_dict() for r in records],

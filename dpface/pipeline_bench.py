@@ -27,7 +27,7 @@ from .models.images import load_rgb
 from .models.store import assets_dir
 from .pipeline import Anonymizer
 
-STAGES = ("read", "detect", "embed", "link", "charge", "privatise", "generate")
+STAGES = ("read", "detect", "embed", "link", "charge", "privatise", "steer", "generate")
 
 
 def _anonymizer(name: str, ledger: Ledger) -> Anonymizer:
