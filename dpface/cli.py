@@ -302,6 +302,13 @@ def anonymize(
     seed: Annotated[
         int | None, typer.Option(help="Reproducible noise for experiments (NOT private).")
     ] = None,
+    composition: Annotated[
+        str,
+        typer.Option(
+            help="How the ledger adds up a subject's releases: 'basic' (sum) or 'pld' (tight "
+            "privacy-loss-distribution accounting; never more than the sum)."
+        ),
+    ] = "basic",
     link: Annotated[
         bool,
         typer.Option(
@@ -339,6 +346,8 @@ def anonymize(
         raise typer.BadParameter("budget must be a finite number > 0", param_hint="--budget")
     if pseudonym not in ("fresh", "reuse"):
         raise typer.BadParameter("pseudonym must be 'fresh' or 'reuse'", param_hint="--pseudonym")
+    if composition not in ("basic", "pld"):
+        raise typer.BadParameter("composition must be 'basic' or 'pld'", param_hint="--composition")
     files, problems = _collect(inputs)
     if not files:
         console.print("[red]error:[/] no image files found in the inputs")
@@ -356,7 +365,11 @@ def anonymize(
     mech = _build_mechanism(mechanism, epsilon, delta, dim, block, pixels, seed)
     uses_delta = mechanism in ("identity-gaussian", "dp-blur")
     default_budget = ApproxDP(total, 5 * delta) if uses_delta else PureDP(total)
-    ledger = Ledger(ledger_path or out / "ledger.db", default_budget=default_budget)
+    ledger = Ledger(
+        ledger_path or out / "ledger.db",
+        default_budget=default_budget,
+        composition=composition,  # type: ignore[arg-type]
+    )
     anon = Anonymizer(
         mechanism=mech,
         generator=generator,
@@ -469,7 +482,8 @@ def demo(
     anonymize(
         [samples], out=out, mechanism=mechanism, epsilon=epsilon, delta=1e-6, budget=None,
         ledger_path=None, subject=None, pseudonym="fresh", encoder="mobileface", block=16,
-        pixels=16, detector="hog", seed=None, link=False, json_output=json_output,
+        pixels=16, detector="hog", seed=None, composition="basic", link=False,
+        json_output=json_output,
     )
 
 

@@ -147,6 +147,8 @@ def test_cli_end_to_end_with_bad_inputs_listed(tmp_path: Path, single_photo: Pat
         (["--epsilon", "nan"], "epsilon"),
         (["-m", "gaussian-blur"], "unknown mechanism"),
         (["--delta", "2"], "delta"),
+        (["--composition", "sum"], "composition"),
+        (["--pseudonym", "sometimes"], "pseudonym"),
     ],
 )
 def test_cli_whole_run_errors_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
