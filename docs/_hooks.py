@@ -45,8 +45,12 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
 def results_table() -> str:
     if RESULTS.is_file():
         text = RESULTS.read_text(encoding="utf-8")
-        # the table file's own top-level title would clash with the page title
-        return re.sub(r"^# ", "### ", text, flags=re.M)
+        # links in the table file are relative to docs/results/; this page is docs/results.md
+        text = re.sub(r"\]\((?![a-z]+:|/|#|results/)([^)\s]+)\)", r"](results/\1)", text)
+        # nest the file's headings below this page's "Latest results" (h2)
+        return re.sub(
+            r"^(#{1,5}) ", lambda m: "#" * max(3, len(m.group(1)) + 1) + " ", text, flags=re.M
+        )
     return (
         "*No results yet in this checkout: `docs/results/table51.md` has not been generated. "
         "Produce it with `dpface evaluate` as described above; the numbers on this page are "
