@@ -57,7 +57,7 @@ def _receipt_entry(name: str, mech: Mechanism, released: int) -> dict[str, Any]:
         "sensitivity": g.sensitivity,
         "is_dp": g.is_dp,
         "releases": released,
-        "randomness": "seeded (reproducible, NOT secret)" if mech.seeded else "CSPRNG (AES-CTR)",
+        "randomness": "seeded (reproducible, NOT private)" if mech.seeded else "CSPRNG (AES-CTR)",
     }
 
 
@@ -364,7 +364,9 @@ def anonymize(
         dim = generator.identity_dim
     mech = _build_mechanism(mechanism, epsilon, delta, dim, block, pixels, seed)
     uses_delta = mechanism in ("identity-gaussian", "dp-blur")
-    default_budget = ApproxDP(total, 5 * delta) if uses_delta else PureDP(total)
+    # delta budget: as many releases' deltas as the epsilon budget holds releases (basic sum)
+    releases = max(1, math.floor(total / epsilon + 1e-9))
+    default_budget = ApproxDP(total, min(releases * delta, 0.5)) if uses_delta else PureDP(total)
     ledger = Ledger(
         ledger_path or out / "ledger.db",
         default_budget=default_budget,

@@ -84,16 +84,26 @@ CREATE INDEX IF NOT EXISTS refs_by_encoder ON refs(encoder);
 class BudgetExceeded(RuntimeError):
     """A release was refused because it would overspend a subject's budget."""
 
-    def __init__(self, subject: str, budget: ApproxDP, spent: ApproxDP, would_be: float) -> None:
+    def __init__(
+        self, subject: str, budget: ApproxDP, spent: ApproxDP, would_be: float,
+        would_be_delta: float | None = None,
+    ) -> None:
         self.subject = subject
         self.budget = budget
         self.spent = spent
         self.would_be = would_be
+        self.would_be_delta = would_be_delta
         left = max(budget.epsilon - spent.epsilon, 0.0)
+        if would_be_delta is not None and would_be_delta > budget.delta and would_be <= (
+            budget.epsilon
+        ):
+            why = (f"this release would bring delta to {would_be_delta:.6g}, over the budget's "
+                   f"delta={budget.delta:.6g} (epsilon would still fit)")
+        else:
+            why = f"this release would bring the total to epsilon={would_be:.6g}"
         super().__init__(
-            f"subject {subject!r}: this release would bring the total to epsilon={would_be:.6g} "
-            f"but the budget is {budget}; spent so far {spent}, about epsilon={left:.6g} left. "
-            "Nothing was released and no noise was drawn."
+            f"subject {subject!r}: {why}; the budget is {budget}, spent so far {spent}, about "
+            f"epsilon={left:.6g} left. Nothing was released and no noise was drawn."
         )
 
 
@@ -416,7 +426,7 @@ class Ledger:
             spent = self._compose(rows, total.delta)
             after = self._compose([*rows, (cost.epsilon, cost.delta, payload)], total.delta)
             if after.epsilon > total.epsilon or after.delta > total.delta:
-                raise BudgetExceeded(subject, total, spent, after.epsilon)
+                raise BudgetExceeded(subject, total, spent, after.epsilon, after.delta)
             now = time.time()
             cur = self._conn.execute(
                 "INSERT INTO events(subject, mechanism, epsilon, delta, dp_event, run_id, note, "

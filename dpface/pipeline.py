@@ -18,6 +18,7 @@ says why. Output images carry no metadata (EXIF, GPS, ...) from the input.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -427,7 +428,7 @@ class Anonymizer:
             "privacy_unit": g.privacy_unit,
             "neighbouring": g.neighbouring,
             "is_dp": g.is_dp,
-            "dp_event": event_to_json(self.mechanism.event()),
+            "dp_event": json.loads(event_to_json(self.mechanism.event())),
             "randomness": "seeded (reproducible, NOT private)"
             if self.mechanism.seeded
             else "CSPRNG (AES-CTR keyed from the OS)",

@@ -178,3 +178,15 @@ def test_a_killed_process_loses_no_committed_event(tmp_path: Path) -> None:
     with Ledger(path) as led:
         ids = {e["id"] for e in led.events("victim")}
     assert set(reported) <= ids  # every event the child saw committed is still there
+
+
+def test_a_refusal_for_delta_says_delta_ran_out(tmp_path: Path) -> None:
+    from mechanisms.accounting import pure_event
+
+    led = Ledger(tmp_path / "l.db")
+    led.set_budget("s", ApproxDP(20.0, 2e-6))
+    for _ in range(2):
+        led.charge("s", mechanism="m", budget=ApproxDP(1.0, 1e-6), event=pure_event(1.0))
+    with pytest.raises(BudgetExceeded, match="delta to 3e-06") as err:
+        led.charge("s", mechanism="m", budget=ApproxDP(1.0, 1e-6), event=pure_event(1.0))
+    assert "epsilon would still fit" in str(err.value) and len(led.events("s")) == 2
