@@ -141,7 +141,9 @@ def write_tables(summaries: Sequence[dict[str, Any]], out: Path, attackers: Sequ
     """Write ``table51.md`` and ``table51.html`` into ``out``; returns the Markdown."""
     avg_rows = [s for s in summaries
                 if any(k.startswith("avg") for k in s["metrics"])]
-    parts = [header, "## Table 5.1 layout\n", markdown_table(summaries, main_columns(attackers)),
+    lines = header.splitlines()
+    head_md = "\n".join([f"# {lines[0]}", "", *[f"- {x}" for x in lines[1:]], ""])
+    parts = [head_md, "## Table 5.1 layout\n", markdown_table(summaries, main_columns(attackers)),
              "\n## Identification attacks\n",
              markdown_table(summaries, attack_columns(attackers)),
              "\n## Further utility\n",
