@@ -35,7 +35,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -138,6 +138,20 @@ class SurrogateBank:
     def face(self, k: int) -> _Face:
         """Canonical render ``k`` as an encoder input."""
         return _Face(self.textures[k], self.shape68)
+
+    def without(self, labels: set[str]) -> SurrogateBank:
+        """The bank minus every synthetic identity that any of ``labels`` (sample labels
+        ``photo#index``) contributed to. For evaluation on the sample faces: the people a
+        user anonymises are normally not bank contributors, and an average of three faces
+        keeps some resemblance to each of them."""
+        keep = [k for k, c in enumerate(self.contributors) if not labels.intersection(c)]
+        if not keep:
+            raise ValueError("no synthetic identity is left without these contributors")
+        ix = np.array(keep)
+        return replace(self, textures=self.textures[ix], shapes=self.shapes[ix],
+                       embeddings={k: v[ix] for k, v in self.embeddings.items()},
+                       male=self.male[ix],
+                       contributors=tuple(self.contributors[k] for k in keep))
 
     def embedding(self, encoder: str) -> np.ndarray:
         """Selection embeddings under ``encoder`` (stored for mobileface and faceres)."""

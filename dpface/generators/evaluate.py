@@ -104,12 +104,20 @@ def sex_attributes(faces: Sequence[object], mode: str) -> list[AttributeChannel 
 
 def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 1,
              seed: int = 2024, faces_idx: Sequence[int] | None = None,
-             verbose: bool = True, sex_channel: str = "raw") -> dict[str, object]:
+             verbose: bool = True, sex_channel: str = "raw",
+             exclude_own: bool = False) -> dict[str, object]:
     """Run the protocol (module docstring); returns per-epsilon summaries.
 
     ``sex_channel="raw"`` passes FaceRes's P(male) of the input face as a raw (NOT
     privatised) attribute channel, so the surrogate's apparent sex matches; ``"none"``
-    passes nothing."""
+    passes nothing.
+
+    ``exclude_own=True`` (needs a generator with ``excluding``, e.g. ``SurrogateGenerator``)
+    measures the deployment case: the person in the photo did not contribute to the
+    surrogate bank. Each face is generated with the synthetic identities that any photo of
+    its person contributed to removed from the choice (the bank is built from these same
+    sample faces, so without this every person is measured against averages of
+    themselves)."""
     from skimage.metrics import structural_similarity
 
     from dpface.align import arcface_crop
@@ -129,6 +137,13 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
     emo_in = p_in.argmax(axis=1)
     confident = p_in.max(axis=1) >= 0.6
     attrs = sex_attributes([faces[i] for i in idx], sex_channel)
+    gens: dict[int, Generator] = {}
+    for i in idx:
+        if not exclude_own:
+            gens[i] = gen
+            continue
+        own = {f"{g.photo}#{g.index}" for g in faces if g.identity == faces[i].identity}
+        gens[i] = gen.excluding(own)  # type: ignore[attr-defined]
     summary: dict[str, object] = {}
     for j, eps in enumerate(epsilons):
         rows = []
@@ -144,7 +159,7 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
             for k, i in enumerate(idx):
                 f = faces[i]
                 t = time.perf_counter()
-                res = gen.generate(f.image, FaceInput.of(f), priv[k], attrs[k])
+                res = gens[i].generate(f.image, FaceInput.of(f), priv[k], attrs[k])
                 dt = time.perf_counter() - t
                 out = res.image
                 found, box = detect_near(dl, out, f.box)
@@ -206,10 +221,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--sex-channel", choices=["raw", "none"], default="raw",
                     help="pass the input's raw apparent sex as an (uncovered) attribute")
+    ap.add_argument("--exclude-own", action="store_true",
+                    help="deployment case: no face is given a synthetic identity its own"
+                         " person contributed to (the bank is built from these samples)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     summary = evaluate(SurrogateGenerator(), args.eps, args.draws, args.seed,
-                       sex_channel=args.sex_channel)
+                       sex_channel=args.sex_channel, exclude_own=args.exclude_own)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=1)

@@ -8,17 +8,25 @@ space (cosine; optionally restricted by an attribute channel ``{"male": p}``), m
 1. geometry: the input's 68 landmarks get the surrogate's own shape offset from the mean
    shape (× ``geometry``) and lose part of their own (× ``shrink``); brows, eyes and mouth
    move as wholes (placement changes, expression shape stays), the jaw line by ``jaw`` × the
-   offset. The photo is warped accordingly inside a ring anchored around the face, so
-   hair and background follow smoothly;
+   offset (0 by default: moving the outline drags hair and background and costs SSIM). The
+   photo is warped accordingly inside a ring anchored around the face;
 2. dense placement: the surrogate's canonical texture (caricatured away from the bank's mean
    face by ``exaggerate``) is warped through the 468 FaceMesh points of the re-shaped face;
-3. lighting and skin colour: in Lab, the surrogate's lightness below ``light_sigma`` × face
-   width is replaced by the input's (masked to skin, so eyes, brows, mouth and background do
-   not bleed in), and the colour channels a*, b* are the input's (no lipstick or skin-tone
-   carry-over); an optional finest band (``fine_sigma``) restores the input's grain but
-   measurably hands identity back to the attacker, so it is off by default;
-4. the input's eye interiors (gaze, eye state) and mouth interior (teeth) are kept;
-5. a feathered mask (brows to jaw) blends the result in (optionally a Poisson blend).
+3. lighting and colour, in Lab, with low bands taken below ``light_sigma`` × face width
+   over skin only (eyes, brows, mouth and background do not bleed in):
+   lightness = the input's low band × the surrogate's lightness relative to its own low
+   band (a ratio, so dark skin gets proportionally dark features and no halos); colour =
+   the input's low-band skin colour + ``chroma_detail`` × the surrogate's colour detail
+   (none on grey photos). The input's full-resolution colour is *not* kept: it would carry
+   its make-up edges and highlights into the new face as ghosts. An optional finest band
+   (``fine_sigma``) restores the input's grain but hands identity back to the attacker, so
+   it is off by default;
+4. the input's lips and mouth interior (expression, teeth) are kept, and the colour of its
+   eye interiors (iris, sclera); the eyes' shading is the surrogate's (``keep_eyes=True``
+   keeps the whole eye interior: gaze, but measurably less protection);
+5. a feathered mask from the jaw to ``mask_lift`` above the brows blends the result in
+   (optionally a Poisson blend); where FaceMesh ends, a little above the brows, the input's
+   own pixels continue under the mask, so its soft edge never crosses the brows.
 
 Nothing is random and nothing depends on the raw identity: the same privatised embedding
 and the same photo give the same output. FaceMesh (a landmark model) runs on the photo; no
@@ -28,6 +36,7 @@ keeps are listed in every result's ``ChannelRecord``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import cv2
@@ -43,6 +52,7 @@ from dpface.generators.base import (
     check_image,
 )
 from dpface.generators.warp import (
+    BROWS,
     INNER_LIPS,
     JAW,
     LEFT_EYE,
@@ -58,9 +68,13 @@ from dpface.generators.warp import (
     rgb_to_lab,
     ring,
     triangulate,
+    up_vector,
     warp_piecewise,
 )
 
+RATIO_OFFSET = 8.0  # L* units added before the lightness ratio (keeps dark pixels stable)
+GREY_CHROMA = 8.0  # median skin chroma (Lab a*b* radius) below which a photo counts as
+# (partly) grey: the surrogate's colour detail is scaled down in proportion
 MIN_FACE_WIDTH = 24.0  # px; below this the 68 landmarks are too unreliable to warp onto
 EXPRESSIVE_PARTS = (np.arange(17, 22), np.arange(22, 27), LEFT_EYE, RIGHT_EYE,
                     np.arange(48, 68))
@@ -73,20 +87,26 @@ class SurrogateSettings:
     light_sigma: float = 0.3  # low band from the input (lighting, skin colour)
     fine_sigma: float = 0.0  # finest band from the input (grain); 0 disables
     feather_sigma: float = 0.035  # soft edge of the replaced region
+    mask_lift: float = 0.3  # top of the replaced region above the brows (share of the
+    # nose-root-to-chin height)
+    texture_edge: float = 0.015  # soft edge where the surrogate texture (FaceMesh) ends
     jaw_inset: float = 0.03  # the mask stays this far inside the jaw line (towards the nose)
-    keep_eyes: bool = True  # keep the input's eye interiors
+    keep_eyes: bool = False  # keep the input's eye interiors (else only their colour)
     keep_mouth: bool = True  # keep the input's mouth interior
-    keep_lips: bool = False  # keep the input's lips (expression) too
+    keep_lips: bool = True  # keep the input's lips (expression) too
+    mouth_area: float = 0.0  # >0: keep the input around the mouth too (the lip outline
+    # scaled by this about its centre, soft-edged): smile lines carry the expression
     poisson: bool = False  # gradient-domain (Poisson) blend of the replaced region
-    surrogate_chroma: bool = False  # False: colour (a*, b*) is the input's, only lightness
-    # detail comes from the surrogate (no lipstick or skin-tone carry-over)
-    exaggerate: float = 1.0  # caricature of the surrogate texture away from the bank mean
+    ratio_detail: bool = True  # lightness detail as a ratio to the local skin level
+    chroma_detail: float = 0.6  # share of the surrogate's colour detail (a*, b* above the
+    # low band) added to the input's low-band skin colour
+    exaggerate: float = 0.5  # caricature of the surrogate texture away from the bank mean
     exaggerate_sigma: float = 0.0  # canonical px; >0: caricature only above this scale
-    geometry: float = 1.5  # how much of the surrogate's own face geometry (its landmark offsets
+    geometry: float = 2.0  # how much of the surrogate's own face geometry (its landmark offsets
     # from the mean shape, inner features only) is added to the input's landmarks
-    shrink: float = 0.5  # how much of the input's own inner-feature offset from the mean
+    shrink: float = 0.7  # how much of the input's own inner-feature offset from the mean
     # shape is removed (reduces what the raw geometry reveals; also damps expression)
-    jaw: float = 0.7  # share of the geometry change applied to the jaw line (face
+    jaw: float = 0.0  # share of the geometry change applied to the jaw line (face
     # outline; the surroundings follow smoothly, anchored on a ring around the face)
     mix: int = 1  # how many nearest synthetic identities are mixed
     temperature: float = 0.02  # softmax temperature on cosine similarity when mixing
@@ -130,6 +150,15 @@ class SurrogateGenerator(Generator):
         self._canon_pts = extend(self.bank.shape68)
         self._mean_texture = self.bank.textures.astype(np.float32).mean(axis=0)
         self._outer_tri = triangulate(np.concatenate([self._canon_pts, ring(self.bank.shape68)]))
+
+    def excluding(self, labels: set[str]) -> SurrogateGenerator:
+        """This generator with the synthetic identities that ``labels`` contributed to
+        removed from the choice (the caricature reference stays the full bank's mean).
+        For evaluation only: generation must never depend on who the input is."""
+        other = copy.copy(self)
+        other.bank = self.bank.without(labels)
+        other._emb = other.bank.embedding(self.encoder).astype(np.float64)
+        return other
 
     # ------------------------------------------------------------------ identity -> surrogate
 
@@ -208,10 +237,14 @@ class SurrogateGenerator(Generator):
             uncovered.append("fine skin texture and image grain (finest band of the input)")
         if s.keep_eyes:
             uncovered.append("eye interiors: iris, sclera, gaze, eye state")
+        else:
+            uncovered.append("eye interiors' colour (iris, sclera; the shading is the"
+                             " surrogate's)")
         if s.keep_mouth:
             uncovered.append("mouth interior: teeth, tongue")
         if s.keep_lips:
-            uncovered.append("lips (shape is the target geometry, texture the input's)")
+            uncovered.append("lips: the input's lip pixels (expression), placed at the"
+                             " target geometry")
         if attributes is not None:
             names = ", ".join(sorted(attributes.values))
             (covered if attributes.privatised else uncovered).append(
@@ -266,7 +299,10 @@ class SurrogateGenerator(Generator):
         s = self.settings
         centre = lm[30]
         jaw = lm[JAW] + s.jaw_inset * (centre - lm[JAW])
-        forehead = pts[68:][::-1]
+        # the mask's top edge sits ``mask_lift`` above the brows (its feathered edge must
+        # clear them, or the input's and the surrogate's brows show through each other)
+        u, h = up_vector(pts[:68])
+        forehead = (pts[BROWS] + s.mask_lift * h * u)[::-1]
         region = polygon_mask(shape, np.concatenate([jaw, forehead]))
         holes = np.zeros(shape, dtype=np.float32)
         for part, grow in ((LEFT_EYE, 1.5), (RIGHT_EYE, 1.5), (np.arange(48, 60), 1.15)):
@@ -294,6 +330,11 @@ class SurrogateGenerator(Generator):
         if keep.any():
             keep = np.asarray(cv2.GaussianBlur(keep, (0, 0), max(0.6, 0.006 * fw)),
                               dtype=np.float32)
+        if s.mouth_area > 0:
+            outer = lm[OUTER_LIPS]
+            c = outer.mean(axis=0)
+            area = polygon_mask(shape, c + s.mouth_area * (outer - c))
+            keep = np.maximum(keep, cv2.GaussianBlur(area, (0, 0), max(0.8, 0.04 * fw)))
         return region, skin, keep
 
     def _replace(self, crop: np.ndarray, lm_in: np.ndarray, lm: np.ndarray,
@@ -315,17 +356,47 @@ class SurrogateGenerator(Generator):
         warped, inside = warp_piecewise(texture, self.bank.mesh, mesh, self.bank.tri, shape)
         region, skin, keep = self._masks(shape, lm, pts, fw)
         region = np.maximum(region, self._masks(shape, lm_in, pts_in, fw)[0])
-        region *= inside.astype(np.float32)
         skin *= inside.astype(np.float32)
+        # where the surrogate texture ends (FaceMesh stops a little above the brows) the
+        # input's own pixels continue, with a narrow soft edge; the blend region itself
+        # reaches higher, so its feathered edge never crosses the brows
+        valid = feather(inside.astype(np.float32), max(0.6, s.texture_edge * fw))
         lab_in = rgb_to_lab(crop)
         lab_sur = rgb_to_lab(warped)
         sig = max(1.0, s.light_sigma * fw)
-        lab = lab_sur - masked_blur(lab_sur, skin, sig) + masked_blur(lab_in, skin, sig)
+        low_in = masked_blur(lab_in, skin, sig)
+        low_sur = masked_blur(lab_sur, skin, sig)
+        lab = np.empty_like(lab_in)
+        if s.ratio_detail:
+            # reflectance-like detail: the surrogate's lightness relative to its own local
+            # skin level, times the input's (dark skin gets proportionally darker features,
+            # no bright halos)
+            c = np.float32(RATIO_OFFSET)
+            lab[..., 0] = low_in[..., 0] * (lab_sur[..., 0] + c) / (low_sur[..., 0] + c)
+        else:
+            lab[..., 0] = low_in[..., 0] + lab_sur[..., 0] - low_sur[..., 0]
+        # colour: the input's skin colour at low frequency, plus a share of the surrogate's
+        # colour detail (lip and cheek tint); the input's full-resolution chroma would carry
+        # its own features (make-up edges, highlights) into the new face as ghosts
+        # A grey photo (skin chroma near 0) gets no colour detail.
+        sel = skin > 0.5
+        colourful = float(np.median(np.hypot(lab_in[..., 1][sel], lab_in[..., 2][sel]))
+                          ) if sel.any() else 0.0
+        cw = np.float32(s.chroma_detail * float(np.clip(colourful / GREY_CHROMA, 0.0, 1.0)))
+        lab[..., 1:] = low_in[..., 1:] + cw * (lab_sur[..., 1:] - low_sur[..., 1:])
+        if not s.keep_eyes:
+            # the eye interiors take their colour (sclera, iris) from the input: skin-toned
+            # or averaged surrogate colour there reads as red or bloodshot eyes
+            eyes = np.zeros(shape, dtype=np.float32)
+            for part in (LEFT_EYE, RIGHT_EYE):
+                eyes = np.maximum(eyes, polygon_mask(shape, lm[part]))
+            soft = np.asarray(cv2.GaussianBlur(eyes, (0, 0), max(0.6, 0.006 * fw)),
+                              dtype=np.float32)[..., None]
+            lab[..., 1:] = lab[..., 1:] * (1.0 - soft) + lab_in[..., 1:] * soft
         if s.fine_sigma > 0:
             fs = max(0.5, s.fine_sigma * fw)
             lab = cv2.GaussianBlur(lab, (0, 0), fs) + lab_in - cv2.GaussianBlur(lab_in, (0, 0), fs)
-        if not s.surrogate_chroma:
-            lab[..., 1:] = lab_in[..., 1:]
+        lab = valid[..., None] * lab + (1.0 - valid[..., None]) * lab_in
         rgb = lab_to_rgb(lab)
         src = crop.astype(np.float32)
         rgb = rgb * (1.0 - keep[..., None]) + src * keep[..., None]
