@@ -114,3 +114,18 @@ def test_cli_smoke_on_a_folder(faces: list[EvalFace], tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0
     res2 = CliRunner().invoke(app, args)
     assert res2.exit_code == 0 and "0 task(s) computed, 4 reused" in res2.output
+
+
+def test_cache_key_follows_the_generator_code(faces: list[EvalFace],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed generator must not reuse results cached for the old one; baselines that never
+    run it keep their cache."""
+    from dpface.evaluation import runner
+
+    gen_conds = [A.generator_inf(), A.identity("identity-laplace", 6.0)]
+    other = [A.original(), A.baselines()[0], A.dp_pix(2.0)]
+    before = {c.name: runner.task_key(c, faces[0], CFG) for c in gen_conds + other}
+    monkeypatch.setattr(runner, "generator_fingerprint", lambda: "changed")
+    after = {c.name: runner.task_key(c, faces[0], CFG) for c in gen_conds + other}
+    assert all(before[c.name] != after[c.name] for c in gen_conds)
+    assert all(before[c.name] == after[c.name] for c in other)

@@ -259,3 +259,20 @@ def test_evaluation_on_the_sample_faces_at_eps_6() -> None:
     assert s["ssim"] >= 0.82
     assert s["emotion_agreement"] >= 0.50
     assert s["delta_e_tone"] < 4.0
+
+
+def test_dark_hair_outside_the_features_is_not_used(bank: SurrogateBank) -> None:
+    """A surrogate texture's dark strand over a cheek is marked unusable (the input shows
+    there); dark pupils and brows inside the features stay usable."""
+    from dpface.generators.surrogate import usable_texture
+
+    tex = np.full((1, *bank.textures.shape[1:]), 200, dtype=np.uint8)
+    cheek = bank.shape68[3] * 0.7 + bank.shape68[31] * 0.3
+    x, y = (int(v) for v in cheek)
+    tex[0, y - 10:y + 10, x - 4:x + 4] = 40  # a dark strand
+    eye = bank.shape68[36:42].mean(axis=0).astype(int)
+    tex[0, eye[1] - 3:eye[1] + 3, eye[0] - 3:eye[0] + 3] = 20  # a dark pupil
+    usable = usable_texture(tex, bank.shape68)[0]
+    assert usable[y, x] < 0.1
+    assert usable[eye[1], eye[0]] > 0.9
+    assert usable[int(bank.shape68[30][1]), int(bank.shape68[30][0])] > 0.9  # plain skin

@@ -86,12 +86,28 @@ class _Out:
         return arcface_points(self.landmarks68)
 
 
+@cache
+def generator_fingerprint() -> str:
+    """Hash of the generator's source files: a changed generator invalidates the cached
+    results of every condition that uses it (and only those)."""
+    import dpface.generators as pkg
+
+    root = Path(pkg.__file__).parent
+    h = hashlib.sha256()
+    for name in ("surrogate.py", "warp.py", "bank.py", "refine.py"):
+        h.update((root / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def task_key(cond: Condition, face: EvalFace, cfg: RunConfig) -> str:
     """Hash of everything a task's result depends on."""
-    payload = json.dumps([CACHE_VERSION, cond.name, cond.family, cond.epsilon, cond.params,
-                          cfg.seed, cfg.draws, cfg.releases(cond), list(cfg.attackers),
-                          cfg.parrot, face.key, list(face.box),
-                          np.round(face.landmarks68, 3).tolist()], default=str)
+    parts: list[Any] = [CACHE_VERSION, cond.name, cond.family, cond.epsilon, cond.params,
+                        cfg.seed, cfg.draws, cfg.releases(cond), list(cfg.attackers),
+                        cfg.parrot, face.key, list(face.box),
+                        np.round(face.landmarks68, 3).tolist()]
+    if cond.family not in ("original", "baseline", "dp-pix"):
+        parts.append(generator_fingerprint())
+    payload = json.dumps(parts, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 

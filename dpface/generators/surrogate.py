@@ -75,6 +75,7 @@ from dpface.generators.warp import (
 RATIO_OFFSET = 8.0  # L* units added before the lightness ratio (keeps dark pixels stable)
 GREY_CHROMA = 8.0  # median skin chroma (Lab a*b* radius) below which a photo counts as
 # (partly) grey: the surrogate's colour detail is scaled down in proportion
+HAIR_RATIO = 0.8  # outside the features, texture darker than this share of its skin is hair
 MIN_FACE_WIDTH = 24.0  # px; below this the 68 landmarks are too unreliable to warp onto
 EXPRESSIVE_PARTS = (np.arange(17, 22), np.arange(22, 27), LEFT_EYE, RIGHT_EYE,
                     np.arange(48, 68))
@@ -110,6 +111,33 @@ class SurrogateSettings:
     # outline; the surroundings follow smoothly, anchored on a ring around the face)
     mix: int = 1  # how many nearest synthetic identities are mixed
     temperature: float = 0.02  # softmax temperature on cosine similarity when mixing
+
+
+def usable_texture(textures: np.ndarray, shape68: np.ndarray) -> np.ndarray:
+    """(K, S, S) float32 weights in [0, 1]: where each canonical surrogate texture may be
+    used. Inside the inner features' hull (brows, eyes, nose, mouth) everywhere; outside it
+    only where the lightness is at least ``HAIR_RATIO`` of the texture's median skin
+    lightness: dark hair that an average drags over a temple or cheek would show as a
+    smudge, so the input's own pixels stay there. "Inner features" are the eyes, brows,
+    nose and mouth, each grown a little (not their hull: hair reaches the outer eye corners)."""
+    size = textures.shape[1]
+    core = np.zeros((size, size), dtype=np.float32)
+    for part, grow in ((LEFT_EYE, 1.6), (RIGHT_EYE, 1.6), (OUTER_LIPS, 1.3),
+                       (np.arange(27, 36), 1.3), (np.arange(17, 22), 1.3),
+                       (np.arange(22, 27), 1.3)):
+        p = np.asarray(shape68[part], dtype=np.float32)
+        hull = cv2.convexHull(p).reshape(-1, 2)
+        c = hull.mean(axis=0)
+        core = np.maximum(core, polygon_mask((size, size), c + grow * (hull - c)))
+    core = cv2.GaussianBlur(core, (0, 0), 3.0)
+    out = np.empty(textures.shape[:3], dtype=np.float32)
+    for k, tex in enumerate(textures):
+        light = rgb_to_lab(tex)[..., 0]
+        ref = float(np.median(light[core > 0.5]))
+        ok = np.clip((light / max(ref, 1.0) - HAIR_RATIO) / 0.15, 0.0, 1.0)
+        ok = cv2.GaussianBlur(ok, (0, 0), 2.0)
+        out[k] = np.maximum(core, ok)
+    return out
 
 
 def poisson_blend(src: np.ndarray, dst: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -149,6 +177,7 @@ class SurrogateGenerator(Generator):
         self.settings = settings or SurrogateSettings()
         self._canon_pts = extend(self.bank.shape68)
         self._mean_texture = self.bank.textures.astype(np.float32).mean(axis=0)
+        self._usable = usable_texture(self.bank.textures, self.bank.shape68)
         self._outer_tri = triangulate(np.concatenate([self._canon_pts, ring(self.bank.shape68)]))
 
     def excluding(self, labels: set[str]) -> SurrogateGenerator:
@@ -284,8 +313,10 @@ class SurrogateGenerator(Generator):
                 "face lies (almost) entirely outside the photo; NOT de-identified"))
         crop = img[y0:y1, x0:x1]
         off = np.array([x0, y0], dtype=np.float64)
+        usable = np.tensordot(w.astype(np.float32), self._usable[idx], axes=1)
+        texture = np.dstack([self.surrogate_texture(idx, w), usable])
         out_crop, alpha = self._replace(crop, lm - off, target - off, anchors - off, fw,
-                                        self.surrogate_texture(idx, w))
+                                        texture)
         out = img.copy()
         out[y0:y1, x0:x1] = out_crop
         return GeneratedFace(out, "replaced", record, region=(x0, y0, x1, y1), alpha=alpha,
@@ -353,7 +384,8 @@ class SurrogateGenerator(Generator):
             crop = np.where(inside_in[..., None], np.clip(np.round(moved), 0, 255),
                             crop).astype(np.uint8)
         mesh = face_mesh(crop, lm)
-        warped, inside = warp_piecewise(texture, self.bank.mesh, mesh, self.bank.tri, shape)
+        warped4, inside = warp_piecewise(texture, self.bank.mesh, mesh, self.bank.tri, shape)
+        warped, usable = warped4[..., :3], warped4[..., 3] * inside
         region, skin, keep = self._masks(shape, lm, pts, fw)
         region = np.maximum(region, self._masks(shape, lm_in, pts_in, fw)[0])
         skin *= inside.astype(np.float32)
@@ -361,6 +393,8 @@ class SurrogateGenerator(Generator):
         # input's own pixels continue, with a narrow soft edge; the blend region itself
         # reaches higher, so its feathered edge never crosses the brows
         valid = feather(inside.astype(np.float32), max(0.6, s.texture_edge * fw))
+        valid *= np.asarray(cv2.GaussianBlur(usable, (0, 0), max(0.6, s.texture_edge * fw)),
+                            dtype=np.float32)
         lab_in = rgb_to_lab(crop)
         lab_sur = rgb_to_lab(warped)
         sig = max(1.0, s.light_sigma * fw)
