@@ -123,11 +123,18 @@ class Anonymizer:
         pseudonym: Pseudonym = "fresh",
         link: Linking = "none",
         steering: AttributeSteering | None = None,
+        encoder: Any = None,
     ) -> None:
         """``link="match"``: a named face is enrolled (its raw embedding kept in the ledger, on
         the trusted side) and later unnamed faces that match an enrolled subject are charged
         to that subject instead of being separate privacy units. ``steering`` fills the
-        generator's attribute channel from an attribute mechanism (``dpface.steering``)."""
+        generator's attribute channel from an attribute mechanism (``dpface.steering``).
+        ``encoder``: an identity encoder instance to embed faces with (default: looked up by
+        the generator's encoder name); needed for encoders built from a path, such as
+        ``get_encoder("arcface-onnx", model_path=...)``. Its name must be the generator's."""
+        if encoder is not None and generator is not None and encoder.name != generator.encoder:
+            raise ValueError(f"the generator reads {generator.encoder} identities but the "
+                             f"encoder given is {encoder.name}")
         if isinstance(mechanism, (IdentityLaplace, IdentityGaussian, IdentityVMF)):
             if generator is None:
                 raise ValueError(
@@ -160,7 +167,7 @@ class Anonymizer:
         self.ledger = ledger if ledger is not None else Ledger(":memory:")
         self.detector = detector
         self.pseudonym: Pseudonym = pseudonym
-        self._encoder: Any = None
+        self._encoder: Any = encoder
         self._timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ helpers

@@ -122,3 +122,31 @@ def test_adapter_leaves_tiny_faces_with_a_reason(model_path: Path, face: SampleF
     res = OnnxFaceSwapGenerator(model_path).generate(small, tiny, _unit(5))
     assert res.status == "untouched" and res.reason and "NOT de-identified" in res.reason
     np.testing.assert_array_equal(res.image, small)
+
+
+def test_adapter_runs_in_the_anonymiser_with_an_encoder_instance(model_path: Path,
+                                                                 tmp_path: Path) -> None:
+    """A learned swapper plugged into the full pipeline: the privatised 256-d MobileFace
+    embedding reaches the model through a fixed latent map, the ledger is charged and the
+    receipt names the raw crop as not covered. An encoder of another name is refused."""
+    from dpface.ledger import Ledger
+    from dpface.models import store
+    from dpface.models.encoders import get_encoder
+    from dpface.pipeline import Anonymizer
+    from mechanisms.budgets import PureDP
+    from mechanisms.identity import IdentityLaplace
+
+    latent_map = np.random.default_rng(5).standard_normal((256, 512)) / 16.0
+    gen = OnnxFaceSwapGenerator(model_path, encoder="mobileface", latent_map=latent_map)
+    assert gen.identity_dim == 256
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(12.0))
+    anon = Anonymizer(mechanism=IdentityLaplace(epsilon=6.0, dim=256), generator=gen,
+                      ledger=led, encoder=get_encoder("mobileface"))
+    res = anon.anonymize(store.path("samples/fr-obama.jpg"), subject="o")
+    assert res.ok and [f.status for f in res.faces] == ["replaced"]
+    assert led.spent("o").epsilon == pytest.approx(6.0)
+    uncovered = " ".join(res.faces[0].channels["uncovered"])  # type: ignore[index]
+    assert "crop" in uncovered
+    with pytest.raises(ValueError, match="faceres"):
+        Anonymizer(mechanism=IdentityLaplace(epsilon=6.0, dim=256), generator=gen,
+                   encoder=get_encoder("faceres"))
