@@ -63,3 +63,18 @@ def test_main_job_anonymises_every_bundled_sample(tmp_path: Path) -> None:
         assert receipt["schema"] == "dpface.receipt/1" and receipt["faces"]
     assert (tmp_path / "report.html").stat().st_size > 10_000
     assert json.loads((tmp_path / "report.json").read_text())["totals"]["releases"] >= 30
+
+
+def test_contact_sheet_command_writes_the_grid_and_refuses_bad_faces(tmp_path: Path) -> None:
+    import cv2
+
+    out = tmp_path / "sheet.png"
+    res = runner.invoke(app, ["contact-sheet", "-o", str(out), "--faces", "21,26",
+                              "--epsilons", "inf,1"])
+    assert res.exit_code == 0, res.output
+    sheet = cv2.imread(str(out))
+    assert sheet.shape == (2 * 256, 3 * 256, 3)  # 2 faces × (input + 2 epsilons)
+    # the outputs differ from the input tile (the face was replaced)
+    assert float(abs(sheet[:, 256:512].astype(int) - sheet[:, :256]).mean()) > 3
+    bad = runner.invoke(app, ["contact-sheet", "-o", str(tmp_path / "x.png"), "--faces", "99"])
+    assert bad.exit_code == 2 and not (tmp_path / "x.png").exists()
