@@ -270,6 +270,58 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _identity_generator(encoder: str, encoder_model: Path | None, swap_model: Path | None,
+                        swap_latent_map: str | None) -> tuple[Any, Any]:
+    """(generator, encoder instance or None) for the identity mechanisms; bad combinations
+    become usage errors (exit 2) with the reason."""
+    from .models.encoders import get_encoder
+
+    if encoder == "arcface-onnx" and encoder_model is None:
+        raise typer.BadParameter("--encoder arcface-onnx needs --encoder-model PATH",
+                                 param_hint="--encoder-model")
+    if encoder_model is not None and encoder != "arcface-onnx":
+        raise typer.BadParameter("--encoder-model is only for --encoder arcface-onnx",
+                                 param_hint="--encoder-model")
+    try:
+        enc = (get_encoder(encoder, model_path=encoder_model) if encoder_model is not None
+               else get_encoder(encoder))
+    except (KeyError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc).strip("'\""), param_hint="--encoder") from exc
+    if swap_model is None:
+        if swap_latent_map is not None:
+            raise typer.BadParameter("--swap-latent-map needs --swap-model",
+                                     param_hint="--swap-latent-map")
+        from .generators.surrogate import SurrogateGenerator
+
+        try:
+            return SurrogateGenerator(encoder=encoder), (enc if encoder_model else None)
+        except (KeyError, ValueError) as exc:
+            raise typer.BadParameter(
+                f"the offline generator cannot use {encoder!r}: {str(exc).strip(chr(39))}",
+                param_hint="--encoder") from exc
+    from .generators.onnx_swap import OnnxFaceSwapGenerator
+
+    latent: Any = None
+    if swap_latent_map == "graph":
+        latent = "graph"
+    elif swap_latent_map is not None:
+        try:
+            latent = np.load(swap_latent_map)
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"cannot read {swap_latent_map}: {exc}",
+                                     param_hint="--swap-latent-map") from exc
+    try:
+        gen = OnnxFaceSwapGenerator(swap_model, encoder=encoder, latent_map=latent)
+    except (FileNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--swap-model") from exc
+    if gen.identity_dim != enc.dim:
+        raise typer.BadParameter(
+            f"the swap model reads {gen.identity_dim}-d identities but {encoder} gives "
+            f"{enc.dim}-d embeddings; pass --swap-latent-map (a {enc.dim}×{gen.latent_dim} "
+            "matrix) or an encoder of that size", param_hint="--swap-latent-map")
+    return gen, enc
+
+
 @app.command()
 def anonymize(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (recursive).")],
@@ -316,6 +368,26 @@ def anonymize(
             "raw face templates in the ledger: trusted side only)."
         ),
     ] = False,
+    swap_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A learned face-swap ONNX model (inswapper-style: 128-px aligned crop + "
+            "identity latent) to use instead of the offline generator. Your own weights; "
+            "dpface never downloads any."
+        ),
+    ] = None,
+    swap_latent_map: Annotated[
+        str | None,
+        typer.Option(
+            help="How the privatised embedding becomes the swap model's latent: 'graph' (the "
+            "model's own square map, as inswapper ships it) or a .npy (encoder dim × latent "
+            "dim) matrix; default: the embedding itself."
+        ),
+    ] = None,
+    encoder_model: Annotated[
+        Path | None,
+        typer.Option(help="ONNX recogniser file for --encoder arcface-onnx (your own weights)."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """De-identify faces in photos under a per-subject epsilon budget.
@@ -355,12 +427,15 @@ def anonymize(
             console.print(f"  {where}: {why}")
         raise typer.Exit(2)
 
-    generator = None
+    generator: Any = None
+    encoder_obj: Any = None
     dim = 0
+    if swap_model is not None and not mechanism.startswith("identity"):
+        raise typer.BadParameter("a swap model needs an identity mechanism (identity-*)",
+                                 param_hint="--swap-model")
     if mechanism.startswith("identity"):
-        from .generators.surrogate import SurrogateGenerator
-
-        generator = SurrogateGenerator(encoder=encoder)
+        generator, encoder_obj = _identity_generator(encoder, encoder_model, swap_model,
+                                                     swap_latent_map)
         dim = generator.identity_dim
     mech = _build_mechanism(mechanism, epsilon, delta, dim, block, pixels, seed)
     uses_delta = mechanism in ("identity-gaussian", "dp-blur")
@@ -379,6 +454,7 @@ def anonymize(
         detector=detector,
         pseudonym=pseudonym,  # type: ignore[arg-type]
         link="match" if link else "none",
+        encoder=encoder_obj,
     )
     stages: dict[str, float] = {}
     counts: dict[str, int] = {

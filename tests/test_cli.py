@@ -78,3 +78,24 @@ def test_contact_sheet_command_writes_the_grid_and_refuses_bad_faces(tmp_path: P
     assert float(abs(sheet[:, 256:512].astype(int) - sheet[:, :256]).mean()) > 3
     bad = runner.invoke(app, ["contact-sheet", "-o", str(tmp_path / "x.png"), "--faces", "99"])
     assert bad.exit_code == 2 and not (tmp_path / "x.png").exists()
+
+
+def test_encoder_choices_that_cannot_work_are_usage_errors(tmp_path: Path) -> None:
+    from dpface.models import store
+
+    photo = str(store.path("samples/fr-obama.jpg"))
+    cases = [
+        (["--encoder", "arcface-onnx"], "--encoder-model"),
+        (["--encoder", "arcface-onnx", "--encoder-model", str(tmp_path / "none.onnx")],
+         "not found"),
+        (["--encoder-model", str(tmp_path / "x.onnx")], "only for --encoder arcface-onnx"),
+        (["--encoder", "dlib"], "evaluation attacker"),
+        (["--encoder", "nope"], "unknown encoder"),
+        (["--swap-latent-map", "graph"], "needs --swap-model"),
+    ]
+    for extra, why in cases:
+        res = runner.invoke(app, ["anonymize", photo, "-o", str(tmp_path / "o"), *extra])
+        assert res.exit_code == 2, (extra, res.output)
+        flat = " ".join(res.output.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
+        assert why in flat, (extra, res.output)
+    assert not (tmp_path / "o" / "fr-obama.png").exists()

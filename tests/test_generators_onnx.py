@@ -150,3 +150,33 @@ def test_adapter_runs_in_the_anonymiser_with_an_encoder_instance(model_path: Pat
     with pytest.raises(ValueError, match="faceres"):
         Anonymizer(mechanism=IdentityLaplace(epsilon=6.0, dim=256), generator=gen,
                    encoder=get_encoder("faceres"))
+
+
+def test_cli_anonymize_with_a_swap_model(model_path: Path, tmp_path: Path) -> None:
+    """``dpface anonymize --swap-model``: the learned swapper replaces the face and the
+    receipt says so; a latent of the wrong size is a usage error with the reason."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from dpface.cli import app
+    from dpface.models import store
+
+    runner = CliRunner()
+    photo = store.path("samples/fr-obama.jpg")
+    latent = tmp_path / "map.npy"
+    np.save(latent, np.random.default_rng(2).standard_normal((256, 512)) / 16.0)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["anonymize", str(photo), "-o", str(out), "--swap-model",
+                              str(model_path), "--swap-latent-map", str(latent), "--json"])
+    assert res.exit_code == 0, res.output
+    receipt = json.loads((out / "fr-obama.receipt.json").read_text())
+    face = receipt["faces"][0]
+    assert face["status"] == "replaced"
+    assert "crop" in " ".join(face["channels"]["uncovered"])
+    bad = runner.invoke(app, ["anonymize", str(photo), "-o", str(tmp_path / "o2"),
+                              "--swap-model", str(model_path)])
+    assert bad.exit_code == 2 and "256-d" in bad.output
+    nopix = runner.invoke(app, ["anonymize", str(photo), "-o", str(tmp_path / "o3"), "-m",
+                                "dp-pix", "--swap-model", str(model_path)])
+    assert nopix.exit_code == 2 and "identity mechanism" in nopix.output
