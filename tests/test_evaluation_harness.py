@@ -129,3 +129,36 @@ def test_cache_key_follows_the_generator_code(faces: list[EvalFace],
     after = {c.name: runner.task_key(c, faces[0], CFG) for c in gen_conds + other}
     assert all(before[c.name] != after[c.name] for c in gen_conds)
     assert all(before[c.name] == after[c.name] for c in other)
+
+
+def test_exclude_own_keeps_a_persons_own_synthetic_identities_out(
+        faces: list[EvalFace], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--exclude-own: the Obama face gets a generator without any synthetic identity an
+    Obama photo contributed to, and its results are cached under their own key."""
+    from dataclasses import replace
+
+    from dpface.evaluation import runner
+
+    obama = faces[0]
+    labels = A.own_labels(obama)
+    assert "fr-obama.jpg#0" in labels and len(labels) >= 6  # every Obama photo
+    gen = A.generator_excluding(labels)
+    full = A.generator_excluding(frozenset())
+    assert len(gen.bank) < len(full.bank)
+    assert all(not labels.intersection(c) for c in gen.bank.contributors)
+    cond = A.identity("identity-laplace", 6.0)
+    ex = replace(CFG, exclude_own=True)
+    assert runner.task_key(cond, obama, CFG) != runner.task_key(cond, obama, ex)
+    base = A.baselines()[0]
+    assert runner.task_key(base, obama, CFG) == runner.task_key(base, obama, ex)
+    asked: list[frozenset[str]] = []
+
+    def spy(lab: frozenset[str]) -> object:
+        asked.append(lab)
+        return gen
+
+    monkeypatch.setattr(A, "generator_excluding", spy)
+    out = A.Anonymiser(cond, Randomness.from_seed(3), exclude_own=True)(obama)
+    assert asked == [labels] and out.shape == obama.image.shape
+    A.Anonymiser(cond, Randomness.from_seed(3))(obama)
+    assert asked == [labels]  # without the option the full bank is used

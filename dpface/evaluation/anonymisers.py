@@ -33,6 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -169,6 +170,23 @@ def _generator() -> Any:
     return SurrogateGenerator()
 
 
+def own_labels(face: Any) -> frozenset[str]:
+    """Sample labels (``photo#index``) of every photo of ``face``'s person among the bundled
+    sample faces that built the surrogate bank (only its own photo when unlabelled)."""
+    from dpface.models.samples import sample_faces
+
+    mine = {f"{Path(face.source).name}#{face.index}"}
+    if getattr(face, "labelled", False):
+        mine |= {f"{s.photo}#{s.index}" for s in sample_faces() if s.identity == face.identity}
+    return frozenset(mine)
+
+
+@cache
+def generator_excluding(labels: frozenset[str]) -> Any:
+    """The generator without the synthetic identities ``labels`` contributed to."""
+    return _generator().excluding(set(labels))
+
+
 @cache
 def _mobileface() -> Any:
     from dpface.models.encoders import get_encoder
@@ -187,9 +205,12 @@ class Anonymiser:
     The stream is consumed in call order, so the same calls in the same order give the
     same outputs."""
 
-    def __init__(self, cond: Condition, rand: Randomness) -> None:
+    def __init__(self, cond: Condition, rand: Randomness, exclude_own: bool = False) -> None:
+        """``exclude_own``: the generator never gives a face a synthetic identity its own
+        person contributed to (the deployment case; the bank is built from the samples)."""
         self.cond = cond
         self.rand = rand
+        self.exclude_own = exclude_own
         self._mech: Any = None
         self._pix: dict[int, Any] = {}
         if cond.family in IDENTITY_MECHANISMS:
@@ -229,7 +250,8 @@ class Anonymiser:
 
         emb = identity_embedding(face) if embedding is None else embedding
         private = emb if self._mech is None else np.asarray(self._mech(emb))
-        res = _generator().generate(img, FaceInput.of(face), private)
+        gen = generator_excluding(own_labels(face)) if self.exclude_own else _generator()
+        res = gen.generate(img, FaceInput.of(face), private)
         if res.replaced:
             return np.asarray(res.image)
         out = np.array(img, copy=True)

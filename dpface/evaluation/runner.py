@@ -61,6 +61,7 @@ class RunConfig:
     averaging: tuple[int, ...] = (1, 4, 16)
     parrot: bool = True
     averaging_epsilons: tuple[float, ...] = ()  # empty: every ε of an identity mechanism
+    exclude_own: bool = False  # generator: no synthetic identity the face's person built
 
     def releases(self, cond: Condition) -> int:
         """Releases per face for ``cond`` (draws, or more for the averaging attack)."""
@@ -107,6 +108,8 @@ def task_key(cond: Condition, face: EvalFace, cfg: RunConfig) -> str:
                         np.round(face.landmarks68, 3).tolist()]
     if cond.family not in ("original", "baseline", "dp-pix"):
         parts.append(generator_fingerprint())
+        if cfg.exclude_own:
+            parts.append("exclude-own")
     payload = json.dumps(parts, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
@@ -188,7 +191,8 @@ def run_task(cond: Condition, face: EvalFace, cfg: RunConfig, cache_dir: Path) -
     gen_emb = mf if mf is not None else identity_embedding(face)
     crop_in = arcface_crop(img_in, face.points5, 256)
 
-    anon = Anonymiser(cond, Randomness.from_seed(stream_seed(cfg.seed, cond.name, face.key)))
+    anon = Anonymiser(cond, Randomness.from_seed(stream_seed(cfg.seed, cond.name, face.key)),
+                      cfg.exclude_own)
     n_rel = cfg.releases(cond)
     scal: dict[str, list[float]] = {k: [] for k in SCALARS}
     embs: dict[str, list[np.ndarray]] = {a: [] for a in cfg.attackers}
@@ -237,7 +241,7 @@ def run_task(cond: Condition, face: EvalFace, cfg: RunConfig, cache_dir: Path) -
     arrays["o_emotion"] = np.stack(emo_out)
     if cfg.parrot:
         parrot = Anonymiser(cond, Randomness.from_seed(
-            stream_seed(cfg.seed, cond.name, face.key, "parrot")))
+            stream_seed(cfg.seed, cond.name, face.key, "parrot")), cfg.exclude_own)
         out = parrot(face, gen_emb)
         view = _Out(out, _locate(out, face)[1])
         d_out = _faceres(view)[0] if "faceres" in cfg.attackers else None
