@@ -2,7 +2,12 @@
 
 False alarms: each audit is valid at alpha = 1e-6, so the passing cases fail with probability
 below one in a million. Power: the broken twins' bounds land 0.6-1.9 above the claim at
-n = 200,000 (measured spread about 0.05), so a miss would take a many-sigma fluctuation.
+n = 200,000, so a miss would take a many-sigma fluctuation (identity-gaussian, the closest:
+1.62-1.83 over 6 runs against the claim 1.0).
+
+The honest bound is only checked to be informative (> 0.1). It depends on which event the
+selection half picks, and has a fat lower tail: identity-gaussian gave 0.28-0.53 over nine
+fresh runs, and a fresh-clone CI run once hit 0.279 under an older floor of 0.3.
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ def _run(*args: str) -> tuple[int, dict[str, object]]:
 def test_claim_holds_and_broken_twin_is_refuted(mechanism: str) -> None:
     code, ok = _run(mechanism)
     assert code == 0 and ok["violates"] is False, ok
-    assert 0.3 < float(ok["epsilon_lower_bound"]) <= 1.0  # type: ignore[arg-type]
+    assert 0.1 < float(ok["epsilon_lower_bound"]) <= 1.0  # type: ignore[arg-type]
     code, bad = _run(mechanism, "--broken")
     assert code == 1 and bad["violates"] is True, bad
-    assert float(bad["epsilon_lower_bound"]) > 1.4  # type: ignore[arg-type]
+    assert float(bad["epsilon_lower_bound"]) > 1.0  # type: ignore[arg-type]
     assert bad["built_with_epsilon"] == 3.0
 
 
