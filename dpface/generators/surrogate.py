@@ -255,13 +255,16 @@ class SurrogateGenerator(Generator):
         s = self.settings
         covered = ["choice and mix of the synthetic surrogate identity (from the privatised"
                    f" {self.encoder} embedding only)",
-                   "inner-face identity detail (mid-frequency lightness of the surrogate)",
+                   "inner-face identity detail (the surrogate's lightness and colour detail"
+                   " above the low band)",
                    "the surrogate's shape offset added to the landmarks"]
         uncovered = ["face geometry: the input's 68 landmarks (face shape, pose, expression),"
                      f" of which {1 - s.shrink:.0%} of the inner features' offset from the"
                      " mean shape is kept",
                      "lighting and skin colour: low frequencies of the input face",
-                     "hair, ears, face outline, neck, background, clothing (outside the mask)"]
+                     "hair, ears, face outline, neck, background, clothing (outside the mask)",
+                     "the input's own pixels inside the mask where the surrogate texture ends"
+                     " (upper forehead) or would show hair"]
         if s.fine_sigma > 0:
             uncovered.append("fine skin texture and image grain (finest band of the input)")
         if s.keep_eyes:
