@@ -229,6 +229,9 @@ def test_excluding_contributors_removes_their_synthetic_identities(
     for seed in range(20):
         idx, _, _ = sub.choose(_noise(seed))
         assert all(label not in sub.bank.contributors[k] for k in idx)
+    # per-identity state follows the sub-bank (indices from ``choose`` are sub-bank indices)
+    kept = [k for k, c in enumerate(bank.contributors) if label not in c]
+    np.testing.assert_array_equal(sub._usable, gen._usable[kept])
     with pytest.raises(ValueError, match="no synthetic identity"):
         bank.without({c for cs in bank.contributors for c in cs})
 

@@ -187,6 +187,7 @@ class SurrogateGenerator(Generator):
         other = copy.copy(self)
         other.bank = self.bank.without(labels)
         other._emb = other.bank.embedding(self.encoder).astype(np.float64)
+        other._usable = usable_texture(other.bank.textures, other.bank.shape68)
         return other
 
     # ------------------------------------------------------------------ identity -> surrogate
