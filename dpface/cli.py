@@ -270,10 +270,15 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _reason(exc: Exception) -> str:
+    """An exception's message without the quotes ``str(KeyError)`` adds."""
+    return str(exc.args[0]) if exc.args else str(exc)
+
+
 def _identity_generator(encoder: str, encoder_model: Path | None, swap_model: Path | None,
                         swap_latent_map: str | None) -> tuple[Any, Any]:
-    """(generator, encoder instance or None) for the identity mechanisms; bad combinations
-    become usage errors (exit 2) with the reason."""
+    """(generator, its encoder) for the identity mechanisms; bad combinations become usage
+    errors (exit 2) with the reason."""
     from .models.encoders import get_encoder
 
     if encoder == "arcface-onnx" and encoder_model is None:
@@ -286,7 +291,7 @@ def _identity_generator(encoder: str, encoder_model: Path | None, swap_model: Pa
         enc = (get_encoder(encoder, model_path=encoder_model) if encoder_model is not None
                else get_encoder(encoder))
     except (KeyError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc).strip("'\""), param_hint="--encoder") from exc
+        raise typer.BadParameter(_reason(exc), param_hint="--encoder") from exc
     if swap_model is None:
         if swap_latent_map is not None:
             raise typer.BadParameter("--swap-latent-map needs --swap-model",
@@ -294,10 +299,10 @@ def _identity_generator(encoder: str, encoder_model: Path | None, swap_model: Pa
         from .generators.surrogate import SurrogateGenerator
 
         try:
-            return SurrogateGenerator(encoder=encoder), (enc if encoder_model else None)
+            return SurrogateGenerator(encoder=encoder), enc
         except (KeyError, ValueError) as exc:
             raise typer.BadParameter(
-                f"the offline generator cannot use {encoder!r}: {str(exc).strip(chr(39))}",
+                f"the offline generator cannot use {encoder!r}: {_reason(exc)}",
                 param_hint="--encoder") from exc
     from .generators.onnx_swap import OnnxFaceSwapGenerator
 

@@ -95,10 +95,7 @@ class SurrogateSettings:
     keep_eyes: bool = False  # keep the input's eye interiors (else only their colour)
     keep_mouth: bool = True  # keep the input's mouth interior
     keep_lips: bool = True  # keep the input's lips (expression) too
-    mouth_area: float = 0.0  # >0: keep the input around the mouth too (the lip outline
-    # scaled by this about its centre, soft-edged): smile lines carry the expression
     poisson: bool = False  # gradient-domain (Poisson) blend of the replaced region
-    ratio_detail: bool = True  # lightness detail as a ratio to the local skin level
     chroma_detail: float = 0.6  # share of the surrogate's colour detail (a*, b* above the
     # low band) added to the input's low-band skin colour
     exaggerate: float = 0.5  # caricature of the surrogate texture away from the bank mean
@@ -365,11 +362,6 @@ class SurrogateGenerator(Generator):
         if keep.any():
             keep = np.asarray(cv2.GaussianBlur(keep, (0, 0), max(0.6, 0.006 * fw)),
                               dtype=np.float32)
-        if s.mouth_area > 0:
-            outer = lm[OUTER_LIPS]
-            c = outer.mean(axis=0)
-            area = polygon_mask(shape, c + s.mouth_area * (outer - c))
-            keep = np.maximum(keep, cv2.GaussianBlur(area, (0, 0), max(0.8, 0.04 * fw)))
         return region, skin, keep
 
     def _replace(self, crop: np.ndarray, lm_in: np.ndarray, lm: np.ndarray,
@@ -405,18 +397,14 @@ class SurrogateGenerator(Generator):
         low_in = masked_blur(lab_in, skin, sig)
         low_sur = masked_blur(lab_sur, skin, sig)
         lab = np.empty_like(lab_in)
-        if s.ratio_detail:
-            # reflectance-like detail: the surrogate's lightness relative to its own local
-            # skin level, times the input's (dark skin gets proportionally darker features,
-            # no bright halos)
-            c = np.float32(RATIO_OFFSET)
-            lab[..., 0] = low_in[..., 0] * (lab_sur[..., 0] + c) / (low_sur[..., 0] + c)
-        else:
-            lab[..., 0] = low_in[..., 0] + lab_sur[..., 0] - low_sur[..., 0]
+        # lightness: the surrogate's relative to its own local skin level, times the input's
+        # (reflectance-like: dark skin gets proportionally darker features, no bright halos)
+        c = np.float32(RATIO_OFFSET)
+        lab[..., 0] = low_in[..., 0] * (lab_sur[..., 0] + c) / (low_sur[..., 0] + c)
         # colour: the input's skin colour at low frequency, plus a share of the surrogate's
         # colour detail (lip and cheek tint); the input's full-resolution chroma would carry
-        # its own features (make-up edges, highlights) into the new face as ghosts
-        # A grey photo (skin chroma near 0) gets no colour detail.
+        # its own features (make-up edges, highlights) into the new face as ghosts. A grey
+        # photo (skin chroma near 0) gets no colour detail.
         sel = skin > 0.5
         colourful = float(np.median(np.hypot(lab_in[..., 1][sel], lab_in[..., 2][sel]))
                           ) if sel.any() else 0.0
