@@ -14,9 +14,13 @@ How the bank is built (once, on first use; cached under ``assets/.cache``; deter
    mean mesh in a 384×384 ArcFace-template frame, and its skin colour statistics are
    standardised to the pooled mean (Reinhard in Lab) so that no contributor dominates by
    contrast or lighting.
-3. **Synthetic identities.** Every triple of three different persons of the same apparent
-   sex (FaceRes P(male) >= 0.5 or not) is averaged pixel-wise in the canonical frame. No
-   synthetic identity is a real person.
+3. **Synthetic identities.** Triples of three different persons, at least two of them of
+   the same apparent sex (FaceRes P(male) >= 0.5 or not), are averaged pixel-wise in the
+   canonical frame: up to ``MAX_PER_GROUP`` per majority sex, each contributor used about
+   equally often, in a fixed hash order (no random seed). Mixing in one person of the other
+   sex gives the smaller group (few men among the samples) many more distinct averages. The
+   apparent sex of a synthetic identity is its contributors' mean P(male) (FaceRes judges a
+   render alone unreliably: it has no hair). No synthetic identity is a real person.
 4. **Verification.** Each synthetic face (its canonical render) is embedded with *every*
    encoder available offline — MobileFace, FaceRes and dlib (plus ``arcface-onnx`` when the
    user passes a model path) — and compared with every photo of each of its contributors.
@@ -54,12 +58,12 @@ from dpface.generators.warp import (
 )
 from dpface.models.dlib_models import arcface_points
 
-BANK_VERSION = 7
+BANK_VERSION = 8
 CANON = 384  # canonical frame side (ArcFace template scaled as insightface does for 384)
 MIN_CONTRIBUTOR_WIDTH = 84.0
 MAX_YAW = 0.22
 VERIFY_MARGIN = 0.03
-MAX_PER_GROUP = 16  # at most this many triples are tried per sex group (deterministic order)
+MAX_PER_GROUP = 24  # at most this many triples are tried per majority sex (deterministic order)
 EXCLUDED = {
     "face-api-sample1.jpg#0": "stage make-up (painted tear drops) would carry over",
     "face-api-sample1.jpg#1": "stage make-up and eyes closed",
@@ -119,8 +123,9 @@ class SurrogateBank:
     the identity's face geometry); ``shape68``: the canonical mean landmarks; ``mesh``: the
     canonical mean FaceMesh (468 points); ``tri``: the fixed Delaunay triangles over it
     (textures correspond densely through them); ``embeddings``: encoder
-    name -> (K, dim) unit selection embeddings; ``male``: mean FaceRes P(male) of the
-    contributors; ``contributors``: their sample labels; ``report``: the verification log."""
+    name -> (K, dim) unit selection embeddings; ``male``: the contributors' mean
+    FaceRes P(male) (a render alone is judged unreliably: it has no hair);
+    ``contributors``: their sample labels; ``report``: the verification log."""
 
     textures: np.ndarray = field(repr=False)
     shapes: np.ndarray = field(repr=False)
@@ -291,22 +296,33 @@ def select_contributors(faces: Sequence[object], sims: dict[str, np.ndarray],
     return sorted(chosen), why
 
 
-def balanced_triples(members: Sequence[int], limit: int) -> list[tuple[int, ...]]:
-    """Up to ``limit`` triples of ``members`` in which every member is used about equally
-    often: combinations in a fixed pseudo-random order (seed 0, so the bank is
-    reproducible), each accepted while all three members are below the usage cap."""
-    combos = list(itertools.combinations(members, 3))
-    order = np.random.default_rng(0).permutation(len(combos))
-    cap = max(1, -(-3 * min(limit, len(combos)) // max(1, len(members))))
-    used = dict.fromkeys(members, 0)
+def balanced_triples(combos: Sequence[tuple[int, ...]], names: Sequence[str], limit: int
+                     ) -> list[tuple[int, ...]]:
+    """Up to ``limit`` of ``combos`` in which every member is used about equally often:
+    greedily the combination whose members have been used least so far, ties broken by a
+    hash of the members' names (a fixed order that needs no random seed and does not change
+    when other faces are added)."""
+    def key(c: tuple[int, ...]) -> str:
+        return hashlib.sha256("+".join(sorted(names[m] for m in c)).encode()).hexdigest()
+
+    left = sorted(combos, key=key)
+    used: dict[int, int] = {}
     out: list[tuple[int, ...]] = []
-    for k in order:
-        c = combos[int(k)]
-        if len(out) < limit and all(used[m] < cap for m in c):
-            out.append(c)
-            for m in c:
-                used[m] += 1
+    while left and len(out) < limit:
+        best = min(range(len(left)), key=lambda j: (
+            max(used.get(m, 0) for m in left[j]), sum(used.get(m, 0) for m in left[j]), j))
+        c = left.pop(best)
+        out.append(c)
+        for m in c:
+            used[m] = used.get(m, 0) + 1
     return out
+
+
+def majority_triples(is_male: Sequence[bool], male: bool) -> list[tuple[int, int, int]]:
+    """Triples of different contributors with at least two of apparent sex ``male``
+    (mixing in one of the other sex gives the smaller group many more distinct averages)."""
+    return [c for c in itertools.combinations(range(len(is_male)), 3)
+            if sum(is_male[k] == male for k in c) >= 2]
 
 
 def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib")
@@ -341,8 +357,8 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
               np.mean([x.std(axis=0) for x in labs], axis=0))
     textures = [_standardise(t, weight, target) for t in textures]
 
-    groups = {"male": [k for k in range(len(chosen)) if p_male[k] >= 0.5],
-              "female": [k for k in range(len(chosen)) if p_male[k] < 0.5]}
+    is_male = [bool(p >= 0.5) for p in p_male]
+    names = [_label(faces[i]) for i in chosen]
     kept_tex: list[np.ndarray] = []
     kept_shape: list[np.ndarray] = []
     kept_contrib: list[tuple[str, ...]] = []
@@ -352,8 +368,8 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
     tried = refined = 0
     hull = cv2.convexHull(extend(shape68).astype(np.float32)).reshape(-1, 2)
     inner = cv2.GaussianBlur(polygon_mask((CANON, CANON), hull), (0, 0), 6.0)
-    for _, members in sorted(groups.items()):
-        triples = balanced_triples(members, MAX_PER_GROUP)
+    for male in (False, True):
+        triples = balanced_triples(majority_triples(is_male, male), names, MAX_PER_GROUP)
         for tri3 in triples:
             tried += 1
             avg = np.mean([textures[k] for k in tri3], axis=0)

@@ -14,7 +14,8 @@ generator replaces the face, and we measure
 * detection: dlib HOG finds a face overlapping the input box (IoU >= 0.3) on the output;
 * SSIM on the aligned 256×256 ArcFace crop (scikit-image, RGB);
 * emotion top-1 agreement (TFJS emotion model, input landmarks), on all faces and on the
-  faces whose input prediction is confident (top-1 probability >= 0.6);
+  faces whose input prediction is confident (top-1 probability >= 0.6), and which
+  classes changed into which (``emotion_flips``);
 * skin ΔE2000: (outside) on face-box pixels outside the replaced region; (tone) between the
   input and output skin colour inside the replaced region after a Gaussian blur of 5 % of
   the face width (skin tone, not identity detail);
@@ -27,6 +28,7 @@ import argparse
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -121,7 +123,7 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
     from skimage.metrics import structural_similarity
 
     from dpface.align import arcface_crop
-    from dpface.models.attributes import emotion_probs
+    from dpface.models.attributes import EMOTIONS, emotion_probs
     from dpface.models.dlib_models import DlibFaceModels
     from dpface.models.encoders import get_encoder
     from dpface.models.samples import sample_faces
@@ -147,6 +149,7 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
     summary: dict[str, object] = {}
     for j, eps in enumerate(epsilons):
         rows = []
+        flips: Counter[tuple[str, str]] = Counter()
         for d in range(draws):
             if math.isinf(eps):
                 priv = emb.astype(np.float64)
@@ -172,6 +175,7 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
                     arcface_crop(f.image, f.points5, 256), arcface_crop(out, f.points5, 256),
                     channel_axis=2, data_range=255))
                 emo = int(emotion_probs([_Out(out, f.landmarks68)])[0].argmax())
+                flips[(EMOTIONS[int(emo_in[k])], EMOTIONS[emo])] += emo != int(emo_in[k])
                 tl = res.details.get("target_landmarks")
                 de_out, de_tone = skin_delta_e(f.image, out, res.alpha, res.region,
                                                f.landmarks68,
@@ -198,6 +202,7 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
             "delta_e_tone": float(np.mean([r["delta_e_tone"] for r in rows])),
             "seconds_per_face": float(np.median([r["seconds"] for r in rows])),
             "unprotected_faces": sorted({int(r["face"]) for r in rows if not r["protected"]}),
+            "emotion_flips": {f"{a}->{b}": n for (a, b), n in flips.most_common() if n},
         }
         summary["inf" if math.isinf(eps) else f"{eps:g}"] = s
         if verbose:
