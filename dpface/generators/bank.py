@@ -58,7 +58,7 @@ from dpface.generators.warp import (
 )
 from dpface.models.dlib_models import arcface_points
 
-BANK_VERSION = 8
+BANK_VERSION = 9
 CANON = 384  # canonical frame side (ArcFace template scaled as insightface does for 384)
 MIN_CONTRIBUTOR_WIDTH = 84.0
 MAX_YAW = 0.22
@@ -327,7 +327,23 @@ def majority_triples(is_male: Sequence[bool], male: bool) -> list[tuple[int, int
 
 def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib")
                ) -> SurrogateBank:
-    """Build the bank from the sample faces (see the module docstring); ~1-2 minutes."""
+    """Build the bank from the sample faces (see the module docstring); ~1-2 minutes.
+
+    Torch runs on one thread meanwhile: the refinement's gradient steps amplify the
+    rounding differences of multi-threaded reductions, and the bank must come out the same
+    on every machine (it did not: textures differed by up to 47 grey levels between a
+    1-thread and a 2-thread build)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build_bank(verify_encoders)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_bank(verify_encoders: Sequence[str]) -> SurrogateBank:
     from dpface.models.attributes import age_gender
     from dpface.models.encoders import get_encoder
     from dpface.models.samples import sample_faces
@@ -385,15 +401,16 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
                                                    for n in ("mobileface", "faceres")},
                                       thresholds)
             synth = _Face(render, shape68)
+            sim = {name: float(np.max(emb[name][photos] @ enc.embed([synth])[0]))
+                   for name, enc in encoders.items()}
             bad = False
             for name, enc in encoders.items():
-                e = enc.embed([synth])[0]
-                sim = float(np.max(emb[name][photos] @ e))
-                closest[name] = max(closest[name], sim)
-                if sim >= enc.threshold - VERIFY_MARGIN:
+                if sim[name] >= enc.threshold - VERIFY_MARGIN:
                     rejected[name] += 1
                     bad = True
             if not bad:
+                for name in encoders:
+                    closest[name] = max(closest[name], sim[name])
                 kept_tex.append(render)
                 kept_shape.append(np.mean([aligned[k] for k in tri3], axis=0))
                 kept_contrib.append(tuple(_label(faces[chosen[k]]) for k in tri3))
@@ -412,7 +429,7 @@ def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib"
         "refined": refined,
         "kept": len(tex),
         "rejected_by": rejected,
-        "max_similarity_to_a_contributor": closest,
+        "max_similarity_of_a_kept_identity_to_a_contributor": closest,
         "thresholds": thresholds,
         "verify_margin": VERIFY_MARGIN,
     }

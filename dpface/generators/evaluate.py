@@ -9,7 +9,9 @@ generator replaces the face, and we measure
 
 * protection success (PSR): dlib's descriptor of the output face (landmarks re-detected on
   the output when the face is found, else the input's box) is at L2 distance >= 0.6 from
-  the input's descriptor (dlib's published rule);
+  the input's descriptor (dlib's published rule), with a 95 % interval that treats the face
+  as the unit (``psr_ci95``: per-face means, Student t over faces) and the number of
+  unprotected draws per face (``unprotected_faces``);
 * ``psr_gallery``: the same against *every* photo of that person in the samples;
 * detection: dlib HOG finds a face overlapping the input box (IoU >= 0.3) on the output;
 * SSIM on the aligned 256×256 ArcFace crop (scikit-image, RGB);
@@ -36,6 +38,7 @@ import cv2
 import numpy as np
 
 from dpface.evaluation.measure import detect_near
+from dpface.evaluation.stats import clustered_mean_ci
 from dpface.generators.base import AttributeChannel, FaceInput, Generator
 
 EPSILONS = (math.inf, 6.0, 2.0, 1.0)
@@ -190,6 +193,9 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
         s = {
             "n": len(rows),
             "psr": float(np.mean([r["protected"] for r in rows])),
+            "psr_ci95": clustered_mean_ci(np.array(
+                [[r["protected"] for r in rows if r["face"] == i] for i in idx],
+                dtype=np.float64)).half_width,
             "psr_gallery": float(np.mean([r["protected_gallery"] for r in rows])),
             "dlib_distance_mean": float(np.mean([r["dlib_distance"] for r in rows])),
             "dlib_distance_min": float(np.min([r["dlib_distance"] for r in rows])),
@@ -201,7 +207,8 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
             "delta_e_outside": float(np.mean([r["delta_e_outside"] for r in rows])),
             "delta_e_tone": float(np.mean([r["delta_e_tone"] for r in rows])),
             "seconds_per_face": float(np.median([r["seconds"] for r in rows])),
-            "unprotected_faces": sorted({int(r["face"]) for r in rows if not r["protected"]}),
+            "unprotected_faces": dict(sorted(Counter(
+                int(r["face"]) for r in rows if not r["protected"]).items())),
             "emotion_flips": {f"{a}->{b}": n for (a, b), n in flips.most_common() if n},
         }
         summary["inf" if math.isinf(eps) else f"{eps:g}"] = s
