@@ -223,6 +223,24 @@ def test_every_synthetic_identity_is_verified_against_its_contributors(
         assert sim < report["thresholds"][name] - report["verify_margin"], (name, sim)
 
 
+def test_triples_are_balanced_fixed_and_majority_sex() -> None:
+    """The bank's triples: at least two of the wanted sex, every contributor used about
+    equally often, and the same choice whatever order the candidates come in."""
+    from dpface.generators.bank import balanced_triples, majority_triples
+
+    is_male = [True] * 4 + [False] * 8
+    names = [f"person{k}" for k in range(len(is_male))]
+    combos = majority_triples(is_male, True)
+    assert combos and all(sum(is_male[k] for k in c) >= 2 for c in combos)
+    assert all(len(set(c)) == 3 for c in combos)
+    picked = balanced_triples(combos, names, 10)
+    assert len(picked) == 10 and len(set(picked)) == 10
+    assert picked == balanced_triples(combos[::-1], names, 10)
+    males = [sum(k in c for c in picked) for k in range(4)]
+    assert max(males) - min(males) <= 1  # the scarce group is shared evenly
+    assert len(balanced_triples(combos, names, 10_000)) == len(combos)
+
+
 @pytest.mark.slow
 def test_bank_build_does_not_depend_on_the_thread_count(bank: SurrogateBank) -> None:
     """The cached bank (built by set-up with the machine's default threads) and a fresh

@@ -300,8 +300,8 @@ def balanced_triples(combos: Sequence[tuple[int, ...]], names: Sequence[str], li
                      ) -> list[tuple[int, ...]]:
     """Up to ``limit`` of ``combos`` in which every member is used about equally often:
     greedily the combination whose members have been used least so far, ties broken by a
-    hash of the members' names (a fixed order that needs no random seed and does not change
-    when other faces are added)."""
+    hash of the members' names (a fixed order that needs no random seed and does not depend
+    on the order of ``combos``)."""
     def key(c: tuple[int, ...]) -> str:
         return hashlib.sha256("+".join(sorted(names[m] for m in c)).encode()).hexdigest()
 
