@@ -1,6 +1,7 @@
 """The surrogate bank: synthetic identities for ``SurrogateGenerator``.
 
-How the bank is built (once, on first use; cached under ``assets/.cache``; deterministic):
+How the bank is built (once, on first use; cached under ``assets/.cache``; bit-identical on every
+machine: torch runs on one thread while it is built):
 
 1. **Contributors.** From the labelled sample faces (``dpface.models.samples``) keep faces
    that are large enough (jaw width >= ``MIN_CONTRIBUTOR_WIDTH`` px), near-frontal (nose tip
