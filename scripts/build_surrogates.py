@@ -15,11 +15,8 @@ import time
 
 def main() -> None:
     """Build the bank if it is not cached, then print its verification summary."""
-    import torch
-
     from dpface.generators.bank import bank_path, default_bank
 
-    torch.set_num_threads(2)
     cached = bank_path().is_file()
     t = time.perf_counter()
     bank = default_bank()

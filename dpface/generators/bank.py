@@ -414,7 +414,7 @@ def _build_bank(verify_encoders: Sequence[str]) -> SurrogateBank:
                     closest[name] = max(closest[name], sim[name])
                 kept_tex.append(render)
                 kept_shape.append(np.mean([aligned[k] for k in tri3], axis=0))
-                kept_contrib.append(tuple(_label(faces[chosen[k]]) for k in tri3))
+                kept_contrib.append(tuple(names[k] for k in tri3))
                 kept_male.append(float(np.mean([p_male[k] for k in tri3])))
     if not kept_tex:
         raise RuntimeError("no synthetic identity passed verification")
@@ -424,7 +424,7 @@ def _build_bank(verify_encoders: Sequence[str]) -> SurrogateBank:
         enc = encoders[name] if name in encoders else get_encoder(name)
         selection[name] = enc.embed([_Face(t, shape68) for t in tex]).astype(np.float32)
     report: dict[str, object] = {
-        "contributors": [_label(faces[i]) for i in chosen],
+        "contributors": list(names),
         "left_out": why,
         "triples_tried": tried,
         "refined": refined,
