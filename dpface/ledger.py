@@ -1,88 +1,178 @@
-"""The privacy ledger: every release is an event charged to a privacy unit, in SQLite.
+"""The privacy ledger: every release is an entry charged to a privacy unit, in SQLite.
 
-Each row of ``events`` is one release that spent budget for one subject (a person, or one record
-of a reference set). A subject's budget is an (epsilon, delta) pair; a release is *charged before
-any noise is drawn*: :meth:`Ledger.charge` opens an ``IMMEDIATE`` transaction (the database write
-lock), composes the subject's committed events with the new one, refuses with
-:class:`BudgetExceeded` if the total would pass the budget, and otherwise commits the new event.
-So concurrent writers (threads or processes) can never overspend, and a crash after the charge
-loses nothing: the budget stays spent even if the output was never written (the safe direction).
+What each part guarantees:
+
+* **Budgets bind.** A release is *charged before any noise is drawn*: :meth:`Ledger.charge` and
+  :meth:`Ledger.release` open an ``IMMEDIATE`` transaction (the database write lock), compose
+  the subject's committed releases with the new one, and either record the release or record a
+  *refusal* and raise :class:`BudgetExceeded`. The check and the write are one transaction, so
+  concurrent writers (threads sharing a :class:`Ledger`, other ``Ledger`` objects, other
+  processes) can never overspend. A crash after the charge loses nothing: the budget stays spent
+  even if the output was never written (the safe direction). Budgets are finite, are created
+  once (:meth:`Ledger.set_budget` never changes one silently) and change only through
+  :meth:`Ledger.change_budget`, never below what is spent.
+* **Privacy units.** A named subject is a person (names are normalised, see
+  :func:`normalize_subject`). An unnamed face is the unit :meth:`Ledger.face_unit` returns: a
+  keyed digest of the photo's pixels and the face's place in it, so releasing the same photo
+  again -- even with another detector -- charges the same unit. Different photos of one unnamed
+  person are different units; only naming the person links them.
+* **Pseudonyms** (a subject's stored privatised identity) are reused by :meth:`Ledger.release`
+  only under the exact key they were released with, only when they came from an unseeded DP
+  release, and the decision "reuse or draw a fresh one" is taken inside the write transaction, so
+  two concurrent first releases publish one identity, not two.
+* **Tamper evidence.** Every entry (release, refusal, budget creation or change) is hash-chained:
+  ``hash = sha256(prev_hash || canonical JSON of the entry)``, and the chain's head
+  (``"<entries>:<hash>"``) is kept in ``meta`` and updated in the same transaction.
+  :meth:`Ledger.verify` recomputes it and says what was edited, deleted or reordered; a write to
+  a ledger whose last entry no longer matches its head is refused.
+* **Only the ledger is touched.** An existing file is first read without writing anything; it is
+  refused (:class:`~dpface.errors.NotALedgerError`) and left byte-identical unless it carries
+  dpface's SQLite ``application_id`` and this ``user_version``. An empty file is refused too.
+* **No biometrics.** Raw face templates for linking live in a separate file
+  (:class:`dpface.linking.TemplateStore`), never in the ledger.
 
 Composition: ``"basic"`` sums epsilons and deltas (always valid); ``"pld"`` composes the events'
 dp-accounting privacy-loss distributions and reports epsilon at the budget's delta (tighter for
 repeated Gaussian/Laplace releases of one person -- the averaging attack is exactly what it
-charges for).
+charges for). Only releases are composed; refusals cost nothing.
 
-Storage: WAL journal, ``synchronous=FULL`` (a committed event survives a power cut), foreign keys
-on. The file is the ledger's only state; it can be copied, audited and reported on.
+Storage: WAL journal, ``synchronous=FULL`` (a committed entry survives a power cut), foreign keys
+on. While a ledger is open, committed entries may sit in the ``-wal`` file beside it: copy a
+ledger with :meth:`Ledger.backup` (SQLite's online backup), never by copying ``ledger.db`` alone.
+:meth:`Ledger.close` checkpoints the WAL into the main file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import hmac
 import json
 import math
+import numbers
+import os
+import secrets
 import sqlite3
+import threading
 import time
+import unicodedata
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
+import platformdirs
 from dp_accounting import dp_event
 
 from mechanisms import accounting
 from mechanisms.budgets import ZCDP, ApproxDP, Budget, PureDP, compose_basic
 
-__all__ = ["BudgetExceeded", "Charge", "Ledger", "event_from_json", "event_to_json"]
+from .errors import LedgerError, NotALedgerError, UsageError
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "BudgetChangeRefused",
+    "BudgetExceeded",
+    "Charge",
+    "Ledger",
+    "Release",
+    "Verification",
+    "default_ledger_path",
+    "event_from_json",
+    "event_to_json",
+    "normalize_subject",
+]
 
 Composition = Literal["basic", "pld"]
-SCHEMA_VERSION = 1
-MAX_REFERENCES = 5  # face templates kept per subject and encoder for linking
+EntryKind = Literal["release", "refusal", "budget"]
+
+APPLICATION_ID = 0x64706663  # "dpfc": PRAGMA application_id of a dpface ledger
+SCHEMA_VERSION = 2  # PRAGMA user_version
+TEMPLATE_STORE_APPLICATION_ID = 0x64707473  # "dpts": dpface.linking.TemplateStore
+MAX_SUBJECT_CHARS = 200
+FACE_UNIT_IOU = 0.3  # a box overlapping a known face of the same photo this much is that face
+GENESIS_HASH = "0" * 64  # prev_hash of the first entry
+ENTRY_KINDS: tuple[EntryKind, ...] = ("release", "refusal", "budget")
 _PLD_INTERVAL = 1e-3  # PLD value grid of the tight total (see Ledger._compose)
+_ZCDP_DELTA = 1e-9  # delta at which a zCDP budget is read as (epsilon, delta)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_DPFACE_FILES = {
+    APPLICATION_ID: "a dpface ledger",
+    TEMPLATE_STORE_APPLICATION_ID: "a dpface template store (dpface.linking)",
+}
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS subjects (
-    subject TEXT PRIMARY KEY,
-    budget_epsilon REAL NOT NULL CHECK (budget_epsilon >= 0),
-    budget_delta REAL NOT NULL CHECK (budget_delta >= 0 AND budget_delta < 1),
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    subject TEXT NOT NULL REFERENCES subjects(subject),
-    mechanism TEXT NOT NULL,
-    epsilon REAL NOT NULL CHECK (epsilon >= 0),
-    delta REAL NOT NULL CHECK (delta >= 0 AND delta < 1),
-    dp_event TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    note TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_subject ON events(subject);
-CREATE TABLE IF NOT EXISTS pseudonyms (
-    subject TEXT NOT NULL REFERENCES subjects(subject),
-    key TEXT NOT NULL,
-    vector BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (subject, key)
-);
-CREATE TABLE IF NOT EXISTS refs (
-    subject TEXT NOT NULL REFERENCES subjects(subject),
-    encoder TEXT NOT NULL,
-    vector BLOB NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS refs_by_encoder ON refs(encoder);
-"""
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE subjects (
+        subject TEXT PRIMARY KEY,
+        budget_epsilon REAL NOT NULL CHECK (budget_epsilon >= 0),
+        budget_delta REAL NOT NULL CHECK (budget_delta >= 0 AND budget_delta < 1),
+        created_at REAL NOT NULL
+    )""",
+    """CREATE TABLE entries (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('release', 'refusal', 'budget')),
+        subject TEXT NOT NULL REFERENCES subjects(subject),
+        mechanism TEXT NOT NULL,
+        epsilon REAL NOT NULL CHECK (epsilon >= 0),
+        delta REAL NOT NULL CHECK (delta >= 0 AND delta < 1),
+        dp_event TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        note TEXT NOT NULL,
+        seeded INTEGER NOT NULL,
+        is_dp INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    "CREATE INDEX entries_by_subject ON entries(subject, kind)",
+    "CREATE INDEX entries_by_run ON entries(run_id)",
+    """CREATE TABLE pseudonyms (
+        subject TEXT NOT NULL REFERENCES subjects(subject),
+        key TEXT NOT NULL,
+        vector BLOB NOT NULL,
+        dtype TEXT NOT NULL,
+        shape TEXT NOT NULL,
+        entry_id INTEGER NOT NULL REFERENCES entries(id),
+        created_at REAL NOT NULL,
+        PRIMARY KEY (subject, key)
+    )""",
+    """CREATE TABLE face_units (
+        unit TEXT PRIMARY KEY,
+        photo TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        x0 INTEGER NOT NULL, y0 INTEGER NOT NULL, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (photo, n)
+    )""",
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        started_at REAL,
+        finished_at REAL,
+        settings TEXT,
+        summary TEXT
+    )""",
+)
+
+_ENTRY_COLUMNS = (
+    "id", "kind", "subject", "mechanism", "epsilon", "delta", "dp_event", "run_id", "note",
+    "seeded", "is_dp", "created_at",
+)
 
 
-class BudgetExceeded(RuntimeError):
-    """A release was refused because it would overspend a subject's budget."""
+# ====================================================================== errors
+class BudgetExceeded(LedgerError):
+    """A release was refused because it would overspend a subject's budget.
+
+    The refusal is recorded in the ledger (an entry of kind ``"refusal"``); nothing was released
+    and no noise was drawn.
+    """
 
     def __init__(
         self, subject: str, budget: ApproxDP, spent: ApproxDP, would_be: float,
@@ -107,9 +197,24 @@ class BudgetExceeded(RuntimeError):
         )
 
 
+class BudgetChangeRefused(LedgerError):
+    """A budget change was refused: below what is spent, or attempted silently."""
+
+    def __init__(
+        self, message: str, *, subject: str, budget: ApproxDP | None, requested: ApproxDP,
+        spent: ApproxDP | None = None,
+    ) -> None:
+        self.subject = subject
+        self.budget = budget
+        self.requested = requested
+        self.spent = spent
+        super().__init__(message)
+
+
+# ====================================================================== values
 @dataclass(frozen=True)
 class Charge:
-    """A committed ledger event."""
+    """A committed release entry."""
 
     id: int
     subject: str
@@ -117,6 +222,65 @@ class Charge:
     budget: ApproxDP
     run_id: str
     created_at: float
+
+
+@dataclass(frozen=True)
+class Release:
+    """What :meth:`Ledger.release` published: the vector, and the charge (None when reused)."""
+
+    vector: npt.NDArray[Any]
+    charge: Charge | None
+    reused: bool
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The result of :meth:`Ledger.verify`."""
+
+    ok: bool
+    entries: int
+    head: str  # hex sha256 of the last entry ("" when there is none)
+    problems: list[str] = field(default_factory=list)
+
+
+# ====================================================================== helpers
+def normalize_subject(name: str) -> str:
+    """The canonical form of a subject name: Unicode NFC, surrounding white space removed.
+
+    So "José" typed with a combining accent and with a precomposed one, or " alice" and "alice",
+    are one subject (one budget). Raises :class:`~dpface.errors.UsageError` for a non-string, an
+    empty name (an unnamed face is not a subject: see :meth:`Ledger.face_unit`), control or
+    invisible format characters, or more than ``MAX_SUBJECT_CHARS`` characters. Case is kept:
+    "Alice" and "alice" are different subjects.
+    """
+    if not isinstance(name, str):
+        raise UsageError(f"a subject name must be a string, got {type(name).__name__}")
+    out = unicodedata.normalize("NFC", name).strip()
+    if not out:
+        raise UsageError(
+            "a subject name must not be empty; an unnamed face is its own privacy unit "
+            "(leave the name out instead of passing an empty one)"
+        )
+    for ch in out:
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cs", "Zl", "Zp") or (cat == "Cf" and ch not in "\u200c\u200d"):
+            raise UsageError(
+                f"subject name {out!r} contains the control or invisible character "
+                f"U+{ord(ch):04X}; use printable characters only"
+            )
+    if len(out) > MAX_SUBJECT_CHARS:
+        raise UsageError(
+            f"a subject name has at most {MAX_SUBJECT_CHARS} characters, got {len(out)}"
+        )
+    return out
+
+
+def default_ledger_path() -> Path:
+    """``$DPFACE_LEDGER`` if set, else ``ledger.db`` in the user's data folder for dpface."""
+    env = os.environ.get("DPFACE_LEDGER", "")
+    if env.strip():
+        return Path(env).expanduser()
+    return platformdirs.user_data_path("dpface") / "ledger.db"
 
 
 def event_to_json(event: dp_event.DpEvent) -> str:
@@ -152,16 +316,264 @@ def _event_from_obj(value: Any) -> Any:
     return value
 
 
-def _as_approx(budget: Budget, delta_for_zcdp: float) -> ApproxDP:
-    if isinstance(budget, PureDP):
-        return budget.to_approx()
+def _finite_budget(budget: Budget, what: str) -> ApproxDP:
+    """``budget`` as (epsilon, delta); ValueError unless it is a finite budget."""
+    if not isinstance(budget, (PureDP, ApproxDP, ZCDP)):
+        raise TypeError(f"{what} must be a PureDP, ApproxDP or ZCDP, got {type(budget).__name__}")
     if isinstance(budget, ZCDP):
-        return budget.to_approx(delta_for_zcdp)
-    return budget
+        if not math.isfinite(budget.rho):
+            raise ValueError(f"{what} must be finite: an infinite budget means no privacy at all")
+        approx = budget.to_approx(_ZCDP_DELTA)
+    elif isinstance(budget, PureDP):
+        approx = budget.to_approx()
+    else:
+        approx = budget
+    if not math.isfinite(approx.epsilon):
+        raise ValueError(
+            f"{what} must be finite: {budget} means no privacy at all, which the ledger never "
+            "records"
+        )
+    return ApproxDP(approx.epsilon, approx.delta)
 
 
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)
+
+
+def _entry_hash(prev_hash: str, fields: dict[str, Any]) -> str:
+    data = prev_hash.encode("ascii") + _canonical_json(fields).encode("ascii")
+    return hashlib.sha256(data).hexdigest()
+
+
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def _check_box(box: Iterable[Any]) -> tuple[int, int, int, int]:
+    values = tuple(box)
+    if len(values) != 4 or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+        for v in values
+    ):
+        raise UsageError(f"a face box is four finite numbers (x0, y0, x1, y1), got {box!r}")
+    x0, y0, x1, y1 = (round(float(v)) for v in values)
+    if x1 <= x0 or y1 <= y0:
+        raise UsageError(f"a face box needs x1 > x0 and y1 > y0, got {box!r}")
+    return x0, y0, x1, y1
+
+
+# ---------------------------------------------------------------- dpface SQLite files
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _read_only_uri(path: Path, *, immutable: bool) -> str:
+    return path.resolve().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
+
+
+def _legacy_ledger_schema(path: Path) -> str | None:
+    """The schema of a dpface ledger written before application ids (v1), if ``path`` is one.
+
+    Read with ``immutable=1``: SQLite then creates no ``-wal``/``-shm`` files and takes no lock.
+    """
+    try:
+        con = sqlite3.connect(_read_only_uri(path, immutable=True), uri=True)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return None
+    return None if row is None else str(row[0])
+
+
+def _probe(path: Path, *, application_id: int, version: int, what: str, timeout: float,
+           legacy: Callable[[Path], str | None] | None) -> None:
+    """Raise NotALedgerError unless ``path`` is ``what``; writes nothing to a file that is not.
+
+    The 100-byte SQLite header is read as plain bytes first; only a file whose header carries
+    ``application_id`` is then opened by SQLite (read-only) to confirm it.
+    """
+    untouched = "dpface left it untouched"
+    if not path.is_file():
+        raise NotALedgerError(f"{path} is not a regular file; {what} was expected there")
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(100)
+    except OSError as err:
+        raise NotALedgerError(f"{path} cannot be read ({err}); {what} was expected") from err
+    if not header:
+        raise NotALedgerError(
+            f"{path} is empty; {what} was expected there. {untouched}: remove it, or give a "
+            "path that does not exist yet to create a new one"
+        )
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise NotALedgerError(f"{path} is not {what} (not an SQLite database); {untouched}")
+    found = int.from_bytes(header[68:72], "big")
+    if found != application_id:
+        if found in _DPFACE_FILES:
+            raise NotALedgerError(f"{path} is {_DPFACE_FILES[found]}, not {what}; {untouched}")
+        old = legacy(path) if legacy is not None and found == 0 else None
+        if old is not None:
+            raise NotALedgerError(
+                f"{path} is a dpface ledger of schema {old}; this dpface reads schema {version} "
+                "and does not migrate old ledgers. Keep the old file for the record (the dpface "
+                f"version that wrote it still reads it) and start a new ledger; {untouched}"
+            )
+        raise NotALedgerError(
+            f"{path} is an SQLite database but not {what} (application_id {found:#x}, expected "
+            f"{application_id:#x}); {untouched}"
+        )
+    try:
+        con = sqlite3.connect(_read_only_uri(path, immutable=False), uri=True, timeout=timeout)
+        try:
+            got_id = int(con.execute("PRAGMA application_id").fetchone()[0])
+            got_version = int(con.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        raise NotALedgerError(f"{path} cannot be read as {what}: {err}") from err
+    _check_ids(path, got_id, got_version, application_id=application_id, version=version,
+               what=what)
+
+
+def _check_ids(path: Path, got_id: int, got_version: int, *, application_id: int, version: int,
+               what: str) -> None:
+    if got_id != application_id:
+        raise NotALedgerError(f"{path} is not {what} (application_id {got_id:#x})")
+    if got_version != version:
+        raise NotALedgerError(
+            f"{path} is {what} of schema {got_version}; this dpface reads schema {version} and "
+            "does not migrate: use the dpface version that wrote it, or start a new file"
+        )
+
+
+def _create_file(path: Path, *, application_id: int, version: int,
+                 init: Callable[[sqlite3.Connection], None]) -> None:
+    """Create a complete new file at ``path`` atomically (never a half-initialised one).
+
+    It is built under a temporary name (owner-only permissions) in rollback-journal mode, so
+    the header carries the application id and version before the file switches to WAL, and is
+    then hard-linked into place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        con = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            con.execute("PRAGMA synchronous=FULL")
+            con.execute("BEGIN IMMEDIATE")
+            init(con)
+            con.execute(f"PRAGMA application_id={int(application_id)}")
+            con.execute(f"PRAGMA user_version={int(version)}")
+            con.execute("COMMIT")
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+        # if another process created ``path`` meanwhile, theirs is kept
+        _link_into_place(tmp, path)
+    finally:
+        _remove_with_journals(tmp)
+
+
+def _link_into_place(tmp: Path, path: Path) -> bool:
+    """Give the complete file ``tmp`` the name ``path`` unless that exists; False if it did."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as err:  # a file system without hard links
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if os.path.lexists(path):
+            return False
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return True
+
+
+def _remove_with_journals(path: Path) -> None:
+    for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
+        leftover.unlink(missing_ok=True)
+
+
+def _open_file(
+    path: str | Path, *, application_id: int, version: int, what: str, create: bool,
+    timeout: float, init: Callable[[sqlite3.Connection], None],
+    legacy: Callable[[Path], str | None] | None = None,
+) -> tuple[Path, sqlite3.Connection]:
+    """Open (or create) a dpface SQLite file; refuse, untouched, anything else."""
+    if str(path) == ":memory:":
+        con = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        con.execute("BEGIN IMMEDIATE")
+        init(con)
+        con.execute(f"PRAGMA application_id={int(application_id)}")
+        con.execute(f"PRAGMA user_version={int(version)}")
+        con.execute("COMMIT")
+        con.execute("PRAGMA foreign_keys=ON")
+        return Path(":memory:"), con
+    p = Path(path).expanduser()
+    if not os.path.lexists(p):
+        if not create:
+            raise FileNotFoundError(
+                errno.ENOENT, f"there is no {what} at {p} (create=False)", str(p)
+            )
+        _create_file(p, application_id=application_id, version=version, init=init)
+    _probe(p, application_id=application_id, version=version, what=what, timeout=timeout,
+           legacy=legacy)
+    con = sqlite3.connect(p, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        # the same checks through the connection that will write (the file may have been
+        # replaced since the probe); reading these pragmas writes nothing
+        got_id = int(con.execute("PRAGMA application_id").fetchone()[0])
+        got_version = int(con.execute("PRAGMA user_version").fetchone()[0])
+        _check_ids(p, got_id, got_version, application_id=application_id, version=version,
+                   what=what)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        con.close()
+        raise
+    return p, con
+
+
+def _init_ledger(con: sqlite3.Connection) -> None:
+    for stmt in _SCHEMA:
+        con.execute(stmt)
+    con.executemany(
+        "INSERT INTO meta(key, value) VALUES (?, ?)",
+        [
+            ("secret", secrets.token_bytes(32).hex()),
+            ("head", "0:"),
+            ("created_at", repr(time.time())),
+        ],
+    )
+
+
+# ====================================================================== the ledger
 class Ledger:
-    """Per-subject privacy budgets and the events that spend them (SQLite, WAL)."""
+    """Per-subject privacy budgets and the hash-chained entries that spend them (SQLite, WAL).
+
+    ``path`` is a file (created with its folder when missing, unless ``create=False``) or
+    ``":memory:"``. An existing file is refused unless it is a dpface ledger of this schema, and
+    is then left byte-identical. ``default_budget`` (finite) is given to a subject on its first
+    charge when it has none. One object may be shared by threads; every method is serialised.
+    """
 
     def __init__(
         self,
@@ -170,45 +582,72 @@ class Ledger:
         default_budget: Budget | None = None,
         composition: Composition = "basic",
         timeout: float = 60.0,
+        create: bool = True,
     ) -> None:
         if composition not in ("basic", "pld"):
             raise ValueError(f"composition must be 'basic' or 'pld', got {composition!r}")
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.default_budget: ApproxDP | None = (
+            None if default_budget is None else _finite_budget(default_budget, "default_budget")
+        )
         self.composition: Composition = composition
-        self.default_budget = None if default_budget is None else _as_approx(default_budget, 1e-9)
         self.run_id = uuid.uuid4().hex
-        self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        with self._transaction():
-            for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                self._conn.execute(stmt)
-            row = self._conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._conn.execute(
-                    "INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                )
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has ledger schema {row[0]}, this dpface reads {SCHEMA_VERSION}"
-                )
+        self._lock = threading.RLock()
+        self._closed = False
+        self.path, self._conn = _open_file(
+            path, application_id=APPLICATION_ID, version=SCHEMA_VERSION, what="a dpface ledger",
+            create=create, timeout=timeout, init=_init_ledger, legacy=_legacy_ledger_schema,
+        )
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE key='secret'").fetchone()
+            if row is None or len(bytes.fromhex(str(row[0]))) != 32:
+                raise LedgerError(f"{self.path} has no valid unit secret; it is damaged")
+            self._secret = bytes.fromhex(str(row[0]))
+        except BaseException:
+            self._conn.close()
+            raise
 
     # ------------------------------------------------------------------ plumbing
-    @contextmanager
+    @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        else:
-            self._conn.execute("COMMIT")
+        with self._lock:
+            self._check_open()
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """One consistent snapshot for several reads."""
+        with self._lock:
+            self._check_open()
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerError(f"the ledger {self.path} is closed")
 
     def close(self) -> None:
-        self._conn.close()
+        """Checkpoint the WAL into the main file (so it alone holds everything) and close."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if str(self.path) != ":memory:":
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("PRAGMA busy_timeout=5000")
+                        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._conn.close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -216,129 +655,236 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ budgets
-    def set_budget(self, subject: str, budget: Budget) -> None:
-        """Create a subject or change its total budget (never below what is already spent)."""
-        total = _as_approx(budget, 1e-9)
-        with self._transaction():
-            spent = self._spent_locked(subject, total.delta)
-            if spent.epsilon > total.epsilon or spent.delta > total.delta:
-                raise BudgetExceeded(subject, total, spent, spent.epsilon)
-            self._conn.execute(
-                "INSERT INTO subjects(subject, budget_epsilon, budget_delta, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "
-                "budget_epsilon=excluded.budget_epsilon, budget_delta=excluded.budget_delta",
-                (subject, total.epsilon, total.delta, time.time()),
-            )
+    # ------------------------------------------------------------------ units
+    def unit_digest(self, data: bytes) -> str:
+        """HMAC-SHA256 of ``data`` under this ledger's secret, hex (a keyed, unlinkable digest)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"unit_digest needs bytes, got {type(data).__name__}")
+        return hmac.new(self._secret, bytes(data), hashlib.sha256).hexdigest()
 
-    def budget(self, subject: str) -> ApproxDP | None:
+    def face_unit(self, photo_digest: str, box: tuple[int, int, int, int]) -> str:
+        """The privacy unit of an UNNAMED face at ``box`` (x0, y0, x1, y1) in a photo.
+
+        ``photo_digest`` identifies the photo (:meth:`unit_digest` of its decoded pixels). A face
+        of that photo seen before whose box overlaps this one (IoU >= ``FACE_UNIT_IOU``, best
+        overlap wins) is the same unit; otherwise a new unit is made and its box remembered. So
+        re-running on the same photo charges the same units, while other photos of the same
+        person are other units.
+        """
+        if not isinstance(photo_digest, str) or not photo_digest:
+            raise UsageError("photo_digest must be a non-empty string (a unit_digest)")
+        b = _check_box(box)
+        with self._transaction() as con:
+            best: tuple[float, int, str] | None = None
+            count = 0
+            for unit, n, x0, y0, x1, y1 in con.execute(
+                "SELECT unit, n, x0, y0, x1, y1 FROM face_units WHERE photo=? ORDER BY n",
+                (photo_digest,),
+            ):
+                count += 1
+                iou = _iou(b, (x0, y0, x1, y1))
+                if iou >= FACE_UNIT_IOU and (best is None or iou > best[0]):
+                    best = (iou, n, unit)
+            if best is not None:
+                return best[2]
+            unit = "face:" + self.unit_digest(f"{photo_digest}:{count}".encode())[:20]
+            con.execute(
+                "INSERT INTO face_units(unit, photo, n, x0, y0, x1, y1, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (unit, photo_digest, count, *b, time.time()),
+            )
+            return unit
+
+    # ------------------------------------------------------------------ the chain
+    def _append(
+        self, *, kind: EntryKind, subject: str, mechanism: str, cost: ApproxDP, dp_json: str,
+        note: str, seeded: bool, is_dp: bool, now: float,
+    ) -> int:
+        """Append one entry to the chain (inside a write transaction); its id."""
+        con = self._conn
+        count, head = self._head()
+        last = con.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        if (last is None and count != 0) or (
+            last is not None and (last[0] != count or last[1] != head)
+        ):
+            raise LedgerError(
+                f"the ledger {self.path} was altered outside dpface: its last entry does not "
+                "match the chain head (entries deleted or edited). Nothing was recorded; run "
+                "Ledger.verify() for details and restore it from a backup"
+            )
+        fields: dict[str, Any] = {
+            "id": count + 1,
+            "kind": kind,
+            "subject": subject,
+            "mechanism": mechanism,
+            "epsilon": cost.epsilon,
+            "delta": cost.delta,
+            "dp_event": dp_json,
+            "run_id": self.run_id,
+            "note": note,
+            "seeded": bool(seeded),
+            "is_dp": bool(is_dp),
+            "created_at": now,
+        }
+        prev = head if count else GENESIS_HASH
+        digest = _entry_hash(prev, fields)
+        con.execute(
+            f"INSERT INTO entries({', '.join(_ENTRY_COLUMNS)}, prev_hash, hash) "
+            f"VALUES ({', '.join('?' * (len(_ENTRY_COLUMNS) + 2))})",
+            (*[fields[c] for c in _ENTRY_COLUMNS], prev, digest),
+        )
+        con.execute("UPDATE meta SET value=? WHERE key='head'", (f"{count + 1}:{digest}",))
+        return count + 1
+
+    def _head(self) -> tuple[int, str]:
+        row = self._conn.execute("SELECT value FROM meta WHERE key='head'").fetchone()
+        if row is None:
+            return -1, ""
+        count, _, digest = str(row[0]).partition(":")
+        try:
+            return int(count), digest
+        except ValueError:
+            return -1, digest
+
+    # ------------------------------------------------------------------ budgets
+    def _budget_row(self, subject: str) -> ApproxDP | None:
         row = self._conn.execute(
             "SELECT budget_epsilon, budget_delta FROM subjects WHERE subject=?", (subject,)
         ).fetchone()
         return None if row is None else ApproxDP(row[0], row[1])
 
-    def subjects(self) -> list[str]:
-        return [r[0] for r in self._conn.execute("SELECT subject FROM subjects ORDER BY subject")]
-
-    def events(self, subject: str | None = None) -> list[dict[str, Any]]:
-        """Committed events (oldest first), optionally for one subject."""
-        query = (
-            "SELECT id, subject, mechanism, epsilon, delta, dp_event, run_id, note, created_at "
-            "FROM events"
+    def _create_subject(self, subject: str, total: ApproxDP, how: str, note: str) -> None:
+        now = time.time()
+        self._conn.execute(
+            "INSERT INTO subjects(subject, budget_epsilon, budget_delta, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (subject, total.epsilon, total.delta, now),
         )
-        args: tuple[Any, ...] = ()
-        if subject is not None:
-            query += " WHERE subject=?"
-            args = (subject,)
-        cols = [
-            "id",
-            "subject",
-            "mechanism",
-            "epsilon",
-            "delta",
-            "dp_event",
-            "run_id",
-            "note",
-            "created_at",
-        ]
-        return [
-            dict(zip(cols, row, strict=True))
-            for row in self._conn.execute(query + " ORDER BY id", args)
-        ]
+        self._append(kind="budget", subject=subject, mechanism=how, cost=total, dp_json="",
+                     note=note, seeded=False, is_dp=False, now=now)
 
-    # ------------------------------------------------------------------ pseudonyms
-    def store_pseudonym(self, subject: str, key: str, vector: np.ndarray) -> None:
-        """Keep a subject's privatised identity (already a DP release) for reuse.
+    def set_budget(self, subject: str, budget: Budget) -> None:
+        """Create ``subject`` with ``budget``; a no-op if it already has exactly this budget.
 
-        Reusing it for the subject's other photos is post-processing and spends nothing more;
-        the first stored value wins, so concurrent writers agree on one pseudonym.
+        A different existing budget raises :class:`BudgetChangeRefused`: budgets are never
+        changed silently; use :meth:`change_budget`.
         """
-        blob = np.asarray(vector, dtype="<f8").tobytes()
+        subject = normalize_subject(subject)
+        total = _finite_budget(budget, "budget")
         with self._transaction():
-            self._conn.execute(
-                "INSERT OR IGNORE INTO pseudonyms(subject, key, vector, created_at) "
-                "VALUES (?, ?, ?, ?)",
-                (subject, key, blob, time.time()),
+            current = self._budget_row(subject)
+            if current is None:
+                self._create_subject(subject, total, "budget:create", "")
+                return
+            if (current.epsilon, current.delta) == (total.epsilon, total.delta):
+                return
+            raise BudgetChangeRefused(
+                f"subject {subject!r} already has the budget {current}; set_budget() does not "
+                f"change it to {total}. To change a budget on purpose call "
+                f"change_budget({subject!r}, budget, reason=...): the change is recorded in the "
+                "ledger",
+                subject=subject, budget=current, requested=total,
             )
 
-    def pseudonym(self, subject: str, key: str) -> np.ndarray | None:
-        """The stored privatised identity for (subject, key), if any."""
-        row = self._conn.execute(
-            "SELECT vector FROM pseudonyms WHERE subject=? AND key=?", (subject, key)
-        ).fetchone()
-        return None if row is None else np.frombuffer(row[0], dtype="<f8").copy()
+    def change_budget(self, subject: str, budget: Budget, *, reason: str = "") -> None:
+        """Change ``subject``'s total budget on purpose (recorded in the chain with ``reason``).
 
-    # ------------------------------------------------------------------ face linking
-    def enroll(self, subject: str, encoder: str, embedding: np.ndarray) -> None:
-        """Keep a RAW identity embedding of ``subject`` to link later unnamed faces to them.
-
-        This is trusted-side data (a biometric template, not a DP release): whoever holds the
-        ledger can recognise the enrolled people. The subject must have (or get) a budget; at
-        most ``MAX_REFERENCES`` templates are kept per subject and encoder (later ones are
-        ignored).
+        Never below what is already spent (:class:`BudgetChangeRefused`). A subject without a
+        budget is created with this one; the same budget again records nothing.
         """
-        vec = np.asarray(embedding, dtype="<f8").ravel()
-        norm = float(np.linalg.norm(vec))
-        if not (np.all(np.isfinite(vec)) and norm > 0):
-            raise ValueError("an enrolment embedding must be finite and non-zero")
-        with self._transaction():
-            self._ensure_subject(subject)
-            (kept,) = self._conn.execute(
-                "SELECT COUNT(*) FROM refs WHERE subject=? AND encoder=?", (subject, encoder)
-            ).fetchone()
-            if kept < MAX_REFERENCES:
-                self._conn.execute(
-                    "INSERT INTO refs(subject, encoder, vector, created_at) VALUES (?, ?, ?, ?)",
-                    (subject, encoder, (vec / norm).tobytes(), time.time()),
+        subject = normalize_subject(subject)
+        total = _finite_budget(budget, "budget")
+        if not isinstance(reason, str):
+            raise UsageError("reason must be a string")
+        with self._transaction() as con:
+            current = self._budget_row(subject)
+            if current is None:
+                self._create_subject(subject, total, "budget:create", reason)
+                return
+            if (current.epsilon, current.delta) == (total.epsilon, total.delta):
+                return
+            spent = self._compose(self._release_rows(subject), total.delta)
+            if spent.epsilon > total.epsilon or spent.delta > total.delta:
+                raise BudgetChangeRefused(
+                    f"subject {subject!r} has already spent {spent}; its budget cannot become "
+                    f"{total} (a budget is never set below what is spent). It stays {current}",
+                    subject=subject, budget=current, requested=total, spent=spent,
                 )
+            con.execute(
+                "UPDATE subjects SET budget_epsilon=?, budget_delta=? WHERE subject=?",
+                (total.epsilon, total.delta, subject),
+            )
+            self._append(kind="budget", subject=subject, mechanism="budget:change", cost=total,
+                         dp_json="", note=reason, seeded=False, is_dp=False, now=time.time())
 
-    def match(
-        self, encoder: str, embedding: np.ndarray, threshold: float
-    ) -> tuple[str, float] | None:
-        """The enrolled subject most similar (cosine) to ``embedding``, if at or above
-        ``threshold``: (subject, similarity); None when nobody matches."""
-        vec = np.asarray(embedding, dtype=np.float64).ravel()
-        vec = vec / np.linalg.norm(vec)
-        best: tuple[str, float] | None = None
-        for subject, blob in self._conn.execute(
-            "SELECT subject, vector FROM refs WHERE encoder=?", (encoder,)
-        ):
-            ref = np.frombuffer(blob, dtype="<f8")
-            if ref.shape != vec.shape:
-                continue
-            sim = float(ref @ vec)
-            if sim >= threshold and (best is None or sim > best[1]):
-                best = (subject, sim)
-        return best
+    def budget(self, subject: str) -> ApproxDP | None:
+        """The subject's total budget (None when it has none yet)."""
+        subject = normalize_subject(subject)
+        with self._lock:
+            self._check_open()
+            return self._budget_row(subject)
+
+    def subjects(self, *, run_id: str | None = None) -> list[str]:
+        """All subjects, or those with a release or refusal in run ``run_id``; sorted."""
+        with self._lock:
+            self._check_open()
+            if run_id is None:
+                rows = self._conn.execute("SELECT subject FROM subjects ORDER BY subject")
+            else:
+                rows = self._conn.execute(
+                    "SELECT DISTINCT subject FROM entries WHERE run_id=? AND kind IN "
+                    "('release', 'refusal') ORDER BY subject",
+                    (run_id,),
+                )
+            return [str(r[0]) for r in rows]
+
+    def events(
+        self, subject: str | None = None, *, run_id: str | None = None,
+        kinds: Iterable[str] = ("release",),
+    ) -> list[dict[str, Any]]:
+        """Entries oldest first, filtered by subject, run and kind (releases by default).
+
+        Each is a dict with ``id, kind, subject, mechanism, epsilon, delta, dp_event, run_id,
+        note, seeded, is_dp, created_at, hash``. A budget entry's epsilon/delta are the new
+        total budget; a refusal's are what the refused release would have cost.
+        """
+        wanted = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        bad = [k for k in wanted if k not in ENTRY_KINDS]
+        if bad or not wanted:
+            raise UsageError(f"kinds must be some of {ENTRY_KINDS}, got {wanted!r}")
+        where = [f"kind IN ({', '.join('?' * len(wanted))})"]
+        args: list[Any] = list(wanted)
+        if subject is not None:
+            where.append("subject=?")
+            args.append(normalize_subject(subject))
+        if run_id is not None:
+            where.append("run_id=?")
+            args.append(run_id)
+        cols = (*_ENTRY_COLUMNS, "hash")
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(
+                f"SELECT {', '.join(cols)} FROM entries WHERE {' AND '.join(where)} ORDER BY id",
+                args,
+            ).fetchall()
+        out = []
+        for row in rows:
+            entry = dict(zip(cols, row, strict=True))
+            entry["seeded"] = bool(entry["seeded"])
+            entry["is_dp"] = bool(entry["is_dp"])
+            out.append(entry)
+        return out
 
     # ------------------------------------------------------------------ spending
-    def _event_rows(self, subject: str) -> list[tuple[float, float, str]]:
-        return list(
-            self._conn.execute(
-                "SELECT epsilon, delta, dp_event FROM events WHERE subject=? ORDER BY id",
+    def _release_rows(self, subject: str) -> list[tuple[float, float, str]]:
+        return [
+            (float(e), float(d), str(j))
+            for e, d, j in self._conn.execute(
+                "SELECT epsilon, delta, dp_event FROM entries WHERE subject=? AND kind='release' "
+                "ORDER BY id",
                 (subject,),
             )
-        )
+        ]
 
     def _compose(self, rows: list[tuple[float, float, str]], delta: float) -> ApproxDP:
         """Total loss of the rows: basic sum, or PLD at ``delta`` when that is smaller."""
@@ -369,41 +915,63 @@ class Ledger:
             return basic  # an event the PLD accountant cannot handle: basic is still sound
         return ApproxDP(tight, delta) if tight < basic.epsilon else basic
 
-    def _spent_locked(self, subject: str, delta: float) -> ApproxDP:
-        return self._compose(self._event_rows(subject), delta)
-
     def spent(self, subject: str) -> ApproxDP:
-        """What the subject has spent, composed with the ledger's composition rule."""
-        budget = self.budget(subject)
-        delta = budget.delta if budget is not None else 0.0
-        return self._compose(self._event_rows(subject), delta)
+        """What the subject's releases have spent, composed with the ledger's rule."""
+        subject = normalize_subject(subject)
+        with self._reading():
+            budget = self._budget_row(subject)
+            delta = budget.delta if budget is not None else 0.0
+            return self._compose(self._release_rows(subject), delta)
 
     def remaining(self, subject: str) -> float:
         """Epsilon left (at the budget's delta); inf for an unknown subject without a default."""
-        budget = self.budget(subject) or self.default_budget
-        if budget is None:
-            return math.inf
-        return max(budget.epsilon - self.spent(subject).epsilon, 0.0)
+        subject = normalize_subject(subject)
+        with self._reading():
+            budget = self._budget_row(subject) or self.default_budget
+            if budget is None:
+                return math.inf
+            spent = self._compose(self._release_rows(subject), budget.delta)
+        return max(budget.epsilon - spent.epsilon, 0.0)
 
     def _ensure_subject(self, subject: str) -> ApproxDP:
-        """The subject's total budget, creating the subject with the default (in a transaction)."""
-        row = self._conn.execute(
-            "SELECT budget_epsilon, budget_delta FROM subjects WHERE subject=?", (subject,)
-        ).fetchone()
-        if row is not None:
-            return ApproxDP(row[0], row[1])
+        """The subject's total budget, creating it with the default (inside a transaction)."""
+        current = self._budget_row(subject)
+        if current is not None:
+            return current
         if self.default_budget is None:
             raise KeyError(
                 f"subject {subject!r} has no budget; call set_budget() first or open "
                 "the ledger with default_budget="
             )
-        total = self.default_budget
-        self._conn.execute(
-            "INSERT INTO subjects(subject, budget_epsilon, budget_delta, created_at) "
-            "VALUES (?, ?, ?, ?)",
-            (subject, total.epsilon, total.delta, time.time()),
-        )
-        return total
+        self._create_subject(subject, self.default_budget, "budget:default", "default budget")
+        return self.default_budget
+
+    def _try_charge(
+        self, subject: str, *, mechanism: str, cost: ApproxDP, payload: str, note: str,
+        seeded: bool, is_dp: bool,
+    ) -> Charge | BudgetExceeded:
+        """Inside a write transaction: record the release, or record a refusal."""
+        total = self._ensure_subject(subject)
+        rows = self._release_rows(subject)
+        spent = self._compose(rows, total.delta)
+        after = self._compose([*rows, (cost.epsilon, cost.delta, payload)], total.delta)
+        now = time.time()
+        if after.epsilon > total.epsilon or after.delta > total.delta:
+            self._append(kind="refusal", subject=subject, mechanism=mechanism, cost=cost,
+                         dp_json=payload, note=note, seeded=seeded, is_dp=is_dp, now=now)
+            return BudgetExceeded(subject, total, spent, after.epsilon, after.delta)
+        entry_id = self._append(kind="release", subject=subject, mechanism=mechanism, cost=cost,
+                                dp_json=payload, note=note, seeded=seeded, is_dp=is_dp, now=now)
+        return Charge(entry_id, subject, mechanism, cost, self.run_id, now)
+
+    @staticmethod
+    def _charge_args(mechanism: str, budget: Budget, event: dp_event.DpEvent, note: str
+                     ) -> tuple[ApproxDP, str]:
+        if not isinstance(mechanism, str) or not mechanism:
+            raise UsageError("mechanism must be a non-empty string")
+        if not isinstance(note, str):
+            raise UsageError("note must be a string")
+        return _finite_budget(budget, "a release's budget"), event_to_json(event)
 
     def charge(
         self,
@@ -413,26 +981,244 @@ class Ledger:
         budget: Budget,
         event: dp_event.DpEvent,
         note: str = "",
+        seeded: bool = False,
+        is_dp: bool = True,
     ) -> Charge:
         """Atomically check the subject's budget and record one release (before any noise).
 
-        Raises :class:`BudgetExceeded` (and records nothing) if the release does not fit.
+        If it does not fit, a refusal entry is committed and :class:`BudgetExceeded` raised.
+        An unknown subject gets the default budget, or raises ``KeyError`` without one.
         """
-        cost = _as_approx(budget, 1e-9)
-        payload = event_to_json(event)
+        subject = normalize_subject(subject)
+        cost, payload = self._charge_args(mechanism, budget, event, note)
         with self._transaction():
-            total = self._ensure_subject(subject)
-            rows = self._event_rows(subject)
-            spent = self._compose(rows, total.delta)
-            after = self._compose([*rows, (cost.epsilon, cost.delta, payload)], total.delta)
-            if after.epsilon > total.epsilon or after.delta > total.delta:
-                raise BudgetExceeded(subject, total, spent, after.epsilon, after.delta)
-            now = time.time()
-            cur = self._conn.execute(
-                "INSERT INTO events(subject, mechanism, epsilon, delta, dp_event, run_id, note, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (subject, mechanism, cost.epsilon, cost.delta, payload, self.run_id, note, now),
+            result = self._try_charge(subject, mechanism=mechanism, cost=cost, payload=payload,
+                                      note=note, seeded=seeded, is_dp=is_dp)
+        if isinstance(result, BudgetExceeded):
+            raise result
+        return result
+
+    def release(
+        self,
+        subject: str,
+        *,
+        key: str | None,
+        mechanism: str,
+        budget: Budget,
+        event: dp_event.DpEvent,
+        note: str = "",
+        seeded: bool = False,
+        is_dp: bool = True,
+        draw: Callable[[], npt.ArrayLike],
+    ) -> Release:
+        """Publish one privatised value for ``subject``, reusing its pseudonym where allowed.
+
+        Decided in ONE write transaction: when ``key`` is given, the release is unseeded DP and
+        a pseudonym ``(subject, key)`` exists, it is returned and nothing is charged. Otherwise
+        the budget is checked (a refusal is recorded and :class:`BudgetExceeded` raised), the
+        release entry written, ``draw()`` called for the value, and -- for an unseeded DP release
+        with a key -- the value kept as the pseudonym; then the transaction commits. If
+        ``draw()`` raises, everything rolls back. Seeded or non-DP values are never stored.
+        ``draw`` runs under the ledger's write lock: keep it short and do not use the ledger in it.
+        """
+        subject = normalize_subject(subject)
+        if key is not None and (not isinstance(key, str) or not key):
+            raise UsageError("a pseudonym key must be a non-empty string (or None)")
+        cost, payload = self._charge_args(mechanism, budget, event, note)
+        store_as = key if key is not None and not seeded and is_dp else None
+        with self._transaction() as con:
+            if store_as is not None:
+                stored = self._pseudonym_row(subject, store_as)
+                if stored is not None:
+                    return Release(stored, None, True)
+            result = self._try_charge(subject, mechanism=mechanism, cost=cost, payload=payload,
+                                      note=note, seeded=seeded, is_dp=is_dp)
+            if isinstance(result, BudgetExceeded):
+                refusal: BudgetExceeded | None = result
+            else:
+                refusal, charge = None, result
+                vector = np.asarray(draw())
+                if store_as is not None:
+                    if vector.dtype.kind not in "biuf":
+                        raise TypeError(f"a pseudonym must be numeric, got {vector.dtype}")
+                    data = np.ascontiguousarray(vector)
+                    con.execute(
+                        "INSERT INTO pseudonyms(subject, key, vector, dtype, shape, entry_id, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (subject, store_as, data.tobytes(), data.dtype.str,
+                         json.dumps(data.shape), charge.id, charge.created_at),
+                    )
+        if refusal is not None:
+            raise refusal  # the refusal entry is committed
+        return Release(vector, charge, False)
+
+    # ------------------------------------------------------------------ pseudonyms
+    def _pseudonym_row(self, subject: str, key: str) -> npt.NDArray[Any] | None:
+        row = self._conn.execute(
+            "SELECT vector, dtype, shape FROM pseudonyms WHERE subject=? AND key=?",
+            (subject, key),
+        ).fetchone()
+        if row is None:
+            return None
+        flat = np.frombuffer(row[0], dtype=np.dtype(str(row[1])))
+        return flat.reshape(tuple(json.loads(row[2]))).copy()
+
+    def pseudonym(self, subject: str, key: str) -> npt.NDArray[Any] | None:
+        """The stored privatised identity for (subject, key), if any."""
+        subject = normalize_subject(subject)
+        with self._lock:
+            self._check_open()
+            return self._pseudonym_row(subject, key)
+
+    # ------------------------------------------------------------------ runs
+    def record_run(self, settings: dict[str, Any]) -> None:
+        """Record that run :attr:`run_id` started, with its settings (any JSON-able dict)."""
+        text = json.dumps(settings, sort_keys=True, default=str)
+        with self._transaction() as con:
+            con.execute(
+                "INSERT INTO runs(run_id, started_at, settings) VALUES (?, ?, ?) "
+                "ON CONFLICT(run_id) DO UPDATE SET settings=excluded.settings",
+                (self.run_id, time.time(), text),
             )
-            event_id = cur.lastrowid
-        assert event_id is not None
-        return Charge(event_id, subject, mechanism, cost, self.run_id, now)
+
+    def finish_run(self, summary: dict[str, Any]) -> None:
+        """Record that run :attr:`run_id` finished, with its summary (counts...)."""
+        text = json.dumps(summary, sort_keys=True, default=str)
+        with self._transaction() as con:
+            con.execute(
+                "INSERT INTO runs(run_id, finished_at, summary) VALUES (?, ?, ?) "
+                "ON CONFLICT(run_id) DO UPDATE SET finished_at=excluded.finished_at, "
+                "summary=excluded.summary",
+                (self.run_id, time.time(), text),
+            )
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every recorded run, oldest first: run_id, started_at, finished_at, settings, summary."""
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT run_id, started_at, finished_at, settings, summary FROM runs "
+                "ORDER BY rowid"
+            ).fetchall()
+        return [
+            {
+                "run_id": r[0],
+                "started_at": r[1],
+                "finished_at": r[2],
+                "settings": None if r[3] is None else json.loads(r[3]),
+                "summary": None if r[4] is None else json.loads(r[4]),
+            }
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ integrity
+    def verify(self) -> Verification:
+        """Recompute the hash chain and say what, if anything, was altered and where."""
+        problems: list[str] = []
+        with self._reading() as con:
+            rows = con.execute(
+                f"SELECT {', '.join(_ENTRY_COLUMNS)}, prev_hash, hash FROM entries ORDER BY id"
+            ).fetchall()
+            head_count, head_hash = self._head()
+            budgets = {
+                str(s): (e, d)
+                for s, e, d in con.execute(
+                    "SELECT subject, budget_epsilon, budget_delta FROM subjects"
+                )
+            }
+            pseudonyms = con.execute("SELECT subject, key, entry_id FROM pseudonyms").fetchall()
+        prev = GENESIS_HASH
+        last_budget: dict[str, tuple[Any, Any]] = {}
+        releases: dict[int, str] = {}
+        for position, row in enumerate(rows, start=1):
+            fields = dict(zip(_ENTRY_COLUMNS, row[: len(_ENTRY_COLUMNS)], strict=True))
+            stored_prev, stored_hash = row[len(_ENTRY_COLUMNS):]
+            eid = fields["id"]
+            if eid != position:
+                problems.append(
+                    f"entry {eid} is at position {position}: entries are missing before it "
+                    "(deleted) or were renumbered"
+                )
+            if stored_prev != prev:
+                problems.append(
+                    f"entry {eid}: its prev_hash does not link to the entry before it "
+                    "(entries deleted, inserted or reordered)"
+                )
+            for flag in ("seeded", "is_dp"):
+                if fields[flag] not in (0, 1):
+                    problems.append(f"entry {eid}: {flag} is {fields[flag]!r}, not 0 or 1")
+                fields[flag] = bool(fields[flag])
+            try:
+                recomputed = _entry_hash(stored_prev, fields)
+            except (TypeError, ValueError):
+                recomputed = ""
+            if recomputed != stored_hash:
+                problems.append(
+                    f"entry {eid} ({fields['kind']}, subject {fields['subject']!r}): its content "
+                    "does not match its hash (a field was edited)"
+                )
+            subject = str(fields["subject"])
+            if fields["kind"] == "budget":
+                last_budget[subject] = (fields["epsilon"], fields["delta"])
+            elif subject not in last_budget:
+                problems.append(f"entry {eid}: subject {subject!r} has no budget entry before it")
+            if fields["kind"] == "release":
+                releases[int(eid)] = subject
+            prev = str(stored_hash)
+        head = str(rows[-1][-1]) if rows else ""
+        if (head_count, head_hash) != (len(rows), head):
+            problems.append(
+                f"the chain head says {head_count} entries ending in {head_hash[:12] or '-'}..., "
+                f"the table has {len(rows)} ending in {head[:12] or '-'}... (the last entries "
+                "were deleted, or the head was edited)"
+            )
+        for subject in sorted(set(budgets) | set(last_budget)):
+            row_budget = budgets.get(subject)
+            entry_budget = last_budget.get(subject)
+            if row_budget is None:
+                problems.append(f"subject {subject!r} has budget entries but no budget row")
+            elif entry_budget is None:
+                problems.append(f"subject {subject!r} has a budget row but no budget entry")
+            elif row_budget != entry_budget:
+                problems.append(
+                    f"subject {subject!r}: its budget row {row_budget} differs from its last "
+                    f"budget entry {entry_budget} (the budget was edited outside dpface)"
+                )
+        for subject, key, entry_id in pseudonyms:
+            if releases.get(int(entry_id)) != subject:
+                problems.append(
+                    f"pseudonym ({subject!r}, {key!r}) does not come from a release of that "
+                    f"subject (entry {entry_id})"
+                )
+        return Verification(not problems, len(rows), head, problems)
+
+    def backup(self, dest: str | Path) -> Path:
+        """A complete, consistent copy of this ledger at ``dest`` (SQLite online backup).
+
+        Includes entries still in the WAL; refuses to overwrite an existing ``dest``. The copy is
+        created under a temporary name and linked into place, so ``dest`` is never partial.
+        """
+        target = Path(dest).expanduser()
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "the backup target already exists", str(target))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.backup")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        try:
+            copy = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                with self._lock:
+                    self._check_open()
+                    self._conn.backup(copy)
+                copy.execute("PRAGMA journal_mode=WAL")
+                copy.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                copy.close()
+            if not _link_into_place(tmp, target):
+                raise FileExistsError(
+                    errno.EEXIST, "the backup target already exists", str(target)
+                )
+        finally:
+            _remove_with_journals(tmp)
+        return target
