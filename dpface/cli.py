@@ -1,20 +1,28 @@
-"""The ``dpface`` command line.
+"""The ``dpface`` command line: a thin typed layer over :mod:`dpface.config` and
+:mod:`dpface.batch` (options -> ``AnonymizeConfig`` -> batch run).
 
 * ``dpface demo``: the README's main job -- anonymise the bundled sample photos under a budget;
 * ``dpface anonymize``: de-identify your photos (files and folders), with receipts and a report;
-* ``dpface report``: render a ledger as HTML (+ versioned JSON);
+* ``dpface report``: render a ledger (or one run of it) as HTML (+ versioned JSON);
+* ``dpface ledger``: back up, verify, show a ledger and change a subject's budget on purpose;
 * ``dpface audit``: a black-box statistical audit of a mechanism on worst-case neighbours;
 * ``dpface mechanisms-demo``: the DP core alone on synthetic embeddings, with a receipt.
 
-Exit codes: 0 the run completed (per-image problems are listed, not fatal); 1 an audit refuted
-a claim; 2 the command line or the whole run was unusable.
+Exit codes (every command): 0 the run completed (per-image problems are listed, not fatal);
+1 an audit refuted a claim, or ``ledger verify`` found the chain altered; 2 unusable command
+line or input set (nothing was charged); 3 internal error -- a bug (one line; set
+``DPFACE_DEBUG=1`` for the traceback).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +30,8 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from mechanisms import accounting
 from mechanisms.base import Mechanism
@@ -31,13 +41,64 @@ from mechanisms.laplace import Laplace
 from mechanisms.rng import Randomness
 from mechanisms.subsampling import poisson_amplify
 
+from .config import (
+    DEFAULT_MAX_MEGAPIXELS,
+    DEFAULT_RELEASES,
+    ENCODERS,
+    MAX_BLOCK,
+    AnonymizeConfig,
+    CompositionName,
+    DetectorName,
+    MechanismName,
+    NamesPolicy,
+    PseudonymPolicy,
+)
+from .errors import DpfaceError, UsageError
+
 RECEIPT_SCHEMA = "dpface.receipt/0.1"
+EXIT_OK, EXIT_REFUTED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_CODES = (
+    "Exit codes: 0 the run completed (per-image problems are listed in the summary); 1 an "
+    "audit refuted a claim (or `ledger verify` found the chain altered); 2 unusable command "
+    "line or input set (nothing was charged); 3 internal error, a bug (DPFACE_DEBUG=1 shows "
+    "the traceback)."
+)
+
+
+def _internal_error(err: BaseException) -> typer.Exit:
+    if os.environ.get("DPFACE_DEBUG") == "1":
+        traceback.print_exception(err)
+    detail = str(err).splitlines()[0] if str(err) else ""
+    typer.echo(f"dpface: internal error: {type(err).__name__}: {detail} -- this is a bug; "
+               "please report it (DPFACE_DEBUG=1 shows the traceback)", err=True)
+    return typer.Exit(EXIT_INTERNAL)
+
+
+class _Group(TyperGroup):
+    """Maps exceptions to the documented exit codes, for every command."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except KeyboardInterrupt:
+            typer.echo("dpface: interrupted", err=True)
+            raise typer.Exit(130) from None
+        except DpfaceError as err:  # UsageError, NotALedgerError, a refused budget change...
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except Exception as err:
+            raise _internal_error(err) from None
+
 
 app = typer.Typer(
+    cls=_Group,
     help="dpface: de-identify faces with formal, tested differential-privacy guarantees.\n\n"
     "Each face's identity is privatised under an epsilon budget and a new face is drawn from it "
-    "(or the face box is released with DP pixelization). Every release is charged to its person "
-    "in a ledger before any noise is drawn; receipts say what is and is not protected.",
+    "(or the face region is released with DP pixelization). Every release is charged to its "
+    "privacy unit in a ledger before any noise is drawn; receipts say what is and is not "
+    "protected.\n\n" + EXIT_CODES,
     epilog="Start here:  dpface demo  (anonymises the bundled sample photos into out/samples). "
     "Your photos:  dpface anonymize photos/ -o out/anon --epsilon 6.  "
     "Smaller epsilon = more privacy; see docs/ and proofs/ for what each mechanism guarantees.",
@@ -195,184 +256,139 @@ def mechanisms_demo(
     console.print(f"Wrote {out / 'releases.npz'} and {receipt_path} (full guarantee statements)")
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-MECHANISMS = ("identity-laplace", "identity-gaussian", "identity-vmf", "dp-pix", "dp-blur")
+# ---------------------------------------------------------------------- anonymize & demo
+_OUT_HELP = ("Output folder: the input tree is mirrored here (PNGs, receipts, this run's "
+             "report). It must not be, contain or lie inside an input folder.")
 
 
-def _collect(inputs: list[Path]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
-    """(file, path relative to its input root) for every image; unreadable inputs listed."""
-    found: list[tuple[Path, Path]] = []
-    problems: list[tuple[str, str]] = []
-    for item in inputs:
-        if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file())
-            for f in files:
-                if f.suffix.lower() in IMAGE_SUFFIXES:
-                    found.append((f, f.relative_to(item)))
-                elif not f.name.startswith("."):
-                    problems.append(
-                        (
-                            str(f),
-                            f"skipped: unsupported file type {f.suffix or '(no extension)'!r}; "
-                            f"dpface reads {' '.join(sorted(IMAGE_SUFFIXES))}",
-                        )
-                    )
-        elif item.is_file():
-            found.append((item, Path(item.name)))
-        else:
-            problems.append((str(item), "no such file or folder"))
-    return found, problems
+def _progress(console: Console) -> tuple[Any, Callable[[int, int, str], None]]:
+    from rich.progress import Progress
+
+    bar = Progress(console=console, transient=True)
+    task: list[Any] = []
+
+    def update(done: int, total: int, name: str) -> None:
+        if not task:
+            task.append(bar.add_task("anonymising", total=total))
+        bar.update(task[0], completed=done, description=f"anonymising {name}" if name else "done")
+
+    return bar, update
 
 
-def _build_mechanism(
-    name: str, epsilon: float, delta: float, dim: int, block: int, m: int, seed: int | None
-) -> Mechanism:
-    from mechanisms.identity import IdentityGaussian, IdentityLaplace, IdentityVMF
-    from mechanisms.pixelization import DPBlur, DPPixelization
-
-    if name == "identity-laplace":
-        return IdentityLaplace(epsilon=epsilon, dim=dim, seed=seed)
-    if name == "identity-gaussian":
-        return IdentityGaussian(epsilon=epsilon, delta=delta, dim=dim, seed=seed)
-    if name == "identity-vmf":
-        return IdentityVMF(epsilon=epsilon, dim=dim, seed=seed)
-    if name == "dp-pix":
-        return DPPixelization(epsilon=epsilon, block=block, m=m, seed=seed)
-    if name == "dp-blur":
-        return DPBlur(epsilon=epsilon, delta=delta, block=block, m=m, seed=seed)
-    raise typer.BadParameter(f"unknown mechanism {name!r}; choose from {', '.join(MECHANISMS)}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a hidden temp name, flush to disk, then rename: a crash leaves either the old
-    file or the complete new one under ``path``, never a half-written one."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _png_bytes(image: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")  # no EXIF or other metadata is written
-    return buf.getvalue()
-
-
-def _reason(exc: Exception) -> str:
-    """An exception's message without the quotes ``str(KeyError)`` adds."""
-    return str(exc.args[0]) if exc.args else str(exc)
-
-
-def _identity_generator(encoder: str, encoder_model: Path | None, swap_model: Path | None,
-                        swap_latent_map: str | None) -> tuple[Any, Any]:
-    """(generator, its encoder) for the identity mechanisms; bad combinations become usage
-    errors (exit 2) with the reason."""
-    from .models.encoders import get_encoder
-
-    if encoder == "arcface-onnx" and encoder_model is None:
-        raise typer.BadParameter("--encoder arcface-onnx needs --encoder-model PATH",
-                                 param_hint="--encoder-model")
-    if encoder_model is not None and encoder != "arcface-onnx":
-        raise typer.BadParameter("--encoder-model is only for --encoder arcface-onnx",
-                                 param_hint="--encoder-model")
-    try:
-        enc = (get_encoder(encoder, model_path=encoder_model) if encoder_model is not None
-               else get_encoder(encoder))
-    except (KeyError, FileNotFoundError) as exc:
-        raise typer.BadParameter(_reason(exc), param_hint="--encoder") from exc
-    if swap_model is None:
-        if swap_latent_map is not None:
-            raise typer.BadParameter("--swap-latent-map needs --swap-model",
-                                     param_hint="--swap-latent-map")
-        from .generators.surrogate import SurrogateGenerator
-
-        try:
-            return SurrogateGenerator(encoder=encoder), enc
-        except (KeyError, ValueError) as exc:
-            raise typer.BadParameter(
-                f"the offline generator cannot use {encoder!r}: {_reason(exc)}",
-                param_hint="--encoder") from exc
-    from .generators.onnx_swap import OnnxFaceSwapGenerator
-
-    latent: Any = None
-    if swap_latent_map == "graph":
-        latent = "graph"
-    elif swap_latent_map is not None:
-        try:
-            latent = np.load(swap_latent_map)
-        except (OSError, ValueError) as exc:
-            raise typer.BadParameter(f"cannot read {swap_latent_map}: {exc}",
-                                     param_hint="--swap-latent-map") from exc
-    try:
-        gen = OnnxFaceSwapGenerator(swap_model, encoder=encoder, latent_map=latent)
-    except (FileNotFoundError, ValueError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--swap-model") from exc
-    if gen.identity_dim != enc.dim:
-        raise typer.BadParameter(
-            f"the swap model reads {gen.identity_dim}-d identities but {encoder} gives "
-            f"{enc.dim}-d embeddings; pass --swap-latent-map (a {enc.dim}×{gen.latent_dim} "
-            "matrix) or an encoder of that size", param_hint="--swap-latent-map")
-    return gen, enc
+def _run_and_print(config: AnonymizeConfig, inputs: list[Path], out: Path, *,
+                   subject: str | None, subjects: Path | None, json_output: bool) -> None:
+    """Run a batch with ``config`` and print its summary (the JSON one with ``--json``)."""
+    console = Console(stderr=True)
+    bar, update = _progress(console)
+    with bar:
+        summary = config.run(inputs, out, subject=subject, subject_map=subjects, progress=update)
+    if json_output:
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+        return
+    c = summary.counts
+    console.print(
+        f"[bold]{c['images']}[/] of {summary.inputs} image(s) written to {summary.output} in "
+        f"{summary.seconds:.1f}s: {c['faces']} face(s) — {c['replaced']} replaced, "
+        f"{c['pixelized']} pixelized, {c['masked']} masked ({c['refused']} refused by the "
+        f"budget); {c['no_face']} without a face, {c['failed']} not written"
+    )
+    if summary.stage_seconds:
+        split = ", ".join(f"{k} {v:.1f}s" for k, v in
+                          sorted(summary.stage_seconds.items(), key=lambda kv: -kv[1]))
+        console.print(f"time by stage: {split}")
+    for p in summary.problems:
+        console.print(f"  [yellow]![/] {p.input}: {p.reason}", markup=False, highlight=False)
+    if summary.seeded:
+        console.print("[yellow]Randomness was SEEDED: reproducible and not private.[/]")
+    console.print(f"Receipts beside each image; report of this run: {summary.report}")
+    console.print(f"Ledger (budgets persist here across runs and output folders): "
+                  f"{summary.ledger}", markup=False, highlight=False)
 
 
 @app.command()
 def anonymize(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (recursive).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("out/anon"),
+    out: Annotated[Path, typer.Option("-o", "--out", help=_OUT_HELP)] = Path("out/anon"),
     mechanism: Annotated[
-        str, typer.Option("--mechanism", "-m", help=f"One of: {', '.join(MECHANISMS)}.")
+        MechanismName,
+        typer.Option("--mechanism", "-m", help="identity-laplace, identity-gaussian, "
+                     "identity-vmf: a new face drawn from the privatised identity; dp-pix, "
+                     "dp-blur: DP cell means of the face region (no generator)."),
     ] = "identity-laplace",
     epsilon: Annotated[float, typer.Option(help="epsilon per release (> 0).")] = 6.0,
-    delta: Annotated[float, typer.Option(help="delta for Gaussian-type mechanisms.")] = 1e-6,
+    delta: Annotated[float, typer.Option(help="delta for identity-gaussian and dp-blur.")] = 1e-6,
     budget: Annotated[
         float | None,
-        typer.Option(help="Total epsilon per subject (default: 5 releases' worth)."),
+        typer.Option(help="Total epsilon of a subject seen for the first time (default: "
+                     f"{DEFAULT_RELEASES} releases' worth). An existing subject keeps its "
+                     "budget: change it with `dpface ledger set-budget`."),
     ] = None,
     ledger_path: Annotated[
-        Path | None, typer.Option("--ledger", help="Ledger database (default: OUT/ledger.db).")
+        Path | None,
+        typer.Option("--ledger", help="Ledger database (default: the per-user ledger, "
+                     "$DPFACE_LEDGER if set; budgets outlive output folders)."),
     ] = None,
     subject: Annotated[
         str | None,
         typer.Option(help="Name of the one person shown in every input photo (links budgets)."),
     ] = None,
+    subjects: Annotated[
+        Path | None,
+        typer.Option("--subjects", help="CSV naming who is in which photo: header "
+                     "file,face,subject (face optional: a 0-based index, left to right; "
+                     "without it the photo's single face). Files as given or relative to "
+                     "their input folder. Named faces share their person's budget."),
+    ] = None,
+    names: Annotated[
+        NamesPolicy,
+        typer.Option(help="keep: outputs mirror the input names; hash: outputs and receipts "
+                     "are named by keyed digests and receipts do not carry the input's name "
+                     "(nor subject names)."),
+    ] = "keep",
     pseudonym: Annotated[
-        str, typer.Option(help="'fresh': new noise per photo; 'reuse': one per named subject.")
+        PseudonymPolicy,
+        typer.Option(help="fresh: new noise per photo; reuse: one per named subject."),
     ] = "fresh",
-    encoder: Annotated[str, typer.Option(help="Identity encoder inside the generator.")] = (
-        "mobileface"
-    ),
-    block: Annotated[int, typer.Option(help="Cell size for dp-pix / dp-blur.")] = 16,
-    pixels: Annotated[int, typer.Option("--pixels", help="m: pixels protected (dp-pix).")] = 16,
-    detector: Annotated[str, typer.Option(help="'hog' or 'blazeface'.")] = "hog",
+    encoder: Annotated[str, typer.Option(help="Identity encoder inside the generator "
+                                              f"({', '.join(ENCODERS)}).")] = "mobileface",
+    block: Annotated[int, typer.Option(help=f"Cell size in pixels for dp-pix / dp-blur "
+                                            f"(1..{MAX_BLOCK}).")] = 16,
+    pixels: Annotated[int, typer.Option("--pixels", help="m: pixels protected (dp-pix, "
+                                                         "dp-blur).")] = 16,
+    detector: Annotated[DetectorName, typer.Option(help="Face detector.")] = "hog",
     seed: Annotated[
         int | None, typer.Option(help="Reproducible noise for experiments (NOT private).")
     ] = None,
     composition: Annotated[
-        str,
+        CompositionName,
         typer.Option(
             help="How the ledger adds up a subject's releases: 'basic' (sum) or 'pld' (tight "
             "privacy-loss-distribution accounting; never more than the sum)."
         ),
     ] = "basic",
     link: Annotated[
-        bool,
+        Path | None,
         typer.Option(
-            help="Link unnamed faces to subjects named in earlier runs by face matching (keeps "
-            "raw face templates in the ledger: trusted side only)."
+            "--link",
+            help="Template store (TEMPLATES.db): enrol named faces there and charge unnamed "
+            "faces that match an enrolled subject to that subject. It holds raw face "
+            "templates: keep it on the trusted side, apart from outputs.",
         ),
+    ] = None,
+    max_megapixels: Annotated[
+        float,
+        typer.Option(help="Larger images are refused from their header, before decoding "
+                     "(a per-image problem)."),
+    ] = DEFAULT_MAX_MEGAPIXELS,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Withhold photos in which no face was found (a missed "
+                     "face would be released unprotected) instead of writing them unchanged."),
     ] = False,
+    purpose: Annotated[
+        str | None,
+        typer.Option(help="Why this release is made; recorded with the run for the report."),
+    ] = None,
     swap_model: Annotated[
         Path | None,
         typer.Option(
@@ -397,149 +413,28 @@ def anonymize(
 ) -> None:
     """De-identify faces in photos under a per-subject epsilon budget.
 
-    Every face is charged to its subject in the ledger before any noise is drawn; a face whose
-    budget is spent (or that cannot be replaced) is masked, never left as it was. Writes one PNG
-    (no metadata) and one JSON receipt per input, and OUT/report.html. Exit code 0 when the run
-    completed (per-image problems are listed in the summary), 2 for a bad command line.
+    Every face is charged to its privacy unit in the ledger before any noise is drawn; a face
+    whose budget is spent (or that cannot be replaced) is masked, never left as it was. A
+    named subject (--subject, --subjects) is a person; an unnamed face is a unit keyed by its
+    photo (the same photo again charges the same unit; other photos of that person are other
+    units). Writes one PNG (no metadata) and one JSON receipt per input under OUT, mirroring
+    the input tree, and OUT/report.html for this run. Every option is checked before anything
+    is read, charged or written.
+
+    Exit codes: 0 the run completed (per-image problems are listed in the summary); 2 unusable
+    command line or input set; 3 internal error (a bug).
     """
-    from mechanisms.budgets import ApproxDP, PureDP
-
-    from .ledger import Ledger
-    from .pipeline import Anonymizer
-    from .report import write_report
-
-    console = Console(stderr=True)
-    if mechanism not in MECHANISMS:
-        raise typer.BadParameter(
-            f"unknown mechanism {mechanism!r}; choose from {', '.join(MECHANISMS)}",
-            param_hint="--mechanism",
-        )
-    if not (math.isfinite(epsilon) and epsilon > 0):
-        raise typer.BadParameter("epsilon must be a finite number > 0", param_hint="--epsilon")
-    if not 0 < delta < 1:
-        raise typer.BadParameter("delta must lie in (0, 1)", param_hint="--delta")
-    total = 5 * epsilon if budget is None else budget
-    if not (math.isfinite(total) and total > 0):
-        raise typer.BadParameter("budget must be a finite number > 0", param_hint="--budget")
-    if pseudonym not in ("fresh", "reuse"):
-        raise typer.BadParameter("pseudonym must be 'fresh' or 'reuse'", param_hint="--pseudonym")
-    if composition not in ("basic", "pld"):
-        raise typer.BadParameter("composition must be 'basic' or 'pld'", param_hint="--composition")
-    files, problems = _collect(inputs)
-    if not files:
-        console.print("[red]error:[/] no image files found in the inputs")
-        for where, why in problems:
-            console.print(f"  {where}: {why}")
-        raise typer.Exit(2)
-
-    generator: Any = None
-    encoder_obj: Any = None
-    dim = 0
-    if swap_model is not None and not mechanism.startswith("identity"):
-        raise typer.BadParameter("a swap model needs an identity mechanism (identity-*)",
-                                 param_hint="--swap-model")
-    if mechanism.startswith("identity"):
-        generator, encoder_obj = _identity_generator(encoder, encoder_model, swap_model,
-                                                     swap_latent_map)
-        dim = generator.identity_dim
-    mech = _build_mechanism(mechanism, epsilon, delta, dim, block, pixels, seed)
-    uses_delta = mechanism in ("identity-gaussian", "dp-blur")
-    # delta budget: as many releases' deltas as the epsilon budget holds releases (basic sum)
-    releases = max(1, math.floor(total / epsilon + 1e-9))
-    default_budget = ApproxDP(total, min(releases * delta, 0.5)) if uses_delta else PureDP(total)
-    ledger = Ledger(
-        ledger_path or out / "ledger.db",
-        default_budget=default_budget,
-        composition=composition,  # type: ignore[arg-type]
+    config = AnonymizeConfig(
+        mechanism=mechanism, epsilon=epsilon, delta=delta, budget=budget,
+        composition=composition, pseudonym=pseudonym, encoder=encoder,
+        encoder_model=encoder_model, swap_model=swap_model, swap_latent_map=swap_latent_map,
+        block=block, pixels=pixels, detector=detector, seed=seed,
+        **({} if ledger_path is None else {"ledger": ledger_path}),
+        templates=link, names=names, max_megapixels=max_megapixels, strict=strict,
+        purpose=purpose,
     )
-    anon = Anonymizer(
-        mechanism=mech,
-        generator=generator,
-        ledger=ledger,
-        detector=detector,
-        pseudonym=pseudonym,  # type: ignore[arg-type]
-        link="match" if link else "none",
-        encoder=encoder_obj,
-    )
-    stages: dict[str, float] = {}
-    counts: dict[str, int] = {
-        "images": 0,
-        "faces": 0,
-        "replaced": 0,
-        "pixelized": 0,
-        "masked": 0,
-        "no_face": 0,
-    }
-    from rich.progress import Progress
-
-    start = time.perf_counter()
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("anonymising", total=len(files))
-        for path, rel in files:
-            progress.update(task, description=f"anonymising {rel}")
-            try:
-                res = anon.anonymize(path, subject=subject)
-            except Exception as err:  # a bug must not lose the rest of the batch
-                problems.append((str(path), f"{type(err).__name__}: {err}"))
-                progress.advance(task)
-                continue
-            for stage, sec in res.timings.items():
-                stages[stage] = stages.get(stage, 0.0) + sec
-            target = (out / rel).with_suffix(".png")
-            if res.ok and res.image is not None:
-                _write_atomic(target, _png_bytes(res.image))
-                counts["images"] += 1
-                if not res.faces:
-                    counts["no_face"] += 1
-                    problems.append(
-                        (
-                            str(path),
-                            "no face found: "
-                            + str(res.receipt.get("detection_note") or "written unchanged"),
-                        )
-                    )
-                for f in res.faces:
-                    counts["faces"] += 1
-                    counts[f.status] += 1
-            else:
-                problems.append((str(path), res.error or "failed"))
-            res.receipt["output"] = str(target) if res.ok else None
-            _write_atomic(
-                target.with_suffix(".receipt.json"), json.dumps(res.receipt, indent=2).encode()
-            )
-            progress.advance(task)
-    elapsed = time.perf_counter() - start
-    report_path = out / "report.html"
-    ledger.close()
-    write_report(ledger_path or out / "ledger.db", report_path, out / "report.json")
-    summary = {
-        "inputs": len(files),
-        "seconds": round(elapsed, 2),
-        **counts,
-        "problems": [{"input": w, "reason": r} for w, r in problems],
-        "output": str(out),
-        "report": str(report_path),
-        "mechanism": mech.guarantee.statement(),
-        "seeded": seed is not None,
-        "images_per_second": round(len(files) / elapsed, 3) if elapsed > 0 else None,
-        "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
-    }
-    if json_output:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    console.print(
-        f"[bold]{counts['images']}[/] of {len(files)} image(s) written to {out} in "
-        f"{elapsed:.1f}s: {counts['faces']} face(s) — {counts['replaced']} replaced, "
-        f"{counts['pixelized']} pixelized, {counts['masked']} masked"
-    )
-    if stages:
-        split = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
-        console.print(f"time by stage: {split}")
-    for where, why in problems:
-        console.print(f"  [yellow]![/] {where}: {why}")
-    if seed is not None:
-        console.print("[yellow]Randomness was SEEDED: reproducible and not private.[/]")
-    console.print(f"Receipts beside each image; report: {report_path}")
+    _run_and_print(config, inputs, out, subject=subject, subjects=subjects,
+                   json_output=json_output)
 
 
 @app.command()
@@ -547,27 +442,29 @@ def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("out/samples"),
     epsilon: Annotated[float, typer.Option(help="epsilon per release (> 0).")] = 6.0,
     mechanism: Annotated[
-        str, typer.Option("--mechanism", "-m", help=f"One of: {', '.join(MECHANISMS)}.")
+        MechanismName, typer.Option("--mechanism", "-m", help="The mechanism (see anonymize).")
     ] = "identity-laplace",
+    ledger_path: Annotated[
+        Path | None,
+        typer.Option("--ledger", help="Ledger database (default: the per-user ledger)."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """The main job: anonymise the bundled sample photos (images, receipts, report in OUT).
 
-    Each face is its own privacy unit with a budget of 5 releases; the ledger is OUT/ledger.db,
-    so running the demo again spends more of the same budgets until they are refused.
+    Each face is its own privacy unit (keyed by its photo) with a budget of 5 releases in the
+    per-user ledger, so running the demo again spends more of the same budgets; the sixth run
+    masks every face (the budget is refused before any noise is drawn).
     """
     from .models.store import assets_dir
 
     samples = assets_dir() / "samples"
     if not samples.is_dir():
-        typer.echo(f"error: no sample photos at {samples}; run ./dev setup first", err=True)
-        raise typer.Exit(2)
-    anonymize(
-        [samples], out=out, mechanism=mechanism, epsilon=epsilon, delta=1e-6, budget=None,
-        ledger_path=None, subject=None, pseudonym="fresh", encoder="mobileface", block=16,
-        pixels=16, detector="hog", seed=None, composition="basic", link=False,
-        json_output=json_output,
-    )
+        raise UsageError(f"no sample photos at {samples}; run ./dev setup first")
+    config = AnonymizeConfig(mechanism=mechanism, epsilon=epsilon,
+                             **({} if ledger_path is None else {"ledger": ledger_path}))
+    _run_and_print(config, [samples], out, subject=None, subjects=None,
+                   json_output=json_output)
 
 
 @app.command("contact-sheet")
@@ -591,6 +488,7 @@ def contact_sheet(
     """
     import cv2
 
+    from .batch import write_atomic
     from .generators.contact_sheet import DEFAULT_FACES
     from .generators.contact_sheet import contact_sheet as make_sheet
     from .generators.surrogate import SurrogateGenerator
@@ -609,7 +507,7 @@ def contact_sheet(
         raise typer.BadParameter(f"face numbers run from 0 to {n - 1}", param_hint="--faces")
     sheet = make_sheet(SurrogateGenerator(), idx, eps, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes())
+    write_atomic(out, cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes())
     typer.echo(f"wrote {out} ({sheet.shape[1]}×{sheet.shape[0]}: {len(idx)} faces × "
                f"{len(eps)} epsilons)")
 
@@ -678,6 +576,18 @@ def audit(
     raise typer.Exit(1 if res.violates else 0)
 
 
+def _open_ledger(path: Path) -> Any:
+    """An existing ledger, opened without creating or changing anything (exit 2 if missing or
+    not a dpface ledger)."""
+    from .ledger import Ledger
+
+    if not path.exists():
+        raise UsageError(f"no ledger at {path}")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a ledger file")
+    return Ledger(path, create=False)
+
+
 @app.command()
 def report(
     ledger: Annotated[Path, typer.Argument(help="The ledger database (SQLite) to report on.")],
@@ -687,19 +597,176 @@ def report(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the machine-readable report here.")
     ] = None,
+    run: Annotated[
+        str | None,
+        typer.Option("--run", help="Report only this run (a run id from `dpface ledger show` "
+                     "or a summary); default: the whole ledger."),
+    ] = None,
 ) -> None:
-    """Render a ledger to a human HTML report (and optionally versioned JSON)."""
+    """Render a ledger (or one run of it) to a human HTML report and optionally versioned JSON.
+
+    The ledger is only read: a missing file or one that is not a dpface ledger is exit 2 and
+    is left untouched.
+    """
     from .report import write_report
 
-    try:
-        rep = write_report(ledger, out, json_out)
-    except FileNotFoundError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
+    with _open_ledger(ledger) as led:
+        if run is not None and run not in {r["run_id"] for r in led.runs()}:
+            raise UsageError(f"--run: the ledger {ledger} has no run {run!r}")
+    rep = write_report(ledger, out, json_out, run_id=run)
+    totals = rep["totals"]
     typer.echo(
-        f"{rep['totals']['subjects']} subject(s), {rep['totals']['releases']} release(s): "
-        f"wrote {out}" + (f" and {json_out}" if json_out else "")
+        f"{totals['subjects']} subject(s), {totals['releases']} release(s)"
+        + (f" in run {run}" if run else "")
+        + f": wrote {out}" + (f" and {json_out}" if json_out else "")
     )
+
+
+ledger_app = typer.Typer(
+    cls=_Group,
+    help="Look after a ledger: back it up, verify its hash chain, show its subjects, change a "
+    "subject's budget on purpose. Every command opens an existing ledger only (never creates "
+    "one); a missing file or one that is not a dpface ledger is exit 2.",
+    no_args_is_help=True,
+)
+app.add_typer(ledger_app, name="ledger")
+
+_LEDGER_ARG = typer.Argument(help="The ledger database file.")
+
+
+@ledger_app.command("backup")
+def ledger_backup(
+    ledger: Annotated[Path, _LEDGER_ARG],
+    dest: Annotated[Path, typer.Argument(help="Where to write the copy (must not exist).")],
+) -> None:
+    """A complete, consistent copy of the ledger (SQLite online backup, WAL included)."""
+    with _open_ledger(ledger) as led:
+        try:
+            target = led.backup(dest)
+        except FileExistsError as err:
+            raise UsageError(f"{dest} already exists; a backup never overwrites a file") from err
+    typer.echo(f"backed up {ledger} to {target}")
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    ledger: Annotated[Path, _LEDGER_ARG],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Recompute the hash chain. Exit 0: it verifies; exit 1: entries were edited, deleted or
+    reordered (each problem is printed)."""
+    with _open_ledger(ledger) as led:
+        v = led.verify()
+    if json_output:
+        typer.echo(json.dumps({"ok": v.ok, "entries": v.entries, "head": v.head,
+                               "problems": list(v.problems)}, indent=2))
+    elif v.ok:
+        typer.echo(f"ok: {v.entries} entries, the chain verifies (head {v.head[:16] or '-'})")
+    else:
+        typer.echo(f"NOT OK: {len(v.problems)} problem(s) in {v.entries} entries")
+        for p in v.problems:
+            typer.echo(f"  {p}")
+    raise typer.Exit(EXIT_OK if v.ok else EXIT_REFUTED)
+
+
+@ledger_app.command("set-budget")
+def ledger_set_budget(
+    ledger: Annotated[Path, _LEDGER_ARG],
+    subject: Annotated[str, typer.Argument(help="The subject whose budget changes.")],
+    epsilon: Annotated[float, typer.Option(help="The new total epsilon.")],
+    delta: Annotated[
+        float | None,
+        typer.Option(help="The new total delta (default: keep the subject's; 0 for a new one)."),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the ledger's chain.")] = "",
+) -> None:
+    """Change a subject's total budget on purpose (recorded with the reason; never below what
+    the subject has already spent). Creates the subject if it has no budget yet."""
+    from mechanisms.budgets import ApproxDP, PureDP
+
+    from .batch import check_subject
+
+    name = check_subject(subject, where="SUBJECT")
+    assert name is not None
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise UsageError(f"--epsilon must be a finite number > 0, got {epsilon!r}")
+    if delta is not None and not 0 <= delta < 1:
+        raise UsageError(f"--delta must lie in [0, 1), got {delta!r}")
+    with _open_ledger(ledger) as led:
+        current = led.budget(name)
+        new_delta = delta if delta is not None else (current.delta if current else 0.0)
+        budget = ApproxDP(epsilon, new_delta) if new_delta > 0 else PureDP(epsilon)
+        try:
+            led.change_budget(name, budget, reason=reason)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        after = led.budget(name)
+    was = "none" if current is None else str(current)
+    typer.echo(f"subject {name}: budget {was} -> {after}")
+
+
+@ledger_app.command("show")
+def ledger_show(
+    ledger: Annotated[Path, _LEDGER_ARG],
+    subject: Annotated[
+        str | None, typer.Argument(help="One subject: list its entries (default: all subjects).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Subjects with budget, spent, remaining and releases, and the runs; or one subject's
+    entries (releases, refusals, budget changes)."""
+    from .batch import check_subject
+
+    with _open_ledger(ledger) as led:
+        if subject is not None:
+            name = check_subject(subject, where="SUBJECT")
+            assert name is not None
+            if led.budget(name) is None:
+                raise UsageError(f"the ledger has no subject {name!r}")
+            entries = led.events(name, kinds=("release", "refusal", "budget"))
+            data: dict[str, Any] = {
+                "subject": name,
+                "budget": str(led.budget(name)),
+                "spent": str(led.spent(name)),
+                "remaining_epsilon": led.remaining(name),
+                "entries": [{k: e[k] for k in ("id", "kind", "mechanism", "epsilon", "delta",
+                                               "run_id", "note", "created_at")} for e in entries],
+            }
+        else:
+            rows = []
+            for s in led.subjects():
+                rows.append({
+                    "subject": s,
+                    "budget": str(led.budget(s)),
+                    "spent": str(led.spent(s)),
+                    "remaining_epsilon": led.remaining(s),
+                    "releases": len(led.events(s)),
+                })
+            data = {"ledger": str(ledger), "subjects": rows,
+                    "runs": [{k: r[k] for k in ("run_id", "started_at", "finished_at")}
+                             for r in led.runs()]}
+    if json_output:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    console = Console()
+    if subject is not None:
+        console.print(f"{data['subject']}: budget {data['budget']}, spent {data['spent']}, "
+                      f"{data['remaining_epsilon']:.6g} epsilon left", markup=False)
+        for e in data["entries"]:
+            console.print(f"  #{e['id']} {e['kind']} {e['mechanism']} epsilon={e['epsilon']:g} "
+                          f"delta={e['delta']:g} run {e['run_id'][:12]} {e['note'] or ''}",
+                          markup=False, highlight=False)
+        return
+    table = Table(title=f"{ledger}: {len(data['subjects'])} subject(s), "
+                        f"{len(data['runs'])} run(s)")
+    for col in ("subject", "budget", "spent", "left", "releases"):
+        table.add_column(col)
+    for r in data["subjects"]:
+        table.add_row(r["subject"], r["budget"], r["spent"], f"{r['remaining_epsilon']:.6g}",
+                      str(r["releases"]))
+    console.print(table)
+    for r in data["runs"]:
+        console.print(f"run {r['run_id']}", markup=False, highlight=False)
 
 
 @app.command()
@@ -714,5 +781,19 @@ from dpface.evaluation.command import register as _register_evaluate  # noqa: E4
 
 _register_evaluate(app)
 
+
+def main() -> None:
+    """The ``dpface`` executable: ``app`` with the documented exit codes (see module doc)."""
+    try:
+        app(prog_name="dpface")
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo("dpface: interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:  # raised outside a command (the group maps those inside)
+        sys.exit(_internal_error(err).exit_code)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -2,6 +2,8 @@
 
 Grayscale, palette, RGBA/LA (composited on white), 16-bit and float images are converted;
 a truncated or unreadable file raises ``ImageError`` with the file name and the cause.
+A pixel cap (``max_pixels``) is checked from the file's header, before anything is decoded:
+a 13000×13000 PNG is a few kilobytes on disk but gigabytes once decoded.
 """
 
 from __future__ import annotations
@@ -56,14 +58,54 @@ def array_to_rgb8(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as upright RGB uint8; ``ImageError`` says why when it cannot."""
+class ImageTooLarge(ImageError):
+    """The image's header declares more pixels than the caller allows (nothing decoded)."""
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header only; ``ImageError`` if it is not an image."""
+    p = Path(path)
+    try:
+        with Image.open(p) as opened:  # lazy: reads the header, decodes nothing
+            w, h = opened.size
+            return int(w), int(h)
+    except FileNotFoundError as err:
+        raise ImageError(f"{p}: no such file") from err
+    except Image.DecompressionBombError as err:  # PIL's own cap, checked on open
+        raise ImageTooLarge(f"{p}: image too large to decode safely ({err})") from err
+    except UnidentifiedImageError as err:
+        raise ImageError(f"{p}: not an image file PIL can read") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{p}: unreadable image header ({err})") from err
+
+
+def check_pixels(size: tuple[int, int], max_pixels: float, *, name: str = "image") -> None:
+    """Raise :class:`ImageTooLarge` when ``size`` has more than ``max_pixels`` pixels."""
+    w, h = size
+    if w * h > max_pixels:
+        raise ImageTooLarge(
+            f"{name}: {w}×{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:g} megapixels; nothing was decoded (raise the limit, e.g. "
+            "--max-megapixels, if you have the memory: decoding takes about 3 bytes per pixel "
+            "several times over)"
+        )
+
+
+def load_rgb(path: str | Path, *, max_pixels: float | None = None) -> np.ndarray:
+    """Read an image file as upright RGB uint8; ``ImageError`` says why when it cannot.
+
+    ``max_pixels``: refuse (:class:`ImageTooLarge`) an image whose header declares more
+    pixels, before decoding it."""
     p = Path(path)
     try:
         with Image.open(p) as opened:
+            if max_pixels is not None:
+                check_pixels(opened.size, max_pixels, name=str(p))
             opened.load()
             upright = ImageOps.exif_transpose(opened)
             return np.ascontiguousarray(to_rgb8(upright))
+    except ImageError:
+        raise
     except FileNotFoundError as err:
         raise ImageError(f"{p}: no such file") from err
     except Image.DecompressionBombError as err:

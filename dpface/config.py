@@ -1,0 +1,496 @@
+"""``AnonymizeConfig``: everything a de-identification run needs, validated before any work.
+
+The command line and Python users share this one object, so they get the same defaults and
+the same budget policy::
+
+    from dpface.config import AnonymizeConfig
+
+    config = AnonymizeConfig(mechanism="dp-pix", epsilon=2.0)   # raises UsageError if unusable
+    summary = config.run(["photos/"], "out/anon")                # plan, anonymise, report
+
+Every field is keyword-only and checked in ``__post_init__``; a bad value raises
+:class:`dpface.errors.UsageError` saying which setting and why, *before* anything is read,
+charged or written. The mechanism is built once at that point too, so a mechanism's own
+refusal (an epsilon its exact sampler cannot serve, a block it cannot use) is a usage error
+rather than a failure after a budget was charged.
+
+Budget policy: a subject seen for the first time gets ``budget`` epsilon (default: five
+releases' worth, ``5 * epsilon``); mechanisms with a delta get as many releases' deltas
+(at most 0.5). An existing subject keeps the budget it has (change it explicitly with
+``dpface ledger set-budget``). The default ledger is :func:`dpface.ledger.default_ledger_path`,
+per user, so budgets outlive output folders.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mechanisms.base import Mechanism
+    from mechanisms.budgets import Budget
+
+    from .batch import BatchSummary, Progress, SubjectMap
+    from .ledger import Ledger
+    from .pipeline import Anonymizer
+
+__all__ = [
+    "DEFAULT_MAX_MEGAPIXELS",
+    "DEFAULT_RELEASES",
+    "DETECTORS",
+    "ENCODERS",
+    "MAX_BLOCK",
+    "MECHANISMS",
+    "AnonymizeConfig",
+    "CompositionName",
+    "DetectorName",
+    "MechanismName",
+    "NamesPolicy",
+    "PseudonymPolicy",
+]
+
+MechanismName = Literal[
+    "identity-laplace", "identity-gaussian", "identity-vmf", "dp-pix", "dp-blur"
+]
+DetectorName = Literal["hog", "blazeface"]
+CompositionName = Literal["basic", "pld"]
+PseudonymPolicy = Literal["fresh", "reuse"]
+NamesPolicy = Literal["keep", "hash"]
+
+MECHANISMS: tuple[str, ...] = get_args(MechanismName)
+DETECTORS: tuple[str, ...] = get_args(DetectorName)
+ENCODERS = ("mobileface", "faceres", "dlib", "arcface-onnx")
+IDENTITY_MECHANISMS = ("identity-laplace", "identity-gaussian", "identity-vmf")
+DELTA_MECHANISMS = ("identity-gaussian", "dp-blur")
+DEFAULT_RELEASES = 5  # the default budget holds this many releases at the chosen epsilon
+MAX_BLOCK = 256
+DEFAULT_MAX_MEGAPIXELS = 100.0
+_MAX_DELTA_BUDGET = 0.5
+# the probe draw that checks a mechanism can serve its parameters (public dummy data)
+_PROBE_SIDE = 512
+
+
+def _default_ledger() -> Path:
+    from .ledger import default_ledger_path
+
+    return Path(default_ledger_path())
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message without the quotes ``str(KeyError)`` adds."""
+    if len(exc.args) == 1:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
+def _number(name: str, option: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{name} ({option}) must be a number, got {value!r}")
+    return float(value)
+
+
+def _integer(name: str, option: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{name} ({option}) must be a whole number, got {value!r}")
+    return value
+
+
+def _choice(name: str, option: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise UsageError(f"{name} ({option}) must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _option_for(message: str) -> str:
+    """Which command-line option a mechanism's own error message is about."""
+    low = message.lower()
+    found = [(low.find(word), option) for word, option in (
+        ("delta", "--delta"), ("block", "--block"), ("epsilon", "--epsilon"),
+        ("kappa", "--epsilon"), ("m must", "--pixels"), ("dim", "--encoder"))
+        if word in low]
+    return min(found)[1] if found else "--epsilon"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnonymizeConfig:
+    """The settings of a de-identification run (defaults = the command line's defaults).
+
+    ``mechanism``: identity-laplace | identity-gaussian | identity-vmf (a new face drawn from
+    the privatised identity embedding) or dp-pix | dp-blur (DP cell means of the face region).
+    ``epsilon``/``delta``: the cost of one release. ``budget``: total epsilon of a subject seen
+    for the first time (default ``5 * epsilon``). ``composition``: how the ledger adds up a
+    subject's releases. ``pseudonym``: "fresh" (new noise per photo) or "reuse" (one privatised
+    identity per named subject). ``encoder``/``encoder_model``/``swap_model``/
+    ``swap_latent_map``: the identity encoder and generator. ``block``/``pixels``: DP-Pix cell
+    size and m. ``detector``: hog | blazeface. ``seed``: reproducible noise for experiments
+    (NOT private). ``ledger``: the ledger database (default: the per-user ledger).
+    ``templates``: opt-in face linking against this template store (raw face templates:
+    trusted side). ``names``: "keep" mirrors input names under the output folder, "hash"
+    names outputs and receipts by keyed digests. ``max_megapixels``: larger images are
+    refused from their header, before decoding. ``strict``: withhold photos in which no face
+    was found instead of writing them unchanged. ``purpose``: recorded with the run.
+    """
+
+    mechanism: MechanismName = "identity-laplace"
+    epsilon: float = 6.0
+    delta: float = 1e-6
+    budget: float | None = None
+    composition: CompositionName = "basic"
+    pseudonym: PseudonymPolicy = "fresh"
+    encoder: str = "mobileface"
+    encoder_model: Path | None = None
+    swap_model: Path | None = None
+    swap_latent_map: str | None = None
+    block: int = 16
+    pixels: int = 16
+    detector: DetectorName = "hog"
+    seed: int | None = None
+    ledger: Path = field(default_factory=_default_ledger)
+    templates: Path | None = None
+    names: NamesPolicy = "keep"
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    strict: bool = False
+    purpose: str | None = None
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        _choice("mechanism", "--mechanism", self.mechanism, MECHANISMS)
+        eps = _number("epsilon", "--epsilon", self.epsilon)
+        if not (math.isfinite(eps) and eps > 0):
+            raise UsageError(f"epsilon (--epsilon) must be a finite number > 0, got {eps!r}")
+        delta = _number("delta", "--delta", self.delta)
+        if not 0 < delta < 1:
+            raise UsageError(f"delta (--delta) must lie strictly between 0 and 1, got {delta!r}")
+        if self.budget is not None:
+            total = _number("budget", "--budget", self.budget)
+            if not (math.isfinite(total) and total > 0):
+                raise UsageError(f"budget (--budget) must be a finite number > 0, got {total!r}")
+            if total < eps * (1 - 1e-12):
+                raise UsageError(
+                    f"budget (--budget) {total:g} is less than one release (--epsilon {eps:g}): "
+                    "every face of a new subject would be masked; raise --budget or lower "
+                    "--epsilon"
+                )
+        _choice("composition", "--composition", self.composition, ("basic", "pld"))
+        _choice("pseudonym", "--pseudonym", self.pseudonym, ("fresh", "reuse"))
+        _choice("detector", "--detector", self.detector, DETECTORS)
+        _choice("names", "--names", self.names, ("keep", "hash"))
+        block = _integer("block", "--block", self.block)
+        if not 1 <= block <= MAX_BLOCK:
+            raise UsageError(
+                f"block (--block) must be between 1 and {MAX_BLOCK} pixels, got {block}: a cell "
+                "larger than a face gives no more privacy (the whole face is already one cell) "
+                "and the padded grid would take memory in proportion to the cell area"
+            )
+        pixels = _integer("pixels", "--pixels", self.pixels)
+        if pixels < 1:
+            raise UsageError(f"pixels (--pixels, m) must be at least 1, got {pixels}")
+        if self.seed is not None:
+            seed = _integer("seed", "--seed", self.seed)
+            if seed < 0:
+                raise UsageError(f"seed (--seed) must be a whole number >= 0, got {seed}")
+        mp = _number("max_megapixels", "--max-megapixels", self.max_megapixels)
+        if math.isnan(mp) or mp <= 0:
+            raise UsageError(f"max_megapixels (--max-megapixels) must be > 0, got {mp!r}")
+        if not isinstance(self.strict, bool):
+            raise UsageError(f"strict must be True or False, got {self.strict!r}")
+        if self.purpose is not None and not isinstance(self.purpose, str):
+            raise UsageError(f"purpose (--purpose) must be text, got {self.purpose!r}")
+        self._check_paths()
+        self._check_encoder()
+        # the mechanism's own checks, and one probe draw on public dummy data: a setting the
+        # exact sampler cannot serve is refused here, never after a budget was charged
+        self._checked_mechanism(self._provisional_dim(), probe=True)
+
+    def _check_paths(self) -> None:
+        for name, option in (("ledger", "--ledger"), ("templates", "--link")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (str, os.PathLike)):
+                raise UsageError(f"{name} ({option}) must be a path, got {value!r}")
+            path = Path(value)
+            object.__setattr__(self, name, path)
+            if str(path) != ":memory:" and path.is_dir():
+                raise UsageError(f"{name} ({option}) {path} is a folder; give a database file")
+        if self.ledger is not None and self.templates is not None:
+            if Path(self.ledger).resolve() == Path(self.templates).resolve():
+                raise UsageError(
+                    "the template store (--link) must be a different file from the ledger "
+                    "(--ledger): it holds raw face templates and is kept apart from the ledger"
+                )
+        for name in ("encoder_model", "swap_model"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+
+    def _check_encoder(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise UsageError(
+                f"unknown encoder {self.encoder!r} (--encoder); choose from {', '.join(ENCODERS)}"
+            )
+        if self.encoder == "arcface-onnx" and self.encoder_model is None:
+            raise UsageError("--encoder arcface-onnx needs --encoder-model PATH (encoder_model=)")
+        if self.encoder_model is not None:
+            if self.encoder != "arcface-onnx":
+                raise UsageError("--encoder-model (encoder_model=) is only for --encoder "
+                                 "arcface-onnx")
+            if not self.encoder_model.is_file():
+                raise UsageError(
+                    f"--encoder-model: ArcFace ONNX model not found at {self.encoder_model}: "
+                    "pass the path of a local .onnx file; dpface never downloads weights"
+                )
+        identity = self.mechanism in IDENTITY_MECHANISMS
+        if self.swap_model is not None:
+            if not identity:
+                raise UsageError("--swap-model (swap_model=) needs an identity mechanism "
+                                 "(identity-*)")
+            if not self.swap_model.is_file():
+                raise UsageError(
+                    f"--swap-model: face-swap ONNX model not found at {self.swap_model}: pass "
+                    "the path of a local .onnx file; dpface never downloads weights"
+                )
+        elif self.swap_latent_map is not None:
+            raise UsageError("--swap-latent-map (swap_latent_map=) needs --swap-model")
+        if (self.swap_latent_map not in (None, "graph")
+                and not Path(str(self.swap_latent_map)).is_file()):
+            raise UsageError(f"--swap-latent-map: no such file {self.swap_latent_map}")
+        if identity and self.swap_model is None and self.encoder == "dlib":
+            raise UsageError(
+                "--encoder dlib: dlib is the evaluation attacker and must not drive the "
+                "offline generator; use mobileface or faceres"
+            )
+
+    def _provisional_dim(self) -> int:
+        """The identity dimension to check the mechanism with before any model is loaded."""
+        return {"mobileface": 256, "faceres": 1024, "dlib": 128}.get(self.encoder, 512)
+
+    # ------------------------------------------------------------------ budget policy
+    @property
+    def is_identity(self) -> bool:
+        """True for the identity mechanisms (a generator draws the new face)."""
+        return self.mechanism in IDENTITY_MECHANISMS
+
+    @property
+    def uses_delta(self) -> bool:
+        return self.mechanism in DELTA_MECHANISMS
+
+    @property
+    def total_epsilon(self) -> float:
+        """A new subject's epsilon budget: ``budget`` or ``DEFAULT_RELEASES * epsilon``."""
+        return DEFAULT_RELEASES * self.epsilon if self.budget is None else float(self.budget)
+
+    def default_budget(self) -> Budget:
+        """The budget a subject gets the first time it is charged."""
+        from mechanisms.budgets import ApproxDP, PureDP
+
+        total = self.total_epsilon
+        if not self.uses_delta:
+            return PureDP(total)
+        # delta: as many releases' deltas as the epsilon budget holds releases (basic sum)
+        releases = max(1, math.floor(total / self.epsilon + 1e-9))
+        return ApproxDP(total, min(releases * self.delta, _MAX_DELTA_BUDGET))
+
+    # ------------------------------------------------------------------ builders
+    def _mechanism(self, dim: int, seed: int | None) -> Mechanism:
+        from mechanisms.identity import IdentityGaussian, IdentityLaplace, IdentityVMF
+        from mechanisms.pixelization import DPBlur, DPPixelization
+
+        m = self.mechanism
+        if m == "identity-laplace":
+            return IdentityLaplace(epsilon=self.epsilon, dim=dim, seed=seed)
+        if m == "identity-gaussian":
+            return IdentityGaussian(epsilon=self.epsilon, delta=self.delta, dim=dim, seed=seed)
+        if m == "identity-vmf":
+            return IdentityVMF(epsilon=self.epsilon, dim=dim, seed=seed)
+        if m == "dp-pix":
+            return DPPixelization(epsilon=self.epsilon, block=self.block, m=self.pixels,
+                                  seed=seed)
+        return DPBlur(epsilon=self.epsilon, delta=self.delta, block=self.block, m=self.pixels,
+                      seed=seed)
+
+    def _probe(self, dim: int) -> None:
+        """One draw of an unseeded twin of the mechanism on public dummy data (nothing about
+        any person): errors the sampler would raise only when drawing surface here."""
+        import numpy as np
+
+        mech: Any = self._mechanism(dim, None)
+        if self.is_identity:
+            x = np.zeros(dim)
+            x[0] = 1.0
+            mech(x)
+        else:
+            img = np.full((_PROBE_SIDE, _PROBE_SIDE, 3), 128, dtype=np.uint8)
+            mech(img, (0, 0, _PROBE_SIDE, _PROBE_SIDE))
+
+    def _checked_mechanism(self, dim: int, *, probe: bool = False) -> Mechanism:
+        try:
+            mech = self._mechanism(dim, self.seed)
+            if probe:
+                self._probe(dim)
+        except UsageError:
+            raise
+        except (ValueError, TypeError, ArithmeticError) as err:
+            msg = _reason(err)
+            if isinstance(err, OverflowError):
+                msg = f"the sampler overflows at this setting ({err})"
+            raise UsageError(
+                f"{_option_for(msg)}: {self.mechanism} cannot be used with epsilon="
+                f"{self.epsilon:g}"
+                + (f", delta={self.delta:g}" if self.uses_delta else "")
+                + ("" if self.is_identity else f", block={self.block}, pixels={self.pixels}")
+                + f": {msg}"
+            ) from err
+        return mech
+
+    def build_mechanism(self, dim: int | None = None) -> Mechanism:
+        """The mechanism; identity mechanisms need the generator's ``identity_dim``."""
+        if self.is_identity and dim is None:
+            raise UsageError(f"{self.mechanism} needs the identity dimension (dim=) of its "
+                             "generator; use build_generator() first or build_anonymizer()")
+        return self._checked_mechanism(dim if dim is not None else 0, probe=True)
+
+    def build_generator(self) -> tuple[Any, Any]:
+        """(generator, its encoder) for the identity mechanisms; (None, None) for dp-pix/-blur.
+
+        Model files that cannot be used are usage errors with the reason."""
+        if not self.is_identity:
+            return None, None
+        from .models.encoders import get_encoder
+
+        try:
+            enc = (get_encoder(self.encoder, model_path=self.encoder_model)
+                   if self.encoder_model is not None else get_encoder(self.encoder))
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            raise UsageError(f"--encoder: {_reason(exc)}") from exc
+        if self.swap_model is None:
+            from .generators.surrogate import SurrogateGenerator
+
+            try:
+                return SurrogateGenerator(encoder=self.encoder), enc
+            except (KeyError, ValueError) as exc:
+                raise UsageError(f"--encoder: the offline generator cannot use "
+                                 f"{self.encoder!r}: {_reason(exc)}") from exc
+        import numpy as np
+
+        from .generators.onnx_swap import OnnxFaceSwapGenerator
+
+        latent: Any = None
+        if self.swap_latent_map == "graph":
+            latent = "graph"
+        elif self.swap_latent_map is not None:
+            try:
+                latent = np.load(self.swap_latent_map)
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"--swap-latent-map: cannot read {self.swap_latent_map}: "
+                                 f"{exc}") from exc
+        try:
+            gen = OnnxFaceSwapGenerator(self.swap_model, encoder=self.encoder, latent_map=latent)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UsageError(f"--swap-model: {_reason(exc)}") from exc
+        if gen.identity_dim != enc.dim:
+            raise UsageError(
+                f"--swap-latent-map: the swap model reads {gen.identity_dim}-d identities but "
+                f"{self.encoder} gives {enc.dim}-d embeddings; pass --swap-latent-map (a "
+                f"{enc.dim}×{gen.latent_dim} matrix) or an encoder of that size")
+        return gen, enc
+
+    def open_ledger(self) -> Ledger:
+        """The ledger (created if missing) with this configuration's default budget."""
+        from .ledger import Ledger
+
+        return Ledger(self.ledger, default_budget=self.default_budget(),
+                      composition=self.composition)
+
+    def build_anonymizer(self, ledger: Ledger | None = None) -> Anonymizer:
+        """Generator, mechanism, ledger (opened last: nothing is created before every model
+        loaded) and the :class:`~dpface.pipeline.Anonymizer` that uses them."""
+        generator, encoder = self.build_generator()
+        mech = self.build_mechanism(None if generator is None else generator.identity_dim)
+        return self._assemble(mech, generator, encoder,
+                              self.open_ledger() if ledger is None else ledger)
+
+    def _assemble(self, mech: Mechanism, generator: Any, encoder: Any,
+                  ledger: Ledger) -> Anonymizer:
+        from .pipeline import Anonymizer
+
+        templates = None
+        if self.templates is not None:
+            from .linking import TemplateStore
+
+            templates = TemplateStore(self.templates)
+        return Anonymizer(
+            mechanism=mech,
+            generator=generator,
+            ledger=ledger,
+            detector=self.detector,
+            pseudonym=self.pseudonym,
+            templates=templates,
+            encoder=encoder,
+            receipt_subjects="digest" if self.names == "hash" else "name",
+        )
+
+    def run_settings(self) -> dict[str, Any]:
+        """What the ledger records about this run besides the anonymiser's own settings."""
+        return {
+            "names": self.names,
+            "strict": self.strict,
+            "purpose": self.purpose,
+            "max_megapixels": self.max_megapixels,
+            "composition": self.composition,
+            "default_budget": str(self.default_budget()),
+            "budget_given": self.budget is not None,
+        }
+
+    # ------------------------------------------------------------------ the whole run
+    def run(
+        self,
+        inputs: Sequence[str | os.PathLike[str]],
+        out: str | os.PathLike[str],
+        *,
+        subject: str | None = None,
+        subject_map: SubjectMap | str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+        report: bool = True,
+    ) -> BatchSummary:
+        """Plan the batch (refusing unsafe output folders), build the models, open the ledger,
+        anonymise every image and write outputs, receipts and this run's report.
+
+        Everything that can make the run unusable is checked before the ledger is opened."""
+        from . import batch
+
+        subject = batch.check_subject(subject)
+        smap = (batch.read_subject_map(subject_map)
+                if isinstance(subject_map, (str, os.PathLike)) else subject_map)
+        if subject is not None and smap is not None:
+            raise UsageError("give --subject or --subjects, not both")
+        planned = batch.plan(inputs, out, names=self.names)
+        if smap is not None:
+            smap.assign(planned)  # rows matching several inputs are usage errors: check now
+        generator, encoder = self.build_generator()
+        mech = self.build_mechanism(None if generator is None else generator.identity_dim)
+        batch.prepare_output(planned)
+        anonymizer = self._assemble(mech, generator, encoder, self.open_ledger())
+        try:
+            return batch.run(
+                anonymizer,
+                planned,
+                subject=subject,
+                subject_map=smap,
+                max_megapixels=self.max_megapixels,
+                strict=self.strict,
+                settings=self.run_settings(),
+                budget_given=self.budget is not None,
+                report=report,
+                progress=progress,
+            )
+        finally:
+            anonymizer.ledger.close()
+            if anonymizer.templates is not None:
+                anonymizer.templates.close()
