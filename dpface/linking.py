@@ -57,7 +57,10 @@ def _unit_vector(embedding: npt.ArrayLike, what: str) -> npt.NDArray[np.float64]
 
 
 class TemplateStore:
-    """Raw face templates of named subjects, for linking (trusted side, apart from the ledger).
+    """Raw biometric templates (face embeddings) of named subjects, for linking faces to them.
+
+    Whoever holds this file can recognise the enrolled people: it belongs on the trusted side,
+    apart from the ledger and from the outputs (never copy it into an output folder).
 
     ``path`` is a file (created with its folder when missing, unless ``create=False``) or
     ``":memory:"``. At most ``MAX_REFERENCES`` templates are kept per subject and encoder.
