@@ -937,6 +937,17 @@ class Ledger:
         """The subject's total budget, creating it with the default (inside a transaction)."""
         current = self._budget_row(subject)
         if current is not None:
+            last = self._conn.execute(
+                "SELECT epsilon, delta FROM entries WHERE subject=? AND kind='budget' "
+                "ORDER BY id DESC LIMIT 1",
+                (subject,),
+            ).fetchone()
+            if last is None or (last[0], last[1]) != (current.epsilon, current.delta):
+                raise LedgerError(
+                    f"the budget of subject {subject!r} in {self.path} does not match its last "
+                    "budget entry: it was changed outside dpface. Nothing was recorded; run "
+                    "Ledger.verify() for details and restore the ledger from a backup"
+                )
             return current
         if self.default_budget is None:
             raise KeyError(
