@@ -641,9 +641,10 @@ def _budget_notes(ledger: Ledger, subjects: Iterable[str]) -> list[Problem]:
             b.delta, default.delta, rel_tol=1e-12, abs_tol=1e-300
         ):
             continue
+        has = f"epsilon={b.epsilon:g}" + (f", delta={b.delta:g}" if b.delta else "")
         lines.append(Problem(
             "--budget",
-            f"--budget {default.epsilon:g} ignored for existing subject {s} (budget {b}); "
+            f"--budget {default.epsilon:g} ignored for existing subject {s} (budget {has}); "
             "change it with `dpface ledger set-budget`"))
     if len(lines) > 6:
         rest = len(lines) - 5

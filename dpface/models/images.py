@@ -8,6 +8,7 @@ a 13000×13000 PNG is a few kilobytes on disk but gigabytes once decoded.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +67,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the file's header only; ``ImageError`` if it is not an image."""
     p = Path(path)
     try:
-        with Image.open(p) as opened:  # lazy: reads the header, decodes nothing
-            w, h = opened.size
-            return int(w), int(h)
+        with warnings.catch_warnings():  # the caller checks the size: PIL's warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as opened:  # lazy: reads the header, decodes nothing
+                w, h = opened.size
+                return int(w), int(h)
     except FileNotFoundError as err:
         raise ImageError(f"{p}: no such file") from err
     except Image.DecompressionBombError as err:  # PIL's own cap, checked on open
