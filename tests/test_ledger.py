@@ -722,6 +722,28 @@ def test_threads_racing_never_overspend_nor_publish_two_pseudonyms(
         assert led.verify().ok
 
 
+def _create_same(path: str, barrier: Any, out: Any) -> None:
+    barrier.wait(timeout=60)
+    with Ledger(path) as led:
+        out.put(led.unit_digest(b"photo"))
+
+
+def test_processes_creating_one_new_ledger_at_once_share_it(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "ledger.db"
+    ctx = mp.get_context("spawn")
+    n = 4
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_create_same, args=(str(path), barrier, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    digests = {out.get(timeout=5) for _ in procs}
+    assert len(digests) == 1  # one ledger, one secret: nobody saw a half-made file
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ledger.db"]
+
+
 _CHILD = """
 import sys, time
 from dpface.ledger import Ledger
