@@ -262,6 +262,7 @@ _OUT_HELP = ("Output folder: the input tree is mirrored here (PNGs, receipts, th
 
 
 def _progress(console: Console) -> tuple[Any, Callable[[int, int, str], None]]:
+    """A progress bar shown from the first photo on (nothing is drawn for a refused run)."""
     from rich.progress import Progress
 
     bar = Progress(console=console, transient=True)
@@ -269,6 +270,7 @@ def _progress(console: Console) -> tuple[Any, Callable[[int, int, str], None]]:
 
     def update(done: int, total: int, name: str) -> None:
         if not task:
+            bar.start()
             task.append(bar.add_task("anonymising", total=total))
         bar.update(task[0], completed=done, description=f"anonymising {name}" if name else "done")
 
@@ -280,8 +282,10 @@ def _run_and_print(config: AnonymizeConfig, inputs: list[Path], out: Path, *,
     """Run a batch with ``config`` and print its summary (the JSON one with ``--json``)."""
     console = Console(stderr=True)
     bar, update = _progress(console)
-    with bar:
+    try:
         summary = config.run(inputs, out, subject=subject, subject_map=subjects, progress=update)
+    finally:
+        bar.stop()
     if json_output:
         typer.echo(json.dumps(summary.as_dict(), indent=2))
         return
@@ -297,12 +301,13 @@ def _run_and_print(config: AnonymizeConfig, inputs: list[Path], out: Path, *,
                           sorted(summary.stage_seconds.items(), key=lambda kv: -kv[1]))
         console.print(f"time by stage: {split}")
     for p in summary.problems:
-        console.print(f"  [yellow]![/] {p.input}: {p.reason}", markup=False, highlight=False)
+        console.print(f"  ! {p.input}: {p.reason}", markup=False, highlight=False,
+                      soft_wrap=True)
     if summary.seeded:
         console.print("[yellow]Randomness was SEEDED: reproducible and not private.[/]")
     console.print(f"Receipts beside each image; report of this run: {summary.report}")
     console.print(f"Ledger (budgets persist here across runs and output folders): "
-                  f"{summary.ledger}", markup=False, highlight=False)
+                  f"{summary.ledger}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
