@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import abc
+import copy
+import decimal
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from dp_accounting import dp_event
 
@@ -12,11 +15,20 @@ from .budgets import Budget
 from .rng import Randomness
 
 __all__ = [
+    "SEEDED_SUFFIX",
     "Guarantee",
     "Mechanism",
     "check_positive_finite",
     "check_probability",
+    "format_down",
+    "format_up",
 ]
+
+
+SEEDED_SUFFIX = (
+    " SEEDED randomness: reproducible by anyone who knows the seed, so this release is NOT private."
+)
+"""Appended by :meth:`Mechanism.statement` when the mechanism's randomness is seeded."""
 
 
 def check_positive_finite(name: str, value: float) -> float:
@@ -27,6 +39,28 @@ def check_positive_finite(name: str, value: float) -> float:
     if math.isnan(value) or math.isinf(value) or value <= 0.0:
         raise ValueError(f"{name} must be > 0 and finite, got {value}")
     return value
+
+
+def _format_rounded(value: Fraction | float, rounding: str, digits: int) -> str:
+    q = Fraction(value)
+    if q == 0:
+        return "0"
+    with decimal.localcontext() as ctx:
+        ctx.prec = digits
+        ctx.rounding = rounding
+        ctx.Emax, ctx.Emin = 10**6, -(10**6)
+        d = decimal.Decimal(q.numerator) / decimal.Decimal(q.denominator)
+    return format(d, "g")
+
+
+def format_up(value: Fraction | float, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits, rounded up (for "use x >= ..." advice)."""
+    return _format_rounded(value, decimal.ROUND_CEILING, digits)
+
+
+def format_down(value: Fraction | float, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits, rounded down (for "use x <= ..." advice)."""
+    return _format_rounded(value, decimal.ROUND_FLOOR, digits)
 
 
 def check_probability(name: str, value: float, *, open_low: bool, open_high: bool) -> float:
@@ -84,6 +118,25 @@ class Mechanism(abc.ABC):
     def seeded(self) -> bool:
         """True when the randomness is reproducible (tests only): receipts must say so."""
         return self.randomness.seeded
+
+    def statement(self) -> str:
+        """The guarantee statement, plus an explicit warning when the randomness is seeded.
+
+        A seeded release is reproducible by anyone who knows the seed, so whatever the
+        guarantee says about the mechanism, that release is not private: the statement says so.
+        """
+        text = self.guarantee.statement()
+        return text + SEEDED_SUFFIX if self.seeded else text
+
+    def __copy__(self) -> Mechanism:
+        """A copy is a full, independent copy (``copy.deepcopy``).
+
+        A shallow copy would share the parent's randomness object with every nested mechanism;
+        a deep copy gives the copy its own stream instead: a fresh OS key for secure randomness
+        (never the original's noise), the exact seeded state for seeded randomness (identical
+        draws, as a seed promises). See :class:`mechanisms.rng.Randomness`.
+        """
+        return copy.deepcopy(self)
 
     @staticmethod
     def _check_d_in(d_in: float) -> float:

@@ -10,8 +10,10 @@ with it must say "seeded" in its receipt. ``Randomness.seeded`` tells.
 
 from __future__ import annotations
 
+import copy
 import os
 import secrets
+from typing import Any
 
 import numpy as np
 from randomgen import AESCounter
@@ -26,6 +28,12 @@ class Randomness:
     repeat the parent's noise there. The generator is re-keyed from the OS the first time it is
     used in a process other than the one that keyed it. Seeded streams are reproducible by
     design and are left alone.
+
+    Copy safety: the same holds for copies made inside one process. ``copy.copy``,
+    ``copy.deepcopy`` and a pickle round trip of a secure stream give a stream with a fresh key
+    from the OS (nothing of the original's key or position is carried over, and pickles of a
+    secure stream contain no key at all). A seeded stream is copied with its exact state, so the
+    copy reproduces the original's next draws.
     """
 
     __slots__ = ("_generator", "_pid", "seeded")
@@ -37,6 +45,19 @@ class Randomness:
 
     def __repr__(self) -> str:
         return f"Randomness(seeded={self.seeded})"
+
+    def __copy__(self) -> Randomness:
+        if self.seeded:
+            return Randomness(copy.deepcopy(self._generator), seeded=True)
+        return Randomness.secure()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Randomness:
+        return self.__copy__()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.seeded:
+            return (_restore_seeded, (self._generator,))
+        return (Randomness.secure, ())
 
     @property
     def generator(self) -> np.random.Generator:
@@ -60,6 +81,11 @@ class Randomness:
     def integers_below(self, high: np.ndarray) -> np.ndarray:
         """Exactly uniform int64 draws in [0, high) elementwise (Lemire's rejection method)."""
         return self.generator.integers(0, high, dtype=np.int64)
+
+
+def _restore_seeded(generator: np.random.Generator) -> Randomness:
+    """Unpickle a seeded stream at the exact state it was pickled in."""
+    return Randomness(generator, seeded=True)
 
 
 def _secure_generator() -> np.random.Generator:

@@ -11,6 +11,7 @@ The coins must stay secret: the amplification holds only if nobody learns which 
 
 from __future__ import annotations
 
+import copy
 import decimal
 import math
 from collections.abc import Sequence
@@ -169,6 +170,10 @@ class PoissonSubsample:
 
     def __repr__(self) -> str:
         return f"PoissonSubsample(rate={self._rate!r}, seeded={self.seeded})"
+
+    def __copy__(self) -> PoissonSubsample:
+        """A full copy with its own coins: fresh OS key if secure, same state if seeded."""
+        return copy.deepcopy(self)
 
     def _words(self, size: int) -> np.ndarray:
         return self._randomness.generator.integers(

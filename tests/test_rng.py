@@ -47,3 +47,23 @@ def test_integers_below_is_in_range() -> None:
     for _ in range(100):
         v = r.integers_below(highs)
         assert np.all((v >= 0) & (v < highs))
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+@pytest.mark.parametrize("seeded", [False, True])
+def test_copies_of_a_secure_stream_are_rekeyed(how: str, seeded: bool) -> None:
+    """Same process: a copy of a secure stream gets a fresh key; a seeded copy keeps its state."""
+    import copy
+    import pickle
+
+    rand = Randomness.from_seed(7) if seeded else Randomness.secure()
+    rand.generator.bit_generator.random_raw(3)
+    twin = {
+        "copy": copy.copy,
+        "deepcopy": copy.deepcopy,
+        "pickle": lambda r: pickle.loads(pickle.dumps(r)),
+    }[how](rand)
+    assert twin is not rand and twin.seeded is seeded
+    mine = rand.generator.bit_generator.random_raw(4).tolist()
+    theirs = twin.generator.bit_generator.random_raw(4).tolist()
+    assert (mine == theirs) is seeded
