@@ -67,6 +67,9 @@ KNOWN_SETTINGS: tuple[tuple[str, str], ...] = (
     ("delta", "δ per release"),
     ("budget_per_release", "Cost of one release"),
     ("budget", "Budget per person"),
+    ("default_budget", "Budget per person (default)"),
+    ("budget_given", "Budget set explicitly for this run"),
+    ("composition", "Accounting"),
     ("is_dp", "Differential privacy"),
     ("seeded", "Randomness"),
     ("pseudonym", "Pseudonym"),
@@ -75,6 +78,7 @@ KNOWN_SETTINGS: tuple[tuple[str, str], ...] = (
     ("attribute_steering", "Attribute steering"),
     ("strict", "Strict mode (withhold photos without a face)"),
     ("inputs", "Inputs"),
+    ("max_megapixels", "Largest photo accepted (megapixels)"),
     ("detector", "Face detector"),
     ("encoder", "Identity encoder"),
     ("generator", "Face generator"),
@@ -402,6 +406,10 @@ def _display_value(key: str, value: Any) -> dict[str, Any]:
         return {"text": "yes", "flag": ""}
     if key == "linking" and value and str(value).lower() not in ("none", "off", "false", "no"):
         flag = "warn"
+    if key == "model_hashes" and isinstance(value, Mapping):
+        pairs = [(str(k), f"{str(v)[:16]}…" if len(str(v)) > 16 else str(v))
+                 for k, v in value.items()]
+        return {"pairs": pairs, "flag": flag, "compact": True}
     if isinstance(value, Mapping):
         pairs = [(str(k), _short(v)) for k, v in value.items()]
         return {"pairs": pairs, "flag": flag}
@@ -425,9 +433,13 @@ def _short(value: Any) -> str:
 
 
 def _settings_rows(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
+    no_purpose = not settings.get("purpose")
+    if no_purpose:
+        rows.append({"key": "purpose", "label": "Purpose", "flag": "warn",
+                     "text": "none recorded with the run: write it in the sign-off (section 9)"})
     known = dict(KNOWN_SETTINGS)
-    order = [k for k, _ in KNOWN_SETTINGS if k in settings]
+    order = [k for k, _ in KNOWN_SETTINGS if k in settings and not (k == "purpose" and no_purpose)]
     order += sorted(k for k in settings if k not in known and k != "channels")
     for key in order:
         label = known.get(key, key.replace("_", " ").capitalize())
@@ -574,10 +586,12 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
     # channels recorded by the runs
     covered: list[str] = []
     uncovered: list[str] = []
+    channel_notes: list[str] = []
     for r in runs:
         ch = (r.get("settings") or {}).get("channels") or {}
         covered += [c for c in ch.get("covered", []) if c not in covered]
         uncovered += [c for c in ch.get("uncovered", []) if c not in uncovered]
+        channel_notes += [c for c in ch.get("notes", []) if c not in channel_notes]
     linking = any(_linking_on(r.get("settings") or {}) for r in runs)
 
     # counts: the runs' own summaries, refusals from the ledger
@@ -747,7 +761,7 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
         },
         "guarantee": {
             "mechanisms": mech_json,
-            "channels": {"covered": covered, "uncovered": uncovered}
+            "channels": {"covered": covered, "uncovered": uncovered, "notes": channel_notes}
             if covered or uncovered
             else None,
             "linking": linking,
