@@ -466,6 +466,12 @@ def _verification(ledger: Ledger) -> dict[str, Any]:
     return {"ok": bool(v.ok), "entries": int(v.entries), "head": v.head, "problems": problems}
 
 
+def _redact(problem: str, names: set[str]) -> str:
+    for name in names:
+        problem = problem.replace(repr(name), "(a subject of another run)")
+    return problem
+
+
 def _entry(ev: Mapping[str, Any], run_numbers: Mapping[str, int]) -> dict[str, Any]:
     return {
         "id": ev["id"],
@@ -505,6 +511,10 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
     subject_names = list(ledger.subjects(run_id=run_id))
     seen = set(subject_names)
     subject_names += sorted({e["subject"] for e in entries} - seen)
+    if run_id is not None and verification["problems"]:
+        # a run's report names no one outside the run, not even in the chain's problems
+        others = set(ledger.subjects()) - set(subject_names)
+        verification["problems"] = [_redact(p, others) for p in verification["problems"]]
     rel_by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
     ref_by_subject: Counter[str] = Counter()
     for e in releases:

@@ -144,13 +144,19 @@ def test_seeded_release_is_flagged(two_runs: tuple[Path, str, str]) -> None:
 
 def test_broken_chain_is_shown(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    _two_runs(path)
+    run_a, _ = _two_runs(path)
     ok = _report(path)
     assert ok["ledger"]["verification"]["ok"] and ok["signoff"]["chain_ok"]
     con = sqlite3.connect(path)
     with con:
         con.execute("UPDATE entries SET epsilon = 0.5 WHERE kind = 'release' AND subject = 'bob'")
+        con.execute("UPDATE entries SET note = 'edited' WHERE subject = 'carol'")
     con.close()
+    run_only = write_report(path, tmp_path / "a.html", tmp_path / "a.json", run_id=run_a)
+    assert not run_only["ledger"]["verification"]["ok"]
+    assert "carol" not in (tmp_path / "a.html").read_text()  # run B's subject stays unnamed
+    assert "carol" not in (tmp_path / "a.json").read_text()
+    assert any("'bob'" in p for p in run_only["ledger"]["verification"]["problems"])
     rep = write_report(path, tmp_path / "r.html")
     ver = rep["ledger"]["verification"]
     assert not ver["ok"] and ver["problems"]
