@@ -26,35 +26,115 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Literal
 
+import mpmath
 import numpy as np
 import numpy.typing as npt
 from dp_accounting import dp_event
 from dp_accounting.rdp import RdpAccountant
 from scipy import special
 
-from .base import Guarantee, Mechanism, check_positive_finite, check_probability
+from .base import (
+    Guarantee,
+    Mechanism,
+    check_positive_finite,
+    check_probability,
+    format_down,
+    format_up,
+)
 from .budgets import ZCDP, ApproxDP, ceil_float
 from .lattice import as_float64, coords_factor, from_grid, grid_for, round_to_grid
 from .rng import Randomness, resolve
 from .sampling import MAX_GAUSSIAN_S, discrete_gaussian
 
-__all__ = ["Gaussian", "GaussianCalibration", "analytic_gaussian_delta", "analytic_gaussian_sigma"]
+__all__ = [
+    "MIN_NOISE_MULTIPLIER",
+    "Gaussian",
+    "GaussianCalibration",
+    "analytic_gaussian_delta",
+    "analytic_gaussian_sigma",
+]
 
 FloatArray = npt.NDArray[np.float64]
 Calibration = Literal["analytic", "rdp"]
 MIN_GRID_STEPS = 1024
+MIN_NOISE_MULTIPLIER = Fraction(1, 2**49)
+"""Smallest noise multiplier sigma/Delta accepted. With at least 1024 grid steps per sigma the
+grid step is then > sigma/2048 >= Delta/2^60 for every query size, so the int64 grid indices
+(clamped at +-2^60, lattice.py) still span +-Delta: a smaller multiplier (epsilon around 1e29 and
+above) would silently clamp ordinary inputs (proofs/gaussian.md, "Parameter range")."""
 
 
 def analytic_gaussian_delta(sigma: float, *, epsilon: float, sensitivity: float) -> float:
     """delta(epsilon) of continuous Gaussian noise sigma at L2 sensitivity (Balle & Wang, Thm 8).
 
     delta = Phi(D/(2 sigma) - eps sigma/D) - e^eps Phi(-D/(2 sigma) - eps sigma/D).
+
+    With a = D/(2 sigma), b = eps sigma/D, the second term equals phi(a - b) R(a + b), where
+    R(x) = Phi(-x)/phi(x) = sqrt(pi/2) erfcx(x/sqrt 2) is the Mills ratio, because
+    e^eps phi(a + b) = phi(a - b) exactly ((a + b)^2 - (a - b)^2 = 4ab = 2 eps). a - b and
+    a + b are formed in exact rationals and rounded once, so nothing cancels in forming them,
+    even at epsilon = 1e20 where a and b are both about 1e10. The final difference of the two
+    terms can still cancel (tiny delta at tiny epsilon): when a proven bound on its float64
+    error exceeds 1e-10 of the result, it is recomputed with mpmath at enough decimal digits
+    (proofs/gaussian.md F2). Returned to within a relative 1e-10 (or absolutely below 1e-300).
     """
-    a = sensitivity / (2.0 * sigma)
-    b = epsilon * sigma / sensitivity
-    first = special.ndtr(a - b)
-    second = math.exp(epsilon + special.log_ndtr(-a - b))
-    return float(max(first - second, 0.0))
+    q = Fraction(sigma) / Fraction(sensitivity)
+    a = 1 / (2 * q)
+    b = Fraction(epsilon) * q
+    diff = _clamped_float(a - b)
+    total = _clamped_float(a + b)
+    first = float(special.ndtr(diff))
+    second = 0.5 * math.exp(-0.5 * diff * diff) * float(special.erfcx(total / math.sqrt(2.0)))
+    value = first - second
+    # float error bound (F2): each term is within (x^2 + |x| + 10) u of its exact value, x = diff
+    bound = 4.0 * _ULP * (diff * diff + abs(diff) + 10.0) * (first + second)
+    if math.isfinite(bound) and bound <= 1e-10 * value:
+        return value
+    return _analytic_delta_mp(a - b, a + b)
+
+
+_ULP = 2.0**-53
+
+
+def _analytic_delta_mp(diff: Fraction, total: Fraction) -> float:
+    """Phi(diff) - phi(diff) R(total) (= Phi(diff) - e^eps Phi(-total)) in mpmath, with more
+    digits until the difference is resolved to 1e-15 relative; rounded up to a float.
+
+    R(t) = Phi(-t)/phi(t) (Mills ratio) is evaluated directly for t <= 10^6 and replaced by its
+    classical lower bound t/(t^2 + 1) beyond: a smaller second term only overstates delta, and
+    the overstatement is below phi(diff)/t^3 <= 10^-18. For diff < -10^6, delta <
+    Phi(-10^6) < 10^-300 and 0.0 is returned (no float delta target lies in between).
+    """
+    if diff < -(10**6):
+        return 0.0
+    digits = 40
+    while True:
+        with mpmath.workdps(digits):
+            d = mpmath.mpf(diff.numerator) / diff.denominator
+            t = mpmath.mpf(total.numerator) / total.denominator
+            first = mpmath.ncdf(d)
+            if t <= 10**6:
+                mills = mpmath.ncdf(-t) / mpmath.npdf(t)
+            else:
+                mills = t / (t * t + 1)
+            second = mpmath.npdf(d) * mills
+            value = first - second
+            scale = first + second
+            if value > 0 and value * mpmath.mpf(10) ** (digits - 15) > scale:
+                # round up: never report less than the (high-precision) value
+                return math.nextafter(float(value), math.inf)
+            if digits >= 1000:
+                return 0.0 if value < mpmath.mpf(10) ** -300 else float(value)
+        digits *= 2
+
+
+def _clamped_float(q: Fraction) -> float:
+    """float(q) for an exact rational, clamped to +-1e300 (far beyond where Phi saturates)."""
+    if q > 10**300:
+        return 1e300
+    if q < -(10**300):
+        return -1e300
+    return float(q)
 
 
 def _fraction_down(q: Fraction) -> float:
@@ -129,7 +209,7 @@ def _smallest(check: Callable[[float], bool], hint: float) -> float:
     while check(lo) and lo > 1e-300:
         lo, hi = lo / 2.0, lo
     for _ in range(200):
-        mid = math.sqrt(lo * hi)
+        mid = math.sqrt(lo) * math.sqrt(hi)  # no overflow of lo * hi near the float range
         if check(mid):
             hi = mid
         else:
@@ -142,10 +222,20 @@ def _smallest(check: Callable[[float], bool], hint: float) -> float:
 def analytic_gaussian_sigma(*, epsilon: float, delta: float, sensitivity: float) -> float:
     """Smallest sigma with analytic delta(epsilon) <= delta (kept on the safe side by 1e-9)."""
     target = delta * (1.0 - 1e-9)
-    return _smallest(
-        lambda s: analytic_gaussian_delta(s, epsilon=epsilon, sensitivity=sensitivity) <= target,
-        sensitivity * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon,
-    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _smallest(
+            lambda s: (
+                analytic_gaussian_delta(s, epsilon=epsilon, sensitivity=sensitivity) <= target
+            ),
+            _hint(epsilon=epsilon, delta=delta, sensitivity=sensitivity),
+        )
+
+
+def _hint(*, epsilon: float, delta: float, sensitivity: float) -> float:
+    """Starting point of the sigma search: the classical sigma, kept inside (0, 2^256]."""
+    with np.errstate(over="ignore"):
+        classical = sensitivity * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon
+    return classical if 0.0 < classical <= 2.0**256 else 2.0**256
 
 
 def rdp_gaussian_sigma(*, epsilon: float, delta: float, sensitivity: float) -> float:
@@ -153,10 +243,14 @@ def rdp_gaussian_sigma(*, epsilon: float, delta: float, sensitivity: float) -> f
 
     def ok(sigma: float) -> bool:
         acc = RdpAccountant()
-        acc.compose(dp_event.GaussianDpEvent(noise_multiplier=sigma / sensitivity))
+        try:
+            with np.errstate(over="ignore", divide="ignore"):
+                acc.compose(dp_event.GaussianDpEvent(noise_multiplier=sigma / sensitivity))
+        except OverflowError:  # sigma^2 beyond the float range: no usable multiplier here
+            return False
         return bool(acc.get_epsilon(delta) <= epsilon * (1.0 - 1e-9))
 
-    return _smallest(ok, sensitivity * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon)
+    return _smallest(ok, _hint(epsilon=epsilon, delta=delta, sensitivity=sensitivity))
 
 
 def _steps(target: Fraction) -> int:
@@ -196,16 +290,49 @@ class GaussianCalibration:
             s = _steps(relaxed * m / grid)
         if s > MAX_GAUSSIAN_S:
             raise ValueError(
-                f"a {coords}-coordinate query needs {s} grid steps per sigma, above the exact "
-                f"sampler's limit {MAX_GAUSSIAN_S}: split the query"
+                f"noise multiplier {multiplier:.6g} makes a {coords}-coordinate query need "
+                f"{s} grid steps per sigma, beyond the exact sampler's limit of 2^24 steps "
+                "(above it its int64 arithmetic could overflow): the largest multiplier a query "
+                f"of this size supports is {format_down(self.max_multiplier(sensitivity, coords))}"
+                "; split the query"
             )
         self.grid = grid
         self.s = s
         self.relaxed_sensitivity = relaxed
 
+    @staticmethod
+    def max_multiplier(sensitivity: float, coords: int) -> Fraction:
+        """Largest multiplier c whose ``coords``-coordinate calibration has s <= 2^24 (exact).
+
+        s = smallest integer with s^2 >= (c D'/g)^2 + 9 (g = grid_for, not refined: s is far
+        above 1024 there), so s <= 2^24 iff (c D'/g)^2 <= 2^48 - 9. Returned rounded down to a
+        rational below the irrational bound sqrt(2^48 - 9) g / D'.
+        """
+        grid = grid_for(sensitivity, coords, "l2")
+        relaxed = Fraction(sensitivity) + coords_factor(coords, "l2") * grid
+        root = math.isqrt(MAX_GAUSSIAN_S**2 - 9)  # floor(sqrt(2^48 - 9))
+        return root * grid / relaxed
+
     @property
     def sigma(self) -> float:
         return float(self.s * self.grid)
+
+    def proven_multiplier(self) -> float:
+        """Largest float m <= sqrt(s^2 - 9) * g / D' (exact comparison).
+
+        This is the realised noise multiplier that proofs/gaussian.md P4 transfers from the
+        continuous to the discrete Gaussian (the continuous part of the noise has parameter
+        s_1 = sqrt(s^2 - 9) grid steps); it is >= the calibrated multiplier for every query
+        size (P5), and below the plain s * g / D', which P4 does not cover.
+        """
+        bound = (self.s * self.s - 9) * self.grid * self.grid  # m^2 D'^2 <= bound
+        d2 = self.relaxed_sensitivity * self.relaxed_sensitivity
+        m = math.sqrt(float(bound / d2))
+        while m > 0.0 and Fraction(m) ** 2 * d2 > bound:
+            m = math.nextafter(m, 0.0)
+        while Fraction(math.nextafter(m, math.inf)) ** 2 * d2 <= bound:
+            m = math.nextafter(m, math.inf)
+        return m
 
 
 class Gaussian(Mechanism):
@@ -231,18 +358,75 @@ class Gaussian(Mechanism):
         solve = analytic_gaussian_sigma if calibration == "analytic" else rdp_gaussian_sigma
         # sigma / sensitivity: both calibrations depend on the ratio only
         self.noise_multiplier = solve(epsilon=self.epsilon, delta=self.delta, sensitivity=1.0)
+        self._calibrations: dict[int, GaussianCalibration] = {}
         if math.isinf(self.noise_multiplier):
             raise ValueError(
-                f"no finite noise multiplier gives ({self.epsilon:g}, {self.delta:g})-DP"
+                f"no finite noise multiplier gives ({self.epsilon:g}, {self.delta:g})-DP with "
+                f"the {calibration} calibration; {self._advice(1)}"
             )
-        self._calibrations: dict[int, GaussianCalibration] = {}
+        if Fraction(self.noise_multiplier) < MIN_NOISE_MULTIPLIER:
+            most = self._epsilon_at(MIN_NOISE_MULTIPLIER) * (1 - Fraction(1, 10**6))
+            raise ValueError(
+                f"epsilon {self.epsilon:g} makes the noise multiplier sigma/sensitivity "
+                f"{self.noise_multiplier:.3g}, below the grid's limit 2^-49: with >= 1024 grid "
+                "steps per sigma, int64 grid indices would no longer span the sensitivity and "
+                f"inputs would be clamped; use epsilon <= {format_down(most)} at this delta"
+            )
+        # refuse now what no query could be released with (the smallest query, 1 coordinate);
+        # larger queries need more grid steps and are checked by calibration(n) before any draw
+        self.calibration(1)
+
+    def _epsilon_at(self, multiplier: Fraction) -> Fraction:
+        """About the least epsilon this calibration method reaches with ``multiplier`` at this
+        delta; for the advice in error messages only (callers add a 10^-6 relative margin).
+
+        Analytic: smallest epsilon with delta_BW(epsilon; multiplier) <= delta (1 - 10^-9),
+        by bisection, the inverse of analytic_gaussian_sigma. RDP: the rounded-up conversion
+        rdp_gaussian_epsilon_up, an upper bound on dp-accounting's value, so the solver's
+        multiplier at that epsilon is at most ``multiplier``.
+        """
+        if self.calibration_method == "rdp":
+            eps = rdp_gaussian_epsilon_up(multiplier * multiplier, self.delta)
+        else:
+            ratio = _fraction_down(multiplier)
+            eps = _smallest(
+                lambda e: (
+                    analytic_gaussian_delta(ratio, epsilon=e, sensitivity=1.0)
+                    <= self.delta * (1.0 - 1e-9)
+                ),
+                1.0,
+            )
+        return Fraction(eps) if math.isfinite(eps) else Fraction(sys.float_info.max)
+
+    def _advice(self, coords: int) -> str:
+        """ "use epsilon >= x at this delta" for a ``coords``-coordinate query, or why not."""
+        top = GaussianCalibration.max_multiplier(self.sensitivity, coords)
+        if top < MIN_NOISE_MULTIPLIER:
+            return f"no epsilon works at this delta for {coords} coordinates: split the query"
+        least = self._epsilon_at(top) * (1 + Fraction(1, 10**6))
+        return f"use epsilon >= {format_up(least)} at this delta (or a larger delta)"
 
     def calibration(self, coords: int) -> GaussianCalibration:
+        """Exact grid and integer noise parameter for a query of ``coords`` coordinates (cached).
+
+        Raises ``ValueError`` (before any noise is drawn) when the query needs more than the
+        exact sampler's 2^24 grid steps per sigma; the message gives the least epsilon that
+        would do at this delta.
+        """
         cal = self._calibrations.get(coords)
         if cal is None:
-            cal = GaussianCalibration(
-                multiplier=self.noise_multiplier, sensitivity=self.sensitivity, coords=coords
-            )
+            try:
+                cal = GaussianCalibration(
+                    multiplier=self.noise_multiplier, sensitivity=self.sensitivity, coords=coords
+                )
+            except ValueError as exc:
+                raise ValueError(
+                    f"epsilon {self.epsilon:g} (delta {self.delta:g}) needs noise multiplier "
+                    f"{self.noise_multiplier:.6g}, too large for a {coords}-coordinate query on "
+                    "the exact sampler's grid (at most 2^24 grid steps per sigma, so its int64 "
+                    f"arithmetic cannot overflow); {self._advice(coords)}, or split the query "
+                    f"[{exc}]"
+                ) from None
             self._calibrations[coords] = cal
         return cal
 
@@ -325,8 +509,10 @@ class Gaussian(Mechanism):
                 return ApproxDP(math.inf, self.delta, allow_inf=True)
             with np.errstate(invalid="ignore"):
                 eps = _smallest(
-                    lambda e: analytic_gaussian_delta(ratio, epsilon=e, sensitivity=1.0)
-                    <= self.delta * (1.0 - 1e-9),
+                    lambda e: (
+                        analytic_gaussian_delta(ratio, epsilon=e, sensitivity=1.0)
+                        <= self.delta * (1.0 - 1e-9)
+                    ),
                     self.epsilon,
                 )
             if math.isinf(eps):

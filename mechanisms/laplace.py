@@ -20,7 +20,7 @@ import numpy.typing as npt
 from dp_accounting import dp_event
 
 from .accounting import pure_event
-from .base import Guarantee, Mechanism, check_positive_finite
+from .base import Guarantee, Mechanism, check_positive_finite, format_up
 from .budgets import PureDP, ceil_float
 from .lattice import GRID_SHARE, as_float64, coords_factor, from_grid, grid_for, round_to_grid
 from .rng import Randomness, resolve
@@ -45,10 +45,13 @@ class LaplaceCalibration:
         relaxed = Fraction(sensitivity) + coords_factor(coords, "l1") * self.grid
         self.t = math.ceil(relaxed / (Fraction(epsilon) * self.grid))
         if self.t > MAX_LAPLACE_T:
+            # t <= 2^48  <=>  relaxed / (epsilon g) <= 2^48  <=>  epsilon >= relaxed / (2^48 g)
+            least = relaxed / (MAX_LAPLACE_T * self.grid)
             raise ValueError(
-                f"a {coords}-coordinate query at epsilon={epsilon:g} needs {self.t} grid steps "
-                f"of noise scale, above the exact sampler's limit {MAX_LAPLACE_T}: "
-                "raise epsilon or split the query"
+                f"epsilon {epsilon:g} makes the noise scale of a {coords}-coordinate query "
+                f"{format_up(self.t)} grid steps, beyond the exact sampler's limit of 2^48 "
+                "steps (above it its int64 draws could overflow); use epsilon >= "
+                f"{format_up(least)} for a query of this size, or split the query"
             )
 
     @property
@@ -72,9 +75,17 @@ class Laplace(Mechanism):
         self.sensitivity = check_positive_finite("sensitivity", sensitivity)
         self.randomness = resolve(randomness, seed)
         self._calibrations: dict[int, LaplaceCalibration] = {}
+        # refuse now what no query could be released with (the smallest query, 1 coordinate);
+        # larger queries need more grid steps and are checked by calibration(n) before any draw
+        self.calibration(1)
 
     def calibration(self, coords: int) -> LaplaceCalibration:
-        """Exact grid and scale for a query of ``coords`` coordinates (cached)."""
+        """Exact grid and scale for a query of ``coords`` coordinates (cached).
+
+        Raises ``ValueError`` (before any noise is drawn) when the query needs a noise scale
+        beyond the exact sampler's limit of 2^48 grid steps; the message gives the least
+        epsilon that would do.
+        """
         cal = self._calibrations.get(coords)
         if cal is None:
             cal = LaplaceCalibration(

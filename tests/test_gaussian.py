@@ -265,9 +265,7 @@ def test_rdp_privacy_map_never_below_exact_bound(
     d = sens * factor
     if d <= sens:
         return
-    exact = _rdp_bound_exact(
-        Fraction(mech.noise_multiplier) * Fraction(sens) / Fraction(d), delta
-    )
+    exact = _rdp_bound_exact(Fraction(mech.noise_multiplier) * Fraction(sens) / Fraction(d), delta)
     got = mech.privacy_map(d).epsilon
     assert mpmath.mpf(got) >= exact
     assert got >= eps
@@ -317,9 +315,11 @@ def test_analytic_privacy_map_sound_at_exact_multiplier(
     """δ_BW(ε_map; cΔ/d) ≤ δ in 50-digit arithmetic at the exact multiplier (P6)."""
     mech = Gaussian(epsilon=eps, delta=delta, sensitivity=1.0)
     got = mech.privacy_map(factor).epsilon
-    c = mpmath.mpf(Fraction(mech.noise_multiplier).numerator) / Fraction(
-        mech.noise_multiplier
-    ).denominator / mpmath.mpf(factor)
+    c = (
+        mpmath.mpf(Fraction(mech.noise_multiplier).numerator)
+        / Fraction(mech.noise_multiplier).denominator
+        / mpmath.mpf(factor)
+    )
     e = mpmath.mpf(got)
     bw = mpmath.ncdf(1 / (2 * c) - e * c) - mpmath.exp(e) * mpmath.ncdf(-1 / (2 * c) - e * c)
     assert bw <= delta
@@ -370,3 +370,103 @@ def test_privacy_map_at_huge_distance_terminates_with_inf(calibration: str) -> N
     for d in (1e160, 1e300, math.inf):
         got = mech.privacy_map(d)
         assert got.epsilon == math.inf and got.delta == 1e-5
+
+
+# ------------------------------------------------------------------ G7: evaluating delta_BW
+
+
+def _delta_bw_exact(c: float, eps: float, digits: int = 120) -> mpmath.mpf:
+    """Balle-Wang delta(eps) at multiplier c, directly from the definition in mpmath."""
+    with mpmath.workdps(digits):
+        cm, em = mpmath.mpf(c), mpmath.mpf(eps)
+        a, b = 1 / (2 * cm), em * cm
+        return mpmath.ncdf(a - b) - mpmath.exp(em) * mpmath.ncdf(-a - b)
+
+
+def test_analytic_delta_matches_high_precision() -> None:
+    """analytic_gaussian_delta is within 1e-10 relative of delta_BW for eps in [1e-6, 1e29]
+    (proofs/gaussian.md F2). The old float formula lost every digit at large eps (G7)."""
+    rng = np.random.default_rng(20240607)
+    worst = 0.0
+    for _ in range(1500):
+        eps = float(10 ** rng.uniform(-6, 29))
+        z = float(rng.uniform(-38, 8))  # a - b, the region where delta is a float
+        c = (-z + math.sqrt(z * z + 2 * eps)) / (2 * eps)  # solves 1/(2c) - eps c = z
+        if not (c > 0 and math.isfinite(c)):
+            continue
+        exact = _delta_bw_exact(c, eps, digits=60 + int(math.log10(eps) + 6))
+        if exact < 1e-300:
+            continue
+        got = analytic_gaussian_delta(c, epsilon=eps, sensitivity=1.0)
+        worst = max(worst, abs(float((got - exact) / exact)))
+    assert worst <= 1e-10
+
+
+@pytest.mark.parametrize(
+    "eps,delta",
+    [
+        (1e20, 1e-6),  # old code: true delta 1 (no privacy at all)
+        (1e-3, 1e-300),
+        (1e-12, 1e-50),  # old code: true delta 1.985 delta
+        (1e-6, 1e-50),
+        (1e-300, 0.5),
+        (1.0, 1e-300),
+        (50.0, 1e-12),
+        (1e6, 1e-6),
+        (1e12, 1e-2),
+        (1e15, 1e-50),
+        (1e28, 1e-300),  # old code: true delta 1
+    ],
+)
+def test_analytic_calibration_is_sound_at_extreme_parameters(eps: float, delta: float) -> None:
+    """The solved multiplier meets delta against a 400-digit delta_BW, for eps from 1e-300 to
+    1e28 and delta from 0.5 to 1e-300 (G7: three of these cases broke the old evaluation)."""
+    c = analytic_gaussian_sigma(epsilon=eps, delta=delta, sensitivity=1.0)
+    assert math.isfinite(c) and c > 0
+    assert _delta_bw_exact(c, eps, digits=400) <= delta
+
+
+# ------------------------------------------------------------------ G8: parameter range
+
+
+@pytest.mark.parametrize("calibration", ["analytic", "rdp"])
+@pytest.mark.parametrize(
+    "eps,delta",
+    [(1e-300, 1e-6), (1e-6, 1e-6), (1e-4, 1e-300), (1e30, 1e-6), (1e300, 0.1)],
+)
+def test_gaussian_refusals_give_working_advice(eps: float, delta: float, calibration: str) -> None:
+    """Parameters no query could be released with are refused by the constructor, and the
+    advised epsilon constructs and draws (gaussian.md "Parameter range")."""
+    import re
+
+    with pytest.raises(ValueError, match=r"use epsilon (>=|<=)") as info:
+        Gaussian(epsilon=eps, delta=delta, sensitivity=1.0, calibration=calibration)  # type: ignore[arg-type]
+    found = re.search(r"use epsilon (>=|<=) ([0-9.e+-]+)", str(info.value))
+    assert found is not None
+    advised = float(found.group(2))
+    mech = Gaussian(epsilon=advised, delta=delta, sensitivity=1.0, calibration=calibration)  # type: ignore[arg-type]
+    out = mech(np.array([1.0]))  # the constructor's check (and advice) is for 1 coordinate
+    assert out.shape == (1,) and np.all(np.isfinite(out))
+    # a larger query may need more: calibration(n) refuses it, before any noise, with advice
+    # for that size, and the advised epsilon works for it
+    try:
+        mech.calibration(3)
+    except ValueError as exc:
+        bigger = re.search(r"use epsilon >= ([0-9.e+-]+)", str(exc))
+        assert bigger is not None
+        again = Gaussian(
+            epsilon=float(bigger.group(1)),
+            delta=delta,
+            sensitivity=1.0,
+            calibration=calibration,  # type: ignore[arg-type]
+        )
+        assert again(np.zeros(3)).shape == (3,)
+
+
+def test_huge_epsilon_used_to_clamp_inputs() -> None:
+    """The largest accepted epsilon still represents inputs of the sensitivity's size."""
+    mech = Gaussian(epsilon=1e28, delta=1e-6, sensitivity=1.0, seed=0)
+    out = mech(np.array([0.0, 1.0, 2.0, -1.0]))
+    np.testing.assert_allclose(out, [0.0, 1.0, 2.0, -1.0], atol=1e-12)
+    with pytest.raises(ValueError, match="clamped"):
+        Gaussian(epsilon=1e50, delta=1e-6, sensitivity=1.0)

@@ -215,13 +215,16 @@ def test_scale_beyond_the_exact_sampler_is_refused() -> None:
     ok = Laplace(epsilon=257 / 2**48, sensitivity=1.0)
     assert ok.calibration(1).t == MAX_LAPLACE_T
     assert ok(np.zeros(1)).shape == (1,)
-    too_small = Laplace(epsilon=math.nextafter(257 / 2**48, 0.0), sensitivity=1.0)
+    # no query at all can be released: refused by the constructor, with the least epsilon
+    with pytest.raises(ValueError, match=r"2\^48.*use epsilon >= 9\.14e-13"):
+        Laplace(epsilon=math.nextafter(257 / 2**48, 0.0), sensitivity=1.0)
+    # 1 coordinate fits, 1000 do not: refused by calibration(1000), before any noise is drawn
+    mech = Laplace(epsilon=1e-12, sensitivity=1.0)
     with pytest.raises(ValueError, match="split the query"):
-        too_small.calibration(1)
+        mech.calibration(1000)
     with pytest.raises(ValueError, match="split the query"):
-        too_small(np.zeros(1))
-    with pytest.raises(ValueError, match=str(MAX_LAPLACE_T)):
-        Laplace(epsilon=1e-15, sensitivity=1.0).batch(np.zeros((2, 1000)))
+        mech.batch(np.zeros((2, 1000)))
+    assert MAX_LAPLACE_T == 2**48
 
 
 def test_event_is_the_pure_event_of_epsilon() -> None:
