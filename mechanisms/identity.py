@@ -51,7 +51,7 @@ import numpy.typing as npt
 from dp_accounting import dp_event
 from scipy import special, stats
 
-from .accounting import gaussian_event, pure_event
+from .accounting import pure_event
 from .base import Guarantee, Mechanism, check_positive_finite, check_probability
 from .budgets import ZCDP, ApproxDP, PureDP, ceil_float
 from .gaussian import Calibration, Gaussian, GaussianCalibration
@@ -454,7 +454,9 @@ class IdentityGaussian(_IdentityMechanism):
         return _renormalize(y, self.randomness) if self.renormalize else y
 
     def zcdp(self) -> ZCDP:
-        """Exact zCDP of one release (rho = D'^2 / (2 sigma^2)); n releases compose to n*rho."""
+        """zCDP of one release: rho = 1/(2 c^2) >= D'^2 / (2 sigma^2) for the calibrated
+        multiplier c (exact for the discrete Gaussian at multiplier c); n releases compose to
+        n*rho."""
         return self._noise.zcdp()
 
     @property
@@ -485,9 +487,15 @@ class IdentityGaussian(_IdentityMechanism):
         return self._noise.privacy_map(float(capped))
 
     def event(self) -> dp_event.DpEvent:
-        """Gaussian event, noise multiplier sigma / D' for the ``dim``-coordinate calibration."""
-        cal = self.calibration()
-        return gaussian_event(cal.sigma, ceil_float(cal.relaxed_sensitivity))
+        """Gaussian event with the noise multiplier proven for the ``dim``-coordinate release.
+
+        The multiplier is ``calibration().proven_multiplier()``: the largest float
+        <= sqrt(s^2 - 9) g / D' (D' the relaxed sensitivity), the ratio that proofs/gaussian.md
+        P4 transfers from the continuous to the discrete Gaussian. It is >= the calibrated
+        ``noise_multiplier`` (P5) and below the plain s g / D' that P4 does not cover
+        (proofs/identity.md, "Accounting event").
+        """
+        return dp_event.GaussianDpEvent(noise_multiplier=self.calibration().proven_multiplier())
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import integrate, stats
 
-from mechanisms.accounting import pure_event
+from mechanisms.accounting import gaussian_event, pure_event
 from mechanisms.audit import (
     AuditPlan,
     AuditResult,
@@ -38,7 +38,7 @@ from mechanisms.audit import (
     audit_mechanism,
     choose_threshold_event,
 )
-from mechanisms.budgets import ZCDP, ApproxDP, PureDP, compose_basic
+from mechanisms.budgets import ZCDP, ApproxDP, PureDP, ceil_float, compose_basic
 from mechanisms.gaussian import Gaussian
 from mechanisms.identity import (
     FLOAT_MARGIN,
@@ -409,6 +409,36 @@ def test_gaussian_guarantee_zcdp_and_event() -> None:
     assert event.noise_multiplier == pytest.approx(cal.sigma / 2.0, rel=0.005)
     assert event.noise_multiplier <= cal.sigma / float(cal.relaxed_sensitivity)
     assert mech.privacy_map(2.0) == ApproxDP(1.0, 1e-6)
+
+
+@pytest.mark.parametrize("calibration", ["analytic", "rdp"])
+@pytest.mark.parametrize("dim", [1, 2, 128, 256, 512, 4097])
+@pytest.mark.parametrize("eps,delta", [(0.5, 1e-6), (1.0, 1e-6), (6.0, 1e-5), (50.0, 1e-9)])
+def test_gaussian_event_multiplier_is_the_proven_one(
+    eps: float, delta: float, dim: int, calibration: str
+) -> None:
+    """event()'s multiplier m is the largest float with m <= sqrt(s² - 9) g / D' (exact).
+
+    gaussian.md P4 transfers the continuous Gaussian's privacy profile to the discrete noise
+    for the ratio s_1 g / D' with s_1 = sqrt(s² - 9), not for s g / D'. The old event used
+    sigma / ceil(D') = s g / D' (rounded down), which exceeds the proven ratio by about
+    4.5 / s² relative (3.7e-9 at d = 512, eps = 1; always many float steps): this test failed
+    on it.
+    """
+    mech = IdentityGaussian(epsilon=eps, delta=delta, dim=dim, calibration=calibration)  # type: ignore[arg-type]
+    cal = mech.calibration()
+    event = mech.event()
+    assert isinstance(event, dp_event.GaussianDpEvent)
+    m = event.noise_multiplier
+    bound = (cal.s**2 - 9) * cal.grid**2  # m² D'² <= (s² - 9) g²
+    d2 = cal.relaxed_sensitivity**2
+    assert Fraction(m) ** 2 * d2 <= bound
+    assert Fraction(math.nextafter(m, math.inf)) ** 2 * d2 > bound  # and the largest such float
+    # never below the calibrated multiplier (P5), strictly below the unproven s g / D'
+    assert m >= mech._noise.noise_multiplier
+    assert Fraction(m) < cal.s * cal.grid / cal.relaxed_sensitivity
+    old = gaussian_event(cal.sigma, ceil_float(cal.relaxed_sensitivity)).noise_multiplier
+    assert Fraction(old) ** 2 * d2 > bound  # the old multiplier was not covered
 
 
 def test_vmf_kappa_metric_epsilon_and_guarantee() -> None:
