@@ -9,20 +9,28 @@ Two kinds of mechanism plug in:
 * an **image mechanism** (``DPPixelization``, ``DPBlur``): the face box is released with the
   m-pixel guarantee, no generator involved.
 
-Every face is charged to its privacy unit in the ledger *before* any noise is drawn. If the
-budget is refused, or the generator cannot replace a face (tiny, turned...), the face box is
-covered by a flat grey mask instead -- a face is never returned unprotected -- and the receipt
-says why. Output images carry no metadata (EXIF, GPS, ...) from the input.
+**Privacy units.** A face named by the caller (``subject=`` / ``subjects=``) is charged to that
+person. A face nobody named is its own unit, keyed by a keyed digest (HMAC with the ledger's
+secret) of the photo's decoded pixels and the face's place in it: releasing the same photo again
+charges the same unit, so budgets bind across runs. Different photos of an unnamed person are
+different units; only naming (or opt-in linking with a template store) joins them.
+
+Every face is charged to its unit in the ledger *before* any noise is drawn (the identity path
+draws inside the ledger's write transaction, so a reused pseudonym is decided atomically). If
+the budget is refused, or the generator cannot replace a face (tiny, turned...), the face
+region is covered by a flat grey mask instead -- a face is never returned unprotected -- and
+the receipt says why. Output images carry no metadata (EXIF, GPS, ...) from the input.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,38 +43,61 @@ from mechanisms.pixelization import DPBlur, DPPixelization
 from .detect import Face, detect_array
 from .generators.base import FaceInput, Generator
 from .ledger import BudgetExceeded, Ledger, event_to_json
+from .linking import TemplateStore
 from .models.images import ImageError, array_to_rgb8, load_rgb
 from .steering import AttributeSteering
 
 __all__ = ["RECEIPT_SCHEMA", "AnonymizationResult", "Anonymizer", "FaceRecord"]
 
-RECEIPT_SCHEMA = "dpface.receipt/1"
+RECEIPT_SCHEMA = "dpface.receipt/2"
 MASK_VALUE = 128
 IdentityMechanism = IdentityLaplace | IdentityGaussian | IdentityVMF
 ImageMechanism = DPPixelization | DPBlur
 Pseudonym = Literal["fresh", "reuse"]
-Linking = Literal["none", "match"]
+SubjectsInReceipt = Literal["name", "digest"]
 LINK_ENCODER = "mobileface"  # encoder used to link faces when no generator names one
+LINKED_UNIT = "unnamed face linked on the trusted side (subject not shown)"
+LINKING_UNCOVERED = (
+    "the raw biometric matching that linked this unnamed face to an enrolled subject: it "
+    "decided which budget was charged and which pseudonym was reused, and no mechanism covers it"
+)
 
 
 @dataclass(frozen=True)
 class FaceRecord:
-    """What happened to one detected face."""
+    """What happened to one detected face.
+
+    ``subject`` is the ledger's privacy unit (trusted side: a caller's name, a ``face:...``
+    keyed digest for an unnamed face, or the enrolled subject a linked face was matched to);
+    ``unit`` is how receipts show it (never the subject of a linked unnamed face)."""
 
     index: int
     box: tuple[int, int, int, int]
     subject: str
+    unit: str
     status: str  # "replaced" | "pixelized" | "masked"
     reason: str | None = None
+    refused: bool = False  # masked because the budget refused the release
     ledger_event: int | None = None
     identity: str = "none"  # "fresh draw" | "reused pseudonym" | "none"
     spent: dict[str, float] | None = None
     remaining_epsilon: float | None = None
     channels: dict[str, list[str]] | None = None
-    linked: str | None = None  # how an unnamed face was linked to an enrolled subject
+    linked: bool = False  # an unnamed face charged to an enrolled subject by raw matching
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        """Everything, including the trusted-side subject (for the caller, not for receipts)."""
+        return asdict(self)
+
+    def as_receipt(self) -> dict[str, Any]:
+        """What a receipt beside the output may say: no subject, spending or ledger event of
+        a linked face (they would tie this photo to the enrolled person's other releases)."""
+        out = asdict(self)
+        del out["subject"]
+        if self.linked:
+            for key in ("spent", "remaining_epsilon", "ledger_event"):
+                out[key] = None
+        return out
 
 
 @dataclass
@@ -83,6 +114,14 @@ class AnonymizationResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class _Unit:
+    subject: str  # the ledger's privacy unit
+    shown: str  # what the receipt says
+    named: bool
+    linked: bool = False
 
 
 def _int_box(box: Sequence[float], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -110,6 +149,51 @@ def _with_note(channels: dict[str, list[str]], note: str | None) -> dict[str, li
     return channels
 
 
+def _photo_key(rgb: np.ndarray) -> bytes:
+    """A digest of the decoded pixels (what the unnamed-face units are keyed on)."""
+    h = hashlib.sha256(f"{rgb.shape}|{rgb.dtype}|".encode())
+    h.update(np.ascontiguousarray(rgb).tobytes())
+    return b"photo:" + h.digest()
+
+
+@cache
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dpface")
+    except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
+        return "unknown"
+
+
+@cache
+def _git_commit() -> str | None:
+    """The source checkout's commit, when dpface runs from one (read from .git, no subprocess)."""
+    git = Path(__file__).resolve().parents[1] / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            loose = git / ref
+            if loose.is_file():
+                return loose.read_text().strip()
+            for line in (git / "packed-refs").read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split(" ", 1)[0]
+            return None
+        return head
+    except OSError:
+        return None
+
+
+@cache
+def _model_hashes() -> dict[str, str]:
+    """sha256 of every pinned model/sample file (set-up verifies each against these)."""
+    from .models.store import manifest
+
+    return {name: f.sha256 for name, f in sorted(manifest().items())}
+
+
 class Anonymizer:
     """De-identify photos under a per-subject privacy budget, with a receipt for every face."""
 
@@ -121,17 +205,20 @@ class Anonymizer:
         ledger: Ledger | None = None,
         detector: str = "hog",
         pseudonym: Pseudonym = "fresh",
-        link: Linking = "none",
+        templates: TemplateStore | None = None,
         steering: AttributeSteering | None = None,
         encoder: Any = None,
+        receipt_subjects: SubjectsInReceipt = "name",
     ) -> None:
-        """``link="match"``: a named face is enrolled (its raw embedding kept in the ledger, on
-        the trusted side) and later unnamed faces that match an enrolled subject are charged
-        to that subject instead of being separate privacy units. ``steering`` fills the
-        generator's attribute channel from an attribute mechanism (``dpface.steering``).
-        ``encoder``: an identity encoder instance to embed faces with (default: looked up by
-        the generator's encoder name); needed for encoders built from a path, such as
-        ``get_encoder("arcface-onnx", model_path=...)``. Its name must be the generator's."""
+        """``templates``: opt-in face linking. Named faces are enrolled in the template store
+        (raw face templates: keep it on the trusted side, apart from outputs and ledger) and
+        later unnamed faces that match an enrolled subject are charged to that subject. The
+        receipts then list the raw matching as an uncovered channel and never name the subject.
+        ``steering`` fills the generator's attribute channel from an attribute mechanism
+        (``dpface.steering``). ``encoder``: an identity encoder instance to embed faces with
+        (default: looked up by the generator's encoder name); needed for encoders built from a
+        path, such as ``get_encoder("arcface-onnx", model_path=...)``. ``receipt_subjects``:
+        ``"digest"`` shows named subjects in receipts as keyed digests instead of names."""
         if encoder is not None and generator is not None and encoder.name != generator.encoder:
             raise ValueError(f"the generator reads {generator.encoder} identities but the "
                              f"encoder given is {encoder.name}")
@@ -156,17 +243,20 @@ class Anonymizer:
             )
         if pseudonym not in ("fresh", "reuse"):
             raise ValueError("pseudonym must be 'fresh' or 'reuse'")
-        if link not in ("none", "match"):
-            raise ValueError("link must be 'none' or 'match'")
+        if receipt_subjects not in ("name", "digest"):
+            raise ValueError("receipt_subjects must be 'name' or 'digest'")
+        if templates is not None and not isinstance(templates, TemplateStore):
+            raise TypeError("templates must be a dpface.linking.TemplateStore (or None)")
         if steering is not None and generator is None:
             raise ValueError("attribute steering needs a generator (an identity mechanism)")
         self.steering = steering
-        self.link: Linking = link
+        self.templates = templates
         self.mechanism = mechanism
         self.generator = generator
         self.ledger = ledger if ledger is not None else Ledger(":memory:")
         self.detector = detector
         self.pseudonym: Pseudonym = pseudonym
+        self.receipt_subjects: SubjectsInReceipt = receipt_subjects
         self._encoder: Any = encoder
         self._timings: dict[str, float] = {}
 
@@ -174,6 +264,11 @@ class Anonymizer:
     @property
     def mechanism_name(self) -> str:
         return type(self.mechanism).__name__
+
+    @property
+    def seeded(self) -> bool:
+        """True when the mechanism's randomness is seeded: reproducible, so NOT private."""
+        return bool(self.mechanism.seeded)
 
     def _encoder_for(self) -> Any:
         if self._encoder is None:
@@ -188,26 +283,69 @@ class Anonymizer:
         self._timings[stage] = self._timings.get(stage, 0.0) + now - since
         return now
 
-    def _pseudonym_key(self) -> str:
-        assert self.generator is not None
+    def pseudonym_key(self) -> str:
+        """The key a reusable pseudonym is stored under: a digest of the full guarantee
+        (mechanism, its parameters and accounting event, encoder, generator). A pseudonym is
+        reused only under exactly the guarantee it was released with; the ledger never stores
+        or reuses seeded or non-DP releases."""
         g = self.mechanism.guarantee
-        return f"{self.mechanism_name}|{g.budget}|{self.generator.encoder}"
+        parts = {
+            "mechanism": self.mechanism_name,
+            "guarantee": g.statement(),
+            "is_dp": g.is_dp,
+            "event": event_to_json(self.mechanism.event()),
+            "encoder": None if self.generator is None else self.generator.encoder,
+            "generator": None if self.generator is None else self.generator.name,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
-    def _charge(self, subject: str) -> tuple[int | None, str | None]:
+    def _release_args(self) -> dict[str, Any]:
         g = self.mechanism.guarantee
-        try:
-            charge = self.ledger.charge(
-                subject,
-                mechanism=self.mechanism_name,
-                budget=g.budget,
-                event=self.mechanism.event(),
-                note=g.statement(),
-            )
-        except BudgetExceeded as err:
-            return None, str(err)
-        except KeyError as err:
-            return None, str(err.args[0]) if err.args else str(err)
-        return charge.id, None
+        return {
+            "mechanism": self.mechanism_name,
+            "budget": g.budget,
+            "event": self.mechanism.event(),
+            "note": self.mechanism.statement(),
+            "seeded": self.seeded,
+            "is_dp": g.is_dp,
+        }
+
+    def _refusal(self, err: Exception) -> str:
+        if isinstance(err, KeyError):
+            return str(err.args[0]) if err.args else str(err)
+        return str(err)
+
+    def settings(self) -> dict[str, Any]:
+        """Run provenance for the ledger and the report: versions, mechanism, models."""
+        g = self.mechanism.guarantee
+        gen = self.generator
+        channels: dict[str, list[str]]
+        if gen is not None and hasattr(gen, "channels"):
+            channels = gen.channels(None).as_dict()
+        elif gen is None:
+            channels = {"covered": ["pixels of the face region (m-pixel unit)"],
+                        "uncovered": ["everything outside the face region",
+                                      "the position and size of the region"]}
+        else:
+            channels = {}
+        return {
+            "dpface_version": _version(),
+            "git_commit": _git_commit(),
+            "mechanism": self.mechanism_name,
+            "statement": self.mechanism.statement(),
+            "budget_per_release": str(g.budget),
+            "is_dp": g.is_dp,
+            "seeded": self.seeded,
+            "detector": self.detector,
+            "encoder": None if gen is None and self.templates is None
+            else self._encoder_for().name,
+            "generator": None if gen is None else gen.name,
+            "pseudonym": self.pseudonym,
+            "linking": "template matching (trusted side)" if self.templates else "none",
+            "attribute_steering": None if self.steering is None else self.steering.describe(),
+            "channels": channels,
+            "model_hashes": _model_hashes(),
+        }
 
     # ------------------------------------------------------------------ main entry
     def anonymize(
@@ -216,14 +354,19 @@ class Anonymizer:
         *,
         subject: str | None = None,
         subjects: Sequence[str | None] | None = None,
+        name: str | None = None,
     ) -> AnonymizationResult:
         """De-identify every face of one photo.
 
         ``subject`` names the person in a single-face photo; ``subjects`` names each face
-        (left to right). A face without a name is its own privacy unit for this photo only:
-        releases of that person in other photos are then NOT linked in the ledger.
-        """
-        source = str(image) if not isinstance(image, np.ndarray) else "<array>"
+        (left to right; ``None`` leaves a face unnamed). An unnamed face is its own privacy
+        unit keyed by this photo's pixels: the same photo released again charges the same
+        unit; another photo of the same person is another unit. ``name`` is what the receipt
+        calls the input (default: the file's name, never its folder)."""
+        if isinstance(image, np.ndarray):
+            source = name if name is not None else "<array>"
+        else:
+            source = name if name is not None else Path(image).name
         self._timings = {}
         t = time.perf_counter()
         try:
@@ -236,74 +379,82 @@ class Anonymizer:
         if not found.ok:
             return self._failed(source, found.error or "detection failed")
         faces = found.faces
+        given = self._given_names(faces, subject, subjects)
+        if isinstance(given, str):
+            return self._failed(source, given)
         embeddings: np.ndarray | None = None
-        if faces and (self.generator is not None or self.link == "match"):
+        if faces and (self.generator is not None or self.templates is not None):
             embeddings = self._encoder_for().embed(faces)
             t = self._tick("embed", t)
-        named = self._names(faces, subject, subjects)
-        if isinstance(named, str):
-            return self._failed(source, named)
-        names, links = self._linked(named, embeddings)
+        regions = [_face_region(f, rgb.shape) for f in faces]
+        units = self._units(rgb, regions, given, embeddings)
         out = rgb.copy()
         records: list[FaceRecord] = []
         if isinstance(self.mechanism, (DPPixelization, DPBlur)):
-            for i, (face, name) in enumerate(zip(faces, names, strict=True)):
-                out, rec = self._pixelize_face(out, face, i, name)
+            for i, (region, unit) in enumerate(zip(regions, units, strict=True)):
+                out, rec = self._pixelize_face(out, region, i, unit)
                 records.append(rec)
         else:
             assert embeddings is not None or not faces
-            out, records = self._replace_faces(out, faces, names, embeddings)
-        records = [
-            r if links[r.index] is None else FaceRecord(**{**r.__dict__, "linked": links[r.index]})
-            for r in records
-        ]
+            out, records = self._replace_faces(out, faces, regions, units, embeddings)
         receipt = self._receipt(source, records, found.note)
         return AnonymizationResult(source, out, records, receipt, timings=dict(self._timings))
 
-    def _linked(
-        self, names: list[str], embeddings: np.ndarray | None
-    ) -> tuple[list[str], list[str | None]]:
-        """With ``link="match"``: enrol named faces, link unnamed ones to enrolled subjects."""
-        links: list[str | None] = [None] * len(names)
-        if self.link != "match" or embeddings is None:
-            return names, links
-        t = time.perf_counter()
-        enc = self._encoder_for()
-        out = list(names)
-        for i, (name, emb) in enumerate(zip(names, embeddings, strict=True)):
-            if not name.startswith("unlinked:"):
-                self.ledger.enroll(name, enc.name, emb)
-                continue
-            hit = self.ledger.match(enc.name, emb, enc.threshold)
-            if hit is not None:
-                out[i] = hit[0]
-                links[i] = (
-                    f"matched to enrolled subject on the trusted side ({enc.name} cosine "
-                    f"{hit[1]:.3f} >= {enc.threshold})"
-                )
-        self._tick("link", t)
-        return out, links
-
-    def _names(
+    def _given_names(
         self, faces: list[Face], subject: str | None, subjects: Sequence[str | None] | None
-    ) -> list[str] | str:
+    ) -> list[str | None] | str:
+        """The caller's names per face (None = unnamed), normalised by the ledger's rule."""
+        from .ledger import normalize_subject
+
         if subject is not None and subjects is not None:
             raise ValueError("pass subject= or subjects=, not both")
         if subject is not None:
+            subject = normalize_subject(subject)
             if len(faces) > 1:
                 return (
                     f"subject={subject!r} names one person but the photo has {len(faces)} "
                     "faces: pass subjects=[...] (left to right) instead"
                 )
-            subjects = [subject] * len(faces)
-        if subjects is not None and len(subjects) != len(faces):
+            return [subject] * len(faces)
+        if subjects is None:
+            return [None] * len(faces)
+        if len(subjects) != len(faces):
             return f"{len(subjects)} subject names for {len(faces)} detected faces"
-        run = uuid.uuid4().hex[:12]
-        names = []
-        for i in range(len(faces)):
-            given = subjects[i] if subjects is not None else None
-            names.append(given if given else f"unlinked:{run}:face{i}")
-        return names
+        return [None if s is None else normalize_subject(s) for s in subjects]
+
+    def _units(
+        self,
+        rgb: np.ndarray,
+        regions: list[tuple[int, int, int, int]],
+        given: list[str | None],
+        embeddings: np.ndarray | None,
+    ) -> list[_Unit]:
+        """The privacy unit of every face: the caller's name; else an enrolled subject the
+        template store matches (opt-in); else the photo-keyed unit of an unnamed face."""
+        t = time.perf_counter()
+        photo = self.ledger.unit_digest(_photo_key(rgb)) if None in given else ""
+        linking = self.templates if embeddings is not None else None
+        enc: Any = self._encoder_for() if linking is not None else None
+        units: list[_Unit] = []
+        for i, (region, name) in enumerate(zip(regions, given, strict=True)):
+            if name is not None:
+                if linking is not None and embeddings is not None:
+                    linking.enroll(name, enc.name, embeddings[i])
+                shown = (
+                    name if self.receipt_subjects == "name"
+                    else "subject:" + self.ledger.unit_digest(b"subject:" + name.encode())[:16]
+                )
+                units.append(_Unit(name, shown, named=True))
+                continue
+            if linking is not None and embeddings is not None:
+                hit = linking.match(enc.name, embeddings[i], enc.threshold)
+                if hit is not None:
+                    units.append(_Unit(hit[0], LINKED_UNIT, named=False, linked=True))
+                    continue
+            unit = self.ledger.face_unit(photo, region)
+            units.append(_Unit(unit, unit, named=False))
+        self._tick("units", t)
+        return units
 
     def _mask(self, img: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
         x0, y0, x1, y1 = region
@@ -314,115 +465,122 @@ class Anonymizer:
         s = self.ledger.spent(subject)
         return {"epsilon": s.epsilon, "delta": s.delta}, self.ledger.remaining(subject)
 
-    def _pixelize_face(
-        self, img: np.ndarray, face: Face, index: int, subject: str
+    def _masked(
+        self, img: np.ndarray, region: tuple[int, int, int, int], index: int, unit: _Unit,
+        reason: str, *, refused: bool, **extra: Any,
     ) -> tuple[np.ndarray, FaceRecord]:
-        region = _face_region(face, img.shape)
+        rec = FaceRecord(index, region, unit.subject, unit.shown, "masked", reason=reason,
+                         refused=refused, linked=unit.linked, **extra)
+        return self._mask(img, region), rec
+
+    def _pixelize_face(
+        self, img: np.ndarray, region: tuple[int, int, int, int], index: int, unit: _Unit
+    ) -> tuple[np.ndarray, FaceRecord]:
         t = time.perf_counter()
-        event_id, refused = self._charge(subject)
+        try:
+            charge = self.ledger.charge(unit.subject, **self._release_args())
+        except (BudgetExceeded, KeyError) as err:
+            self._tick("charge", t)
+            return self._masked(img, region, index, unit,
+                                f"budget refused: {self._refusal(err)}", refused=True)
         t = self._tick("charge", t)
-        if refused is not None:
-            rec = FaceRecord(index, region, subject, "masked", reason=f"budget refused: {refused}")
-            return self._mask(img, region), rec
-        x0, y0, x1, y1 = region
         mech = self.mechanism
         assert isinstance(mech, (DPPixelization, DPBlur))
-        out = np.asarray(mech(img, (x0, y0, x1, y1)))
+        out = np.asarray(mech(img, region))
         self._tick("privatise", t)
-        spent, left = self._spent(subject)
-        rec = FaceRecord(
-            index,
-            region,
-            subject,
-            "pixelized",
-            ledger_event=event_id,
-            spent=spent,
-            remaining_epsilon=left,
-            channels={
-                "covered": ["pixels of the face box (m-pixel unit)"],
-                "uncovered": [
-                    "everything outside the face box",
-                    "the position and size of the box",
-                ],
-                "notes": [],
-            },
-        )
+        spent, left = self._spent(unit.subject)
+        channels = {
+            "covered": ["pixels of the face region (m-pixel unit)"],
+            "uncovered": ["everything outside the face region",
+                          "the position and size of the region"],
+            "notes": [],
+        }
+        if unit.linked:
+            channels["uncovered"].append(LINKING_UNCOVERED)
+        rec = FaceRecord(index, region, unit.subject, unit.shown, "pixelized",
+                         ledger_event=charge.id, spent=spent, remaining_epsilon=left,
+                         channels=channels, linked=unit.linked)
         return out, rec
 
-    def _replace_faces(
-        self, img: np.ndarray, faces: list[Face], names: list[str], embeddings: np.ndarray | None
-    ) -> tuple[np.ndarray, list[FaceRecord]]:
-        assert self.generator is not None
+    def _privatise(self, unit: _Unit, emb: np.ndarray) -> tuple[np.ndarray, int | None, str]:
+        """(privatised identity, ledger event or None, how) -- charged, drawn and (with
+        ``pseudonym="reuse"``) stored in one ledger transaction. Raises BudgetExceeded."""
         mech = self.mechanism
         assert isinstance(mech, (IdentityLaplace, IdentityGaussian, IdentityVMF))
+        drawn = 0.0
+
+        def draw() -> np.ndarray:
+            nonlocal drawn
+            t0 = time.perf_counter()
+            value = np.asarray(mech(emb.astype(np.float64)))
+            drawn = time.perf_counter() - t0
+            return value
+
+        key = self.pseudonym_key() if self.pseudonym == "reuse" else None
+        t = time.perf_counter()
+        try:
+            rel = self.ledger.release(unit.subject, key=key, draw=draw, **self._release_args())
+        finally:
+            self._timings["privatise"] = self._timings.get("privatise", 0.0) + drawn
+            self._timings["charge"] = (
+                self._timings.get("charge", 0.0) + time.perf_counter() - t - drawn
+            )
+        if rel.reused:
+            return rel.vector, None, "reused pseudonym"
+        assert rel.charge is not None
+        return rel.vector, rel.charge.id, "fresh draw"
+
+    def _replace_faces(
+        self,
+        img: np.ndarray,
+        faces: list[Face],
+        regions: list[tuple[int, int, int, int]],
+        units: list[_Unit],
+        embeddings: np.ndarray | None,
+    ) -> tuple[np.ndarray, list[FaceRecord]]:
+        assert self.generator is not None
         records: list[FaceRecord] = []
         if not faces or embeddings is None:
             return img, records
-        key = self._pseudonym_key()
-        for i, (face, name, emb) in enumerate(zip(faces, names, embeddings, strict=True)):
-            region = _face_region(face, img.shape)
-            stored = None
-            if self.pseudonym == "reuse" and not name.startswith("unlinked:"):
-                stored = self.ledger.pseudonym(name, key)
-            event_id = None
-            if stored is not None:
-                private, how = stored, "reused pseudonym"
-            else:
-                t = time.perf_counter()
-                event_id, refused = self._charge(name)
-                t = self._tick("charge", t)
-                if refused is not None:
-                    records.append(
-                        FaceRecord(i, region, name, "masked", reason=f"budget refused: {refused}")
-                    )
-                    img = self._mask(img, region)
-                    continue
-                private, how = np.asarray(mech(emb.astype(np.float64))), "fresh draw"
-                if self.pseudonym == "reuse" and not name.startswith("unlinked:"):
-                    self.ledger.store_pseudonym(name, key, private)
-                self._tick("privatise", t)
+        for i, (face, region, unit, emb) in enumerate(
+            zip(faces, regions, units, embeddings, strict=True)
+        ):
+            try:
+                private, event_id, how = self._privatise(unit, emb)
+            except (BudgetExceeded, KeyError) as err:
+                img, rec = self._masked(img, region, i, unit,
+                                        f"budget refused: {self._refusal(err)}", refused=True)
+                records.append(rec)
+                continue
             channel, steer_note = None, None
             if self.steering is not None:
                 t = time.perf_counter()
                 steered = self.steering.steer(
-                    subject=name, embedding=emb, face=face, ledger=self.ledger
+                    subject=unit.subject, embedding=emb, face=face, ledger=self.ledger
                 )
                 channel, steer_note = steered.channel, steered.refused or steered.note
                 self._tick("steer", t)
             t = time.perf_counter()
             result = self.generator.generate(img, FaceInput.of(face), private, channel)
             self._tick("generate", t)
-            spent, left = self._spent(name)
-            if result.replaced:
-                img = result.image
-                records.append(
-                    FaceRecord(
-                        i,
-                        region,
-                        name,
-                        "replaced",
-                        ledger_event=event_id,
-                        identity=how,
-                        spent=spent,
-                        remaining_epsilon=left,
-                        channels=_with_note(result.channels.as_dict(), steer_note),
-                    )
+            spent, left = self._spent(unit.subject)
+            if not result.replaced:
+                img, rec = self._masked(
+                    img, region, i, unit, f"generator could not replace it: {result.reason}",
+                    refused=False, ledger_event=event_id, identity=how, spent=spent,
+                    remaining_epsilon=left,
                 )
-            else:
-                img = self._mask(img, region)
-                records.append(
-                    FaceRecord(
-                        i,
-                        region,
-                        name,
-                        "masked",
-                        reason=f"generator could not replace it: {result.reason}",
-                        ledger_event=event_id,
-                        identity=how,
-                        spent=spent,
-                        remaining_epsilon=left,
-                    )
-                )
+                records.append(rec)
+                continue
+            img = result.image
+            channels = _with_note(result.channels.as_dict(), steer_note)
+            if unit.linked:
+                channels = {**channels, "uncovered": [*channels["uncovered"], LINKING_UNCOVERED]}
+            records.append(
+                FaceRecord(i, region, unit.subject, unit.shown, "replaced",
+                           ledger_event=event_id, identity=how, spent=spent,
+                           remaining_epsilon=left, channels=channels, linked=unit.linked)
+            )
         return img, records
 
     # ------------------------------------------------------------------ receipts
@@ -431,15 +589,33 @@ class Anonymizer:
         return {
             "name": self.mechanism_name,
             "budget_per_release": str(g.budget),
-            "guarantee": g.statement(),
+            "guarantee": self.mechanism.statement(),
             "privacy_unit": g.privacy_unit,
             "neighbouring": g.neighbouring,
             "is_dp": g.is_dp,
+            "seeded": self.seeded,
             "dp_event": json.loads(event_to_json(self.mechanism.event())),
-            "randomness": "seeded (reproducible, NOT private)"
-            if self.mechanism.seeded
+            "randomness": "SEEDED (reproducible by anyone with the seed: NOT private)"
+            if self.seeded
             else "CSPRNG (AES-CTR keyed from the OS)",
         }
+
+    def _not_protected(self, linked: bool) -> list[str]:
+        items = [
+            "faces the detector missed (see detection_note)",
+            "everything outside the replaced face regions",
+            "different photos of an unnamed person: each photo's face is its own privacy unit, "
+            "so their releases are not composed (name the person to join them)",
+            "metadata is dropped from written images; in-memory arrays carry none",
+        ]
+        if linked:
+            items.append(LINKING_UNCOVERED)
+        if self.seeded:
+            items.insert(0, "EVERYTHING released with seeded randomness: the noise is "
+                            "reproducible by anyone who knows the seed")
+        if not self.mechanism.guarantee.is_dp:
+            items.insert(0, "this release is NOT differentially private (see mechanism)")
+        return items
 
     def _receipt(self, source: str, records: list[FaceRecord], note: str | None) -> dict[str, Any]:
         gen = self.generator
@@ -447,36 +623,39 @@ class Anonymizer:
             "schema": RECEIPT_SCHEMA,
             "source": source,
             "time": dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds"),
+            "dpface_version": _version(),
+            "seeded": self.seeded,
             "mechanism": self._mechanism_block(),
             "generator": None if gen is None else {"name": gen.name, "encoder": gen.encoder},
             "attribute_steering": None if self.steering is None else self.steering.describe(),
             "pseudonym": self.pseudonym,
-            "ledger": str(self.ledger.path),
-            "faces": [r.as_dict() for r in records],
+            "ledger": {"run_id": self.ledger.run_id, "composition": self.ledger.composition},
+            "faces": [r.as_receipt() for r in records],
             "detection_note": note,
-            "not_protected": [
-                "faces the detector missed (see detection_note)",
-                "everything outside the replaced face regions",
-                "metadata is dropped from written images; in-memory arrays carry none",
-            ],
-            "linking": self._linking_text(),
+            "not_protected": self._not_protected(any(r.linked for r in records)),
+            "privacy_units": self._units_text(),
         }
 
-    def _linking_text(self) -> str:
-        base = "named subjects are linked by the caller, on the trusted side; "
-        if self.link == "match":
-            return base + (
-                "unnamed faces are matched against enrolled subjects' raw face templates kept in "
-                f"the ledger ({self._encoder_for().name}), on the trusted side; an unmatched face "
-                "is its own privacy unit for this photo only"
+    def _units_text(self) -> str:
+        text = (
+            "named faces are charged to the subject the caller named; a face nobody named is "
+            "its own privacy unit keyed by a keyed digest of this photo (the same photo "
+            "released again charges the same unit; other photos of that person are other "
+            "units)"
+        )
+        if self.templates is not None:
+            text += (
+                "; unnamed faces that match a subject enrolled in the template store (raw face "
+                "templates, trusted side) are charged to that subject instead"
             )
-        return base + "faces without a name are separate privacy units (not linked across photos)"
+        return text
 
     def _failed(self, source: str, error: str) -> AnonymizationResult:
         receipt = {
             "schema": RECEIPT_SCHEMA,
             "source": source,
             "error": error,
+            "seeded": self.seeded,
             "mechanism": self._mechanism_block(),
         }
         return AnonymizationResult(source, None, [], receipt, error=error)

@@ -1,4 +1,5 @@
-"""The identity path end to end on real photos: generator, ledger, pseudonyms, face linking."""
+"""The identity path end to end on real photos: generator, ledger, pseudonyms (linking and
+unit binding: tests/test_pipeline_privacy.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from dpface.models.images import load_rgb
 from dpface.pipeline import Anonymizer
 from mechanisms.budgets import PureDP
 from mechanisms.identity import IdentityLaplace
-from mechanisms.pixelization import DPPixelization
 
 
 @pytest.fixture(scope="module")
@@ -67,43 +67,3 @@ def test_reused_pseudonym_spends_once_and_gives_one_identity(
     assert [f.identity for f in a.faces + b.faces] == ["fresh draw", "reused pseudonym"]
     assert b.faces[0].status == "replaced" and b.faces[0].ledger_event is None
     assert len(led.events("o")) == 1  # the second photo was post-processing of the first draw
-
-
-def test_linking_charges_an_unnamed_face_to_the_enrolled_subject(tmp_path: Path) -> None:
-    led = Ledger(tmp_path / "l.db", default_budget=PureDP(10.0))
-    anon = Anonymizer(
-        mechanism=DPPixelization(epsilon=1.0, block=16, m=16), ledger=led, link="match"
-    )
-    anon.anonymize(store.path("samples/fr-obama.jpg"), subject="obama")  # enrols
-    same = anon.anonymize(store.path("samples/fr-obama2.jpg"))
-    other = anon.anonymize(store.path("samples/fr-biden.jpg"))
-    assert same.faces[0].subject == "obama" and "trusted side" in (same.faces[0].linked or "")
-    assert other.faces[0].subject.startswith("unlinked:") and other.faces[0].linked is None
-    assert len(led.events("obama")) == 2
-    assert "enrolled" in same.receipt["linking"]
-
-
-def test_without_linking_unnamed_faces_stay_separate(tmp_path: Path) -> None:
-    led = Ledger(tmp_path / "l.db", default_budget=PureDP(10.0))
-    anon = Anonymizer(mechanism=DPPixelization(epsilon=1.0, block=16, m=16), ledger=led)
-    anon.anonymize(store.path("samples/fr-obama.jpg"), subject="obama")
-    same = anon.anonymize(store.path("samples/fr-obama2.jpg"))
-    assert same.faces[0].subject.startswith("unlinked:")
-    assert len(led.events("obama")) == 1
-    with pytest.raises(ValueError, match="link"):
-        Anonymizer(mechanism=DPPixelization(epsilon=1.0, block=16, m=16), link="maybe")  # type: ignore[arg-type]
-
-
-def test_ledger_match_threshold_and_reference_cap(tmp_path: Path) -> None:
-    led = Ledger(tmp_path / "l.db", default_budget=PureDP(1.0))
-    e = np.zeros(8)
-    e[0] = 1.0
-    for _ in range(7):
-        led.enroll("a", "enc", e)
-    assert led._conn.execute("SELECT COUNT(*) FROM refs").fetchone()[0] == 5
-    near = np.array([0.9, 0.1, 0, 0, 0, 0, 0, 0])
-    assert led.match("enc", near, 0.9)[0] == "a"  # type: ignore[index]
-    assert led.match("enc", np.eye(8)[1], 0.5) is None
-    assert led.match("other-encoder", near, 0.1) is None
-    with pytest.raises(ValueError):
-        led.enroll("a", "enc", np.zeros(8))
