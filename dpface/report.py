@@ -94,7 +94,7 @@ SUMMARY_COUNTS: tuple[tuple[str, str, str], ...] = (
     (
         "masked",
         "Faces masked",
-        "blacked out: the person's budget was used up, or the face could not be replaced",
+        "blacked out: the budget check refused the release, or the face could not be replaced",
     ),
     ("refused", "Releases refused", "the budget check said no before any noise was drawn"),
     (
@@ -148,6 +148,7 @@ def _num(x: float) -> str:
     if 1e-3 <= abs(x) < 1e6:
         return f"{x:.4g}"
     mant, exp = f"{x:.2e}".split("e")
+    mant = mant.rstrip("0").rstrip(".")
     return f"{mant} × 10^{int(exp)}"
 
 
@@ -466,6 +467,31 @@ def _verification(ledger: Ledger) -> dict[str, Any]:
     return {"ok": bool(v.ok), "entries": int(v.entries), "head": v.head, "problems": problems}
 
 
+def _refusal_reason(refusal: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> str:
+    """Why the budget check said no, from the subject's entries before the refusal."""
+    budget: tuple[float, float] | None = None
+    eps = delta = 0.0
+    for e in history:
+        if e["id"] >= refusal["id"]:
+            break
+        if e["kind"] == "budget":
+            budget = (float(e["epsilon"]), float(e["delta"]))
+        elif e["kind"] == "release":
+            eps += float(e["epsilon"])
+            delta += float(e["delta"])
+    if budget is None:
+        return "no budget was set for this subject"
+    b_eps, b_delta = budget
+    asked_eps, asked_delta = float(refusal["epsilon"]), float(refusal["delta"])
+    if asked_delta > 0 and b_delta == 0:
+        return (f"the budget is pure ε (δ = 0) and this mechanism needs δ = {_num(asked_delta)}")
+    if delta + asked_delta > b_delta * (1 + 1e-9) and eps + asked_eps <= b_eps * (1 + 1e-9):
+        return (f"δ used up: {_num(delta)} of δ = {_num(b_delta)} spent, this release needed "
+                f"{_num(asked_delta)} more")
+    return (f"ε used up: {_num(eps)} of ε = {_num(b_eps)} spent (sum of releases), this "
+            f"release needed {_num(asked_eps)} more")
+
+
 def _redact(problem: str, names: set[str]) -> str:
     for name in names:
         problem = problem.replace(repr(name), "(a subject of another run)")
@@ -507,6 +533,11 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
         e for e in everything if e["kind"] == "budget" and e["mechanism"] == "budget:change"
     ]
     verification = _verification(ledger)
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for e in refusals:
+        if e["subject"] not in histories:
+            histories[e["subject"]] = ledger.events(e["subject"], kinds=("release", "budget"))
+        e["reason"] = _refusal_reason(e, histories[e["subject"]])
 
     subject_names = list(ledger.subjects(run_id=run_id))
     seen = set(subject_names)
@@ -669,8 +700,9 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
         )
     if refusals:
         alerts.append(
-            {"level": "warn", "text": f"{len(refusals)} release(s) were refused because a "
-             "budget was used up; those faces were masked, no noise was drawn.", "problems": []}
+            {"level": "warn", "text": f"{len(refusals)} release(s) were refused by the budget "
+             "check (the reasons are in section 7); those faces were masked, no noise was "
+             "drawn.", "problems": []}
         )
     if unfinished:
         alerts.append(
@@ -957,13 +989,39 @@ def _sup(text: Any) -> markupsafe.Markup:
 _ENV.filters["sup"] = _sup
 
 
+def _provenance(
+    runs: Sequence[Mapping[str, Any]],
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """Settings rows per run: the first run in full, later ones only where they differ from
+    the run before (so the differences stand out); and which run each is compared with."""
+    settings: dict[str, list[dict[str, Any]]] = {}
+    same_as: dict[str, int] = {}
+    labels = dict(KNOWN_SETTINGS)
+    for i, run in enumerate(runs):
+        current = run["settings"]
+        if i == 0:
+            settings[run["run_id"]] = _settings_rows(current)
+            continue
+        before = runs[i - 1]["settings"]
+        changed = {k: v for k, v in current.items() if before.get(k) != v}
+        rows = _settings_rows({**changed, "purpose": current.get("purpose")})
+        rows += [
+            {"key": k, "label": labels.get(k, k), "text": "(not recorded)", "flag": ""}
+            for k in before
+            if k not in current
+        ]
+        settings[run["run_id"]] = rows
+        same_as[run["run_id"]] = runs[i - 1]["run"]
+    return settings, same_as
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The human report (one self-contained HTML page, charts inlined as SVG)."""
-    settings = {r["run_id"]: _settings_rows(r["settings"]) for r in report["runs"]}
+    settings, same_as = _provenance(report["runs"])
     summaries = {r["run_id"]: _summary_rows(r["summary"]) for r in report["runs"]}
     return _ENV.get_template("report.html.j2").render(
-        r=report, charts=_charts(report), settings=settings, summaries=summaries,
-        max_rows=MAX_ENTRY_ROWS,
+        r=report, charts=_charts(report), settings=settings, same_as=same_as,
+        summaries=summaries, max_rows=MAX_ENTRY_ROWS,
     )
 
 

@@ -122,6 +122,9 @@ def test_refusals_counts_and_unnamed_units(two_runs: tuple[Path, str, str]) -> N
     alice = next(s for s in rep["subjects"] if s["subject"] == "alice")
     assert alice["refusals"] == 1 and alice["exhausted"] and alice["remaining_epsilon"] == 0
     assert [e["subject"] for e in rep["refusals"]] == ["alice"]
+    assert rep["refusals"][0]["reason"] == (
+        "ε used up: 12 of ε = 12 spent (sum of releases), this release needed 6 more"
+    )
     assert rep["summary"]["unnamed"] == 1
     page = render_html(rep)
     assert "written out unchanged" in page  # photos without a detected face
@@ -223,7 +226,14 @@ def test_measured_nearest_epsilon_and_unmeasured_mechanisms() -> None:
     assert not any(a["white_box"] for a in dp_pix["attackers"])  # DP-Pix has no encoder
     deltas = {p["epsilon"]: p["delta"] for p in rep["epsilon_plain"]["per_release"]}
     assert deltas == {1.0: 1e-6, 3.0: 0.0, 8.0: 0.0}
-    assert "except with probability δ = 1.00 × 10<sup>-6</sup>" in render_html(rep)
+    assert "except with probability δ = 1 × 10<sup>-6</sup>" in render_html(rep)
+    with Ledger(":memory:", default_budget=PureDP(50.0)) as led:
+        with pytest.raises(BudgetExceeded):
+            _charge(led, "dora", gauss)
+        (refusal,) = build_report(led)["refusals"]
+    assert refusal["reason"] == (
+        "the budget is pure ε (δ = 0) and this mechanism needs δ = 1 × 10^-6"
+    )
 
 
 def _script() -> ModuleType:
