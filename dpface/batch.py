@@ -613,9 +613,10 @@ def _replacements(item: PlannedImage, roots: list[str], names: str) -> list[tupl
         pairs[item.rel] = name
         pairs[src.name] = name
     for root in roots:
-        pairs.setdefault(root.rstrip("/") + "/", "")
-        pairs.setdefault(root, "<input>")
-    return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+        if len(root.rstrip("/")) > 1:  # never "/" itself: that would eat every slash
+            pairs.setdefault(root.rstrip("/") + "/", "")
+            pairs.setdefault(root.rstrip("/"), "<input>")
+    return sorted(((k, v) for k, v in pairs.items() if len(k) > 1), key=lambda kv: -len(kv[0]))
 
 
 def _write_report(ledger: Ledger, out: Path) -> Path | None:

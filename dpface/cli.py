@@ -190,27 +190,26 @@ def mechanisms_demo(
     }
     amplified = poisson_amplify(lap.guarantee.budget, 0.05)
 
-    receipt = {
+    releases: list[dict[str, Any]] = [
+        _receipt_entry("laplace", lap, people)
+        | {"cosine_to_input": cosine(emb, lap_out), "seconds": timings["laplace"]},
+        _receipt_entry("gaussian", gau, people)
+        | {"cosine_to_input": cosine(emb, gau_out), "seconds": timings["gaussian"]},
+        _receipt_entry("exponential", exp_mech, people)
+        | {
+            "picked_own_prototype": float(np.mean(chosen[:n_proto] == np.arange(n_proto))),
+            "seconds": timings["exponential"],
+        },
+    ]
+    total = str(accounting.compose_basic(
+        [lap.guarantee.budget, gau.guarantee.budget, exp_mech.guarantee.budget]))
+    receipt: dict[str, Any] = {
         "schema": RECEIPT_SCHEMA,
         "subjects": people,
-        "releases": [
-            _receipt_entry("laplace", lap, people)
-            | {"cosine_to_input": cosine(emb, lap_out), "seconds": timings["laplace"]},
-            _receipt_entry("gaussian", gau, people)
-            | {"cosine_to_input": cosine(emb, gau_out), "seconds": timings["gaussian"]},
-            _receipt_entry("exponential", exp_mech, people)
-            | {
-                "picked_own_prototype": float(np.mean(chosen[:n_proto] == np.arange(n_proto))),
-                "seconds": timings["exponential"],
-            },
-        ],
+        "releases": releases,
         "per_subject_spent": {
             "note": "each subject appears in one release of each mechanism (basic composition)",
-            "total": str(
-                accounting.compose_basic(
-                    [lap.guarantee.budget, gau.guarantee.budget, exp_mech.guarantee.budget]
-                )
-            ),
+            "total": total,
         },
         "ten_releases_of_one_subject": repeated,
         "poisson_subsampled_laplace_rate_0.05": str(amplified),
@@ -227,7 +226,7 @@ def mechanisms_demo(
     table.add_column("neighbours")
     table.add_column("utility", justify="right")
     table.add_column("time", justify="right")
-    for entry in receipt["releases"]:  # type: ignore[attr-defined]
+    for entry in releases:
         util = entry.get("cosine_to_input")
         util_s = (
             f"cos {util:.3f}"
@@ -242,7 +241,6 @@ def mechanisms_demo(
             f"{entry['seconds']:.2f}s",
         )
     console.print(table)
-    total = receipt["per_subject_spent"]["total"]  # type: ignore[index]
     console.print(f"Per subject, all three releases: [bold]{total}[/]")
     console.print(
         f"Ten Laplace releases of one subject: basic {repeated['laplace_basic']:.3g}, "

@@ -413,11 +413,12 @@ class AnonymizeConfig:
         loaded) and the :class:`~dpface.pipeline.Anonymizer` that uses them."""
         generator, encoder = self.build_generator()
         mech = self.build_mechanism(None if generator is None else generator.identity_dim)
-        return self._assemble(mech, generator, encoder,
-                              self.open_ledger() if ledger is None else ledger)
+        return self._assemble(mech, generator, encoder, ledger)
 
     def _assemble(self, mech: Mechanism, generator: Any, encoder: Any,
-                  ledger: Ledger) -> Anonymizer:
+                  ledger: Ledger | None) -> Anonymizer:
+        """The anonymiser; the template store is opened before the ledger, so a template file
+        that cannot be used leaves no new ledger behind."""
         from .pipeline import Anonymizer
 
         templates = None
@@ -425,16 +426,23 @@ class AnonymizeConfig:
             from .linking import TemplateStore
 
             templates = TemplateStore(self.templates)
-        return Anonymizer(
-            mechanism=mech,
-            generator=generator,
-            ledger=ledger,
-            detector=self.detector,
-            pseudonym=self.pseudonym,
-            templates=templates,
-            encoder=encoder,
-            receipt_subjects="digest" if self.names == "hash" else "name",
-        )
+        try:
+            if ledger is None:
+                ledger = self.open_ledger()
+            return Anonymizer(
+                mechanism=mech,
+                generator=generator,
+                ledger=ledger,
+                detector=self.detector,
+                pseudonym=self.pseudonym,
+                templates=templates,
+                encoder=encoder,
+                receipt_subjects="digest" if self.names == "hash" else "name",
+            )
+        except BaseException:
+            if templates is not None:
+                templates.close()
+            raise
 
     def run_settings(self) -> dict[str, Any]:
         """What the ledger records about this run besides the anonymiser's own settings."""
@@ -476,7 +484,7 @@ class AnonymizeConfig:
         generator, encoder = self.build_generator()
         mech = self.build_mechanism(None if generator is None else generator.identity_dim)
         batch.prepare_output(planned)
-        anonymizer = self._assemble(mech, generator, encoder, self.open_ledger())
+        anonymizer = self._assemble(mech, generator, encoder, None)
         try:
             return batch.run(
                 anonymizer,

@@ -200,9 +200,12 @@ def test_a_file_that_is_not_a_ledger_is_exit_2_and_untouched(photos: Path,
 
 
 # ---------------------------------------------------------------------- outputs
-def test_same_stem_inputs_get_two_outputs_and_two_receipts(tmp_path: Path) -> None:
+def test_same_names_never_share_an_output_or_a_receipt(tmp_path: Path) -> None:
+    """x.jpg + x.png, and a/x.png + b/x.png: four inputs, four outputs, four receipts."""
     src = tmp_path / "in"
-    src.mkdir()
+    for sub in ("a", "b"):
+        (src / sub).mkdir(parents=True)
+        shutil.copy(SAMPLES / "insightface-Tom_Hanks_54745.png", src / sub / "x.png")
     shutil.copy(SAMPLES / SMALL[1], src / "x.jpg")
     shutil.copy(SAMPLES / SMALL[0], src / "x.png")
     out = tmp_path / "out"
@@ -210,12 +213,16 @@ def test_same_stem_inputs_get_two_outputs_and_two_receipts(tmp_path: Path) -> No
                               "--ledger", str(tmp_path / "l.db")])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
-    assert summary["images"] == 2 and summary["pixelized"] == 2
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith("x")) == [
-        "x.jpg.png", "x.jpg.receipt.json", "x.png.png", "x.png.receipt.json"]
-    sources = {json.loads((out / n).read_text())["source"]
-               for n in ("x.jpg.receipt.json", "x.png.receipt.json")}
-    assert sources == {"x.jpg", "x.png"}
+    assert summary["images"] == 4 and summary["pixelized"] == 4
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()
+                     and not p.name.startswith("report."))
+    assert written == ["a/x.png", "a/x.receipt.json", "b/x.png", "b/x.receipt.json",
+                       "x.jpg.png", "x.jpg.receipt.json", "x.png.png", "x.png.receipt.json"]
+    sources = {json.loads((out / n).read_text())["source"] for n in written
+               if n.endswith(".receipt.json")}
+    assert sources == {"a/x.png", "b/x.png", "x.jpg", "x.png"}
+    with Ledger(tmp_path / "l.db", create=False) as led:
+        assert len(led.events()) == 4  # four photos charged, four written
 
 
 def test_an_unwritable_output_is_one_problem_and_exit_0(photos: Path, tmp_path: Path) -> None:
