@@ -28,6 +28,7 @@ estimated once with DP on the reference set (``proofs/t_closeness.md``).
 
 from __future__ import annotations
 
+import decimal
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ Int8Array = npt.NDArray[np.int8]
 BoolArray = npt.NDArray[np.bool_]
 
 _ULP = Fraction(1, 2**53)
+_LN_SLACK = decimal.Decimal(10) ** -50
 
 CELEBA_BOOK_ATTRIBUTES: tuple[str, ...] = (
     "Bald",
@@ -768,26 +770,52 @@ class TClosenessSelector(Mechanism):
             raise ValueError(f"batch takes (n, c), got shape {p.shape}")
         return self._bernoulli(self.target(p))
 
+    def realised_range(self) -> tuple[list[Fraction], list[Fraction]]:
+        """Per attribute, the smallest and largest probability the sampler can actually use.
+
+        A release draws attribute i as Bernoulli(floor(Q_i 2^53) / 2^53), with Q_i computed in
+        float64 by :meth:`target`. Every step of that computation (subtraction, clipping,
+        addition, clipping, scaling by 2^53, floor) is monotone non-decreasing in p_face_i, so
+        over all faces (p_face_i in [0, 1]) the realised probability ranges exactly between its
+        values at p_face_i = 0 and p_face_i = 1, both attained. Returned as exact rationals.
+        """
+        c = len(self._names)
+        ends = self.target(np.array([np.zeros(c), np.ones(c)]))
+        thresh = np.floor(np.ldexp(ends, 53)).astype(np.int64)
+        low = [Fraction(int(v), 2**53) for v in thresh[0]]
+        high = [Fraction(int(v), 2**53) for v in thresh[1]]
+        return low, high
+
     def face_epsilon(self) -> float:
         """Pure-DP loss of one release for the FACE (any two faces), given the public P.
 
-        Per attribute Q ranges over [L, U] = [max(P - t, 0), min(P + t, 1)], so the output bit's
-        likelihood ratio is at most max(U / L, (1 - L) / (1 - U)); the attributes are drawn
-        independently, so the losses add. 0 at t = 0; infinite when some L = 0 or U = 1.
+        Computed from the probabilities the sampler actually realises (floor(Q 2^53) / 2^53,
+        see :meth:`realised_range`), in exact rationals: per attribute the output bit's
+        likelihood ratio between any two faces is at most max(U / L, (1 - L) / (1 - U)) for the
+        realised range [L, U]; the attributes are drawn independently, so the losses add. 0 when
+        every realised range is a single value (e.g. t = 0); infinite when some realised
+        probability can be 0 or 1 for one face but not for another (L = 0 < U or L < U = 1).
+        The logarithms are evaluated in 60-digit decimal and the sum rounded up to a float.
         """
-        pop = self.population
-        lo = np.maximum(pop - self._t, 0.0)
-        hi = np.minimum(pop + self._t, 1.0)
-        total = Fraction(0)
-        for low, high in zip(lo.tolist(), hi.tolist(), strict=True):
-            if high == low:
-                continue
-            if low <= 0.0 or high >= 1.0:
-                return math.inf
-            a = Fraction(high) / Fraction(low)
-            b = (1 - Fraction(low)) / (1 - Fraction(high))
-            total += Fraction(math.log(float(max(a, b))))
-        return ceil_float(total * (1 + Fraction(1, 10**12))) if total else 0.0
+        low, high = self.realised_range()
+        with decimal.localcontext() as ctx:
+            ctx.prec = 60
+            total = decimal.Decimal(0)
+            for lo, hi in zip(low, high, strict=True):
+                if lo == hi:
+                    continue  # the same Bernoulli for every face: no loss
+                if lo == 0 or hi == 1:
+                    return math.inf
+                ratio = max(hi / lo, (1 - lo) / (1 - hi))
+                value = (
+                    decimal.Decimal(ratio.numerator) / decimal.Decimal(ratio.denominator)
+                ).ln()
+                # ratio >= 1 + 2^-53, so ln(ratio) > 10^-16; the division and ln are correctly
+                # rounded at 60 digits (relative 10^-59 each), dominated by the 10^-50 slack
+                total += value * (1 + _LN_SLACK) + _LN_SLACK
+        if total == 0:
+            return 0.0
+        return ceil_float(Fraction(total))
 
     # ------------------------------------------------------------------ privacy declarations
     @property

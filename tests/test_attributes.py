@@ -737,6 +737,87 @@ def test_face_epsilon_matches_the_worst_likelihood_ratio() -> None:
     assert sel.face_epsilon() == math.inf
 
 
+def _realised(sel: TClosenessSelector, p: float, i: int) -> Fraction:
+    """The Bernoulli probability the sampler uses for attribute i of a face with p_face_i = p
+    (every other attribute at 0.5): floor(Q 2^53) / 2^53, from the float64 target."""
+    face = np.full(len(sel.attributes), 0.5)
+    face[i] = p
+    q = float(sel.target(face)[i])
+    return Fraction(math.floor(Fraction(q) * 2**53), 2**53)
+
+
+def _exact_face_loss(sel: TClosenessSelector, grid: np.ndarray) -> mpmath.mpf:
+    """Worst log-likelihood ratio of one release over all pairs of faces from ``grid`` (exact
+    realised probabilities, 50-digit logs); inf if some output has probability 0 for only one."""
+    total = mpmath.mpf(0)
+    with mpmath.workdps(50):
+        for i in range(len(sel.attributes)):
+            values = {_realised(sel, float(p), i) for p in grid}
+            lo, hi = min(values), max(values)
+            if lo == hi:
+                continue
+            if lo == 0 or hi == 1:
+                return mpmath.inf
+            worst = max(hi / lo, (1 - lo) / (1 - hi))
+            total += mpmath.log(mpmath.mpf(worst.numerator) / worst.denominator)
+    return total
+
+
+@pytest.mark.parametrize(
+    "pop,t",
+    [
+        ([0.25], 0.25 - 2.0**-55),  # the audit's example: old face_epsilon 37.4, true loss inf
+        ([0.25], 0.25 - 5 * 2.0**-55),  # realised L is 2^-53, not 5 * 2^-55
+        ([0.25, 0.7], 0.25 - 3 * 2.0**-52),
+        ([0.3, 0.5, 0.8], 0.1),
+        ([1e-20, 0.5], 1e-20 - 1e-36),  # realised L = U = 0 on the first attribute
+        ([2.0**-50, 0.5], 2.0**-51),
+        ([0.5, 0.5], 0.5 - 2.0**-53),  # U = 1 - 2^-53 is exactly realisable: finite
+        ([0.5], 0.5),  # L = 0, U = 1: inf
+        ([0.4, 0.6], 0.0),
+    ],
+)
+def test_face_epsilon_is_exact_for_the_realised_probabilities(pop: list[float], t: float) -> None:
+    """face_epsilon() is the loss of the Bernoulli(floor(Q 2^53)/2^53) draws actually made.
+
+    The realised probabilities are enumerated over p_face in {0, 1} and 2000 other values
+    (including ones near the clipping points), independently of face_epsilon's monotonicity
+    argument; the worst likelihood ratio over all pairs is computed exactly. Fails on the old
+    code, which used the real-valued ends max(P - t, 0), min(P + t, 1).
+    """
+    attrs = [f"a{i}" for i in range(len(pop))]
+    sel = TClosenessSelector(t=t, epsilon_population=1.0, attributes=attrs, seed=0)
+    sel.set_population(np.array(pop))
+    rng = np.random.default_rng(5)
+    near = np.concatenate([np.array(pop) + d for d in (-t, t)])
+    near = np.concatenate([near, np.nextafter(near, 0.0), np.nextafter(near, 1.0)])
+    grid = np.unique(np.clip(np.concatenate([[0.0, 1.0], rng.uniform(0, 1, 2000), near]), 0.0, 1.0))
+    expected = _exact_face_loss(sel, grid)
+    low, high = sel.realised_range()
+    for i in range(len(pop)):
+        values = [_realised(sel, float(p), i) for p in grid]
+        assert (min(values), max(values)) == (low[i], high[i])
+    got = sel.face_epsilon()
+    if expected == mpmath.inf:
+        assert got == math.inf
+    else:
+        assert math.isfinite(got)
+        assert got >= expected  # never below the exact loss
+        assert got <= expected * (1 + mpmath.mpf(10) ** -14) + mpmath.mpf(10) ** -40
+
+
+def test_face_epsilon_infinite_example_is_really_infinite() -> None:
+    """The audit's example: one face never releases 1, another does half the time."""
+    sel = TClosenessSelector(t=0.25 - 2.0**-55, epsilon_population=1.0, attributes=["a"], seed=3)
+    sel.set_population(np.array([0.25]))
+    assert sel.target(np.zeros(1))[0] == 2.0**-55  # Q > 0 as a real number ...
+    zeros = sel.batch(np.zeros((20_000, 1)))
+    ones = sel.batch(np.ones((20_000, 1)))
+    assert zeros.sum() == 0  # ... but floor(Q 2^53) = 0: the output 1 is impossible
+    assert 9000 < ones.sum() < 11000
+    assert sel.face_epsilon() == math.inf
+
+
 def test_population_estimate_is_charged() -> None:
     sel = TClosenessSelector(t=0.2, epsilon_population=0.7, attributes=T_NAMES, seed=0)
     assert sel.guarantee.budget == PureDP(0.7)
