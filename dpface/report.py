@@ -915,16 +915,20 @@ def _timeline_chart(
     fig, ax = plt.subplots(figsize=(8.6, 3.8))
     for k, (key, (lo, hi)) in enumerate(spans.items()):
         ax.axvspan(lo - 0.5, hi + 0.5, color="#eef2f7" if k % 2 == 0 else "#ffffff", zorder=0)
-        if len(spans) <= 12 and (hi - lo + 1) >= 0.06 * n:
-            when = dt.datetime.fromtimestamp(starts[key], tz=dt.UTC).strftime("%d %b %Y %H:%M")
+        share = (hi - lo + 1) / n
+        if len(spans) <= 12 and share >= 0.04:
             label = f"run {key}" if isinstance(key, int) else "no run record"
-            ax.annotate(f"{label}\n{when}", xy=(lo - 0.4, 1.0), xycoords=("data", "axes fraction"),
+            if share >= 0.15:  # room for the date too
+                when = dt.datetime.fromtimestamp(starts[key], tz=dt.UTC)
+                label += "\n" + when.strftime("%d %b %Y %H:%M")
+            ax.annotate(label, xy=(lo - 0.4, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(2, -4), textcoords="offset points", fontsize=7, color="#5b6673",
                         va="top")
     marker = "o" if n <= 200 else None
     for name in top:
         xs, ys = series[name]
         ax.plot([*xs, n + 0.5], [*ys, ys[-1]], drawstyle="steps-post", marker=marker,
+                markevery=list(range(1, len(xs))),  # a dot per release, none at the ends
                 markersize=3, linewidth=1.6, label=_label(name, 24), zorder=3)
     budgets = {s["budget"]["epsilon"] for s in subjects if s["subject"] in top and s["budget"]}
     if len(budgets) == 1:
