@@ -410,3 +410,22 @@ def test_help_documents_the_exit_codes() -> None:
     for words in ("0 the run completed", "1 an audit refuted", "2 unusable command line",
                   "3 internal error"):
         assert words in text, words
+
+
+def test_link_charges_an_unnamed_face_to_the_enrolled_subject(photos: Path,
+                                                               tmp_path: Path) -> None:
+    ledger, templates = tmp_path / "l.db", tmp_path / "templates.db"
+    photo = photos / SMALL[0]
+    base = ["anonymize", str(photo), "-m", "dp-pix", "--ledger", str(ledger), "--link",
+            str(templates), "--json"]
+    named = runner.invoke(app, [*base, "-o", str(tmp_path / "o1"), "--subject", "Annabel-Q"])
+    assert named.exit_code == 0, named.output
+    unnamed = runner.invoke(app, [*base, "-o", str(tmp_path / "o2")])
+    assert unnamed.exit_code == 0, unnamed.output
+    with Ledger(ledger, create=False) as led:
+        assert len(led.events("Annabel-Q")) == 2 and led.subjects() == ["Annabel-Q"]
+    receipt = (tmp_path / "o2" / "skimage-astronaut.receipt.json").read_text()
+    assert "Annabel" not in receipt  # a linked face's subject is not shown beside the output
+    same = runner.invoke(app, ["anonymize", str(photo), "-m", "dp-pix", "--ledger", str(ledger),
+                               "--link", str(ledger), "-o", str(tmp_path / "o3")])
+    assert same.exit_code == 2 and "different file" in _flat(same.output)
