@@ -188,10 +188,12 @@ def _git_commit() -> str | None:
 
 @cache
 def _model_hashes() -> dict[str, str]:
-    """sha256 of every pinned model/sample file (set-up verifies each against these)."""
+    """sha256 of every pinned model file (set-up verifies each against these)."""
     from .models.store import manifest
 
-    return {name: f.sha256 for name, f in sorted(manifest().items())}
+    return {
+        name: f.sha256 for name, f in sorted(manifest().items()) if not name.startswith("samples/")
+    }
 
 
 class Anonymizer:
