@@ -358,7 +358,9 @@ def anonymize(
                                             f"(1..{MAX_BLOCK}).")] = 16,
     pixels: Annotated[int, typer.Option("--pixels", help="m: pixels protected (dp-pix, "
                                                          "dp-blur).")] = 16,
-    detector: Annotated[DetectorName, typer.Option(help="Face detector.")] = "hog",
+    detector: Annotated[
+        DetectorName, typer.Option(help="Face detector: hog (dlib's HOG) or blazeface.")
+    ] = "hog",
     seed: Annotated[
         int | None, typer.Option(help="Reproducible noise for experiments (NOT private).")
     ] = None,
@@ -445,7 +447,9 @@ def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("out/samples"),
     epsilon: Annotated[float, typer.Option(help="epsilon per release (> 0).")] = 6.0,
     mechanism: Annotated[
-        MechanismName, typer.Option("--mechanism", "-m", help="The mechanism (see anonymize).")
+        MechanismName,
+        typer.Option("--mechanism", "-m", help="identity-laplace, identity-gaussian, "
+                     "identity-vmf, dp-pix or dp-blur (see anonymize)."),
     ] = "identity-laplace",
     ledger_path: Annotated[
         Path | None,
