@@ -360,8 +360,9 @@ class Anonymizer:
     ) -> AnonymizationResult:
         """De-identify every face of one photo.
 
-        ``subject`` names the person in a single-face photo; ``subjects`` names each face
-        (left to right; ``None`` leaves a face unnamed). An unnamed face is its own privacy
+        ``subject`` names the person in a single-face photo; ``subjects`` names faces left to
+        right (``None``, or a list shorter than the faces found, leaves a face unnamed; a name
+        for a face beyond those found is an error and nothing is released). An unnamed face is its own privacy
         unit keyed by this photo's pixels: the same photo released again charges the same
         unit; another photo of the same person is another unit. ``name`` is what the receipt
         calls the input (default: the file's name, never its folder)."""
@@ -420,9 +421,14 @@ class Anonymizer:
             return [subject] * len(faces)
         if subjects is None:
             return [None] * len(faces)
-        if len(subjects) != len(faces):
-            return f"{len(subjects)} subject names for {len(faces)} detected faces"
-        return [None if s is None else normalize_subject(s) for s in subjects]
+        extra = [i for i, s in enumerate(subjects) if i >= len(faces) and s is not None]
+        if extra:
+            return (
+                f"subjects= names face {extra[0]} (0-based, left to right) but only "
+                f"{len(faces)} face(s) were detected; nothing was released"
+            )
+        names = [None if s is None else normalize_subject(s) for s in subjects[: len(faces)]]
+        return names + [None] * (len(faces) - len(names))
 
     def _units(
         self,
