@@ -362,10 +362,10 @@ class Anonymizer:
 
         ``subject`` names the person in a single-face photo; ``subjects`` names faces left to
         right (``None``, or a list shorter than the faces found, leaves a face unnamed; a name
-        for a face beyond those found is an error and nothing is released). An unnamed face is its own privacy
-        unit keyed by this photo's pixels: the same photo released again charges the same
-        unit; another photo of the same person is another unit. ``name`` is what the receipt
-        calls the input (default: the file's name, never its folder)."""
+        for a face beyond those found is an error and nothing is released). An unnamed face is
+        its own privacy unit keyed by this photo's pixels: the same photo released again
+        charges the same unit; another photo of the same person is another unit. ``name`` is
+        what the receipt calls the input (default: the file's name, never its folder)."""
         if isinstance(image, np.ndarray):
             source = name if name is not None else "<array>"
         else:
