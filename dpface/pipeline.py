@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,10 +38,11 @@ from typing import Any, Literal
 import numpy as np
 
 from mechanisms.base import Mechanism
+from mechanisms.budgets import ZCDP
 from mechanisms.identity import IdentityGaussian, IdentityLaplace, IdentityVMF
 from mechanisms.pixelization import DPBlur, DPPixelization
 
-from .detect import Face, detect_array
+from .detect import Face, ImageFaces, detect_array
 from .generators.base import FaceInput, Generator
 from .ledger import BudgetExceeded, Ledger, event_to_json
 from .linking import TemplateStore
@@ -55,6 +57,8 @@ IdentityMechanism = IdentityLaplace | IdentityGaussian | IdentityVMF
 ImageMechanism = DPPixelization | DPBlur
 Pseudonym = Literal["fresh", "reuse"]
 SubjectsInReceipt = Literal["name", "digest"]
+Fallback = Literal["dp-pix", "mask"]
+FALLBACK_PIXELS = 16  # m of the fallback DP-Pix release (pixels protected per cell mean)
 LINK_ENCODER = "mobileface"  # encoder used to link faces when no generator names one
 LINKED_UNIT = "unnamed face linked on the trusted side (subject not shown)"
 LINKING_UNCOVERED = (
@@ -84,6 +88,9 @@ class FaceRecord:
     remaining_epsilon: float | None = None
     channels: dict[str, list[str]] | None = None
     linked: bool = False  # an unnamed face charged to an enrolled subject by raw matching
+    protection: str = "none"  # "generator" | "mechanism" | "dp-fallback" | "mask"
+    uncertain: bool = False  # the detector was unsure this is a face; protected all the same
+    detector: str | None = None  # which detector found it
 
     def as_dict(self) -> dict[str, Any]:
         """Everything, including the trusted-side subject (for the caller, not for receipts)."""
@@ -149,6 +156,20 @@ def _with_note(channels: dict[str, list[str]], note: str | None) -> dict[str, li
     return channels
 
 
+def _epsilon_of(mechanism: Mechanism) -> float:
+    """The epsilon of one release of ``mechanism`` (its budget's epsilon)."""
+    budget = mechanism.guarantee.budget
+    if isinstance(budget, ZCDP):  # its epsilon at delta = 1e-9, rounded up by the budget
+        return float(budget.to_approx(1e-9).epsilon)
+    return float(budget.epsilon)
+
+
+def _face_flags(face: Face) -> tuple[bool, bool, str | None]:
+    """(uncertain, landmarks usable, detector name) of a detection."""
+    return (bool(getattr(face, "uncertain", False)), bool(getattr(face, "landmarks_ok", True)),
+            getattr(face, "detector", None))
+
+
 def _photo_key(rgb: np.ndarray) -> bytes:
     """A digest of the decoded pixels (what the unnamed-face units are keyed on)."""
     h = hashlib.sha256(f"{rgb.shape}|{rgb.dtype}|".encode())
@@ -211,6 +232,9 @@ class Anonymizer:
         steering: AttributeSteering | None = None,
         encoder: Any = None,
         receipt_subjects: SubjectsInReceipt = "name",
+        fallback: Fallback = "dp-pix",
+        fallback_epsilon: float | None = None,
+        fallback_cells: int = 8,
     ) -> None:
         """``templates``: opt-in face linking. Named faces are enrolled in the template store
         (raw face templates: keep it on the trusted side, apart from outputs and ledger) and
@@ -220,7 +244,15 @@ class Anonymizer:
         (``dpface.steering``). ``encoder``: an identity encoder instance to embed faces with
         (default: looked up by the generator's encoder name); needed for encoders built from a
         path, such as ``get_encoder("arcface-onnx", model_path=...)``. ``receipt_subjects``:
-        ``"digest"`` shows named subjects in receipts as keyed digests instead of names."""
+        ``"digest"`` shows named subjects in receipts as keyed digests instead of names.
+
+        ``fallback``: how a face the generator cannot take is protected -- one the detector is
+        unsure of, one too small or turned for landmarks, or one the generator refuses:
+        ``"dp-pix"`` (default) releases its region with DP pixelization at ``fallback_epsilon``
+        (default: the mechanism's epsilon), cells sized so the region is at most
+        ``fallback_cells`` cells across, charged to the face's unit like any release;
+        ``"mask"`` covers it with flat grey (releases nothing, charges nothing). A refused
+        fallback is masked. No face is ever returned unprotected."""
         if encoder is not None and generator is not None and encoder.name != generator.encoder:
             raise ValueError(f"the generator reads {generator.encoder} identities but the "
                              f"encoder given is {encoder.name}")
@@ -251,6 +283,18 @@ class Anonymizer:
             raise TypeError("templates must be a dpface.linking.TemplateStore (or None)")
         if steering is not None and generator is None:
             raise ValueError("attribute steering needs a generator (an identity mechanism)")
+        if fallback not in ("dp-pix", "mask"):
+            raise ValueError("fallback must be 'dp-pix' or 'mask'")
+        if isinstance(fallback_cells, bool) or not isinstance(fallback_cells, int) or not (
+            1 <= fallback_cells <= 64
+        ):
+            raise ValueError("fallback_cells must be an integer from 1 to 64")
+        eps = fallback_epsilon if fallback_epsilon is not None else _epsilon_of(mechanism)
+        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+            raise ValueError("fallback_epsilon must be a finite number > 0")
+        self.fallback: Fallback = fallback
+        self.fallback_epsilon = float(eps)
+        self.fallback_cells = fallback_cells
         self.steering = steering
         self.templates = templates
         self.mechanism = mechanism
@@ -301,14 +345,15 @@ class Anonymizer:
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
-    def _release_args(self) -> dict[str, Any]:
-        g = self.mechanism.guarantee
+    def _release_args(self, mechanism: Mechanism | None = None) -> dict[str, Any]:
+        mech = self.mechanism if mechanism is None else mechanism
+        g = mech.guarantee
         return {
-            "mechanism": self.mechanism_name,
+            "mechanism": type(mech).__name__,
             "budget": g.budget,
-            "event": self.mechanism.event(),
-            "note": self.mechanism.statement(),
-            "seeded": self.seeded,
+            "event": mech.event(),
+            "note": mech.statement(),
+            "seeded": bool(mech.seeded),
             "is_dp": g.is_dp,
         }
 
@@ -394,13 +439,13 @@ class Anonymizer:
         out = rgb.copy()
         records: list[FaceRecord] = []
         if isinstance(self.mechanism, (DPPixelization, DPBlur)):
-            for i, (region, unit) in enumerate(zip(regions, units, strict=True)):
-                out, rec = self._pixelize_face(out, region, i, unit)
+            for i, (face, region, unit) in enumerate(zip(faces, regions, units, strict=True)):
+                out, rec = self._pixelize_face(out, face, region, i, unit, self.mechanism)
                 records.append(rec)
         else:
             assert embeddings is not None or not faces
             out, records = self._replace_faces(out, faces, regions, units, embeddings)
-        receipt = self._receipt(source, records, found.note)
+        receipt = self._receipt(source, records, found)
         return AnonymizationResult(source, out, records, receipt, timings=dict(self._timings))
 
     def _given_names(
@@ -474,40 +519,66 @@ class Anonymizer:
         return {"epsilon": s.epsilon, "delta": s.delta}, self.ledger.remaining(subject)
 
     def _masked(
-        self, img: np.ndarray, region: tuple[int, int, int, int], index: int, unit: _Unit,
-        reason: str, *, refused: bool, **extra: Any,
+        self, img: np.ndarray, face: Face, region: tuple[int, int, int, int], index: int,
+        unit: _Unit, reason: str, *, refused: bool, **extra: Any,
     ) -> tuple[np.ndarray, FaceRecord]:
+        uncertain, _, detector = _face_flags(face)
         rec = FaceRecord(index, region, unit.subject, unit.shown, "masked", reason=reason,
-                         refused=refused, linked=unit.linked, **extra)
+                         refused=refused, linked=unit.linked, protection="mask",
+                         uncertain=uncertain, detector=detector, **extra)
         return self._mask(img, region), rec
 
-    def _pixelize_face(
-        self, img: np.ndarray, region: tuple[int, int, int, int], index: int, unit: _Unit
+    def _fallback_mechanism(self, region: tuple[int, int, int, int]) -> DPPixelization:
+        """DP-Pix for one region, with cells so the region is ``fallback_cells`` cells across
+        (coarse enough that no face detail survives, whatever the region's size)."""
+        x0, y0, x1, y1 = region
+        block = max(4, min(256, math.ceil(max(x1 - x0, y1 - y0) / self.fallback_cells)))
+        return DPPixelization(epsilon=self.fallback_epsilon, block=block, m=FALLBACK_PIXELS)
+
+    def _protect_fallback(
+        self, img: np.ndarray, face: Face, region: tuple[int, int, int, int], index: int,
+        unit: _Unit, why: str, **extra: Any,
     ) -> tuple[np.ndarray, FaceRecord]:
+        """A face the generator cannot take: DP-Pix (charged) or, if refused, a mask."""
+        if self.fallback == "mask":
+            return self._masked(img, face, region, index, unit, why, refused=False, **extra)
+        return self._pixelize_face(img, face, region, index, unit,
+                                   self._fallback_mechanism(region), why=why)
+
+    def _pixelize_face(
+        self, img: np.ndarray, face: Face, region: tuple[int, int, int, int], index: int,
+        unit: _Unit, mech: DPPixelization | DPBlur, *, why: str | None = None,
+    ) -> tuple[np.ndarray, FaceRecord]:
+        """Release the region with an image mechanism, charged first (``why``: the reason a
+        fallback was needed; None when ``mech`` is the run's own mechanism)."""
         t = time.perf_counter()
         try:
-            charge = self.ledger.charge(unit.subject, **self._release_args())
+            charge = self.ledger.charge(unit.subject, **self._release_args(mech))
         except (BudgetExceeded, KeyError) as err:
             self._tick("charge", t)
-            return self._masked(img, region, index, unit,
-                                f"budget refused: {self._refusal(err)}", refused=True)
+            reason = f"budget refused: {self._refusal(err)}"
+            if why is not None:
+                reason = f"{why}; its DP fallback was refused too: {self._refusal(err)}"
+            return self._masked(img, face, region, index, unit, reason, refused=True)
         t = self._tick("charge", t)
-        mech = self.mechanism
-        assert isinstance(mech, (DPPixelization, DPBlur))
         out = np.asarray(mech(img, region))
         self._tick("privatise", t)
         spent, left = self._spent(unit.subject)
-        channels = {
-            "covered": ["pixels of the face region (m-pixel unit)"],
+        uncertain, _, detector = _face_flags(face)
+        channels: dict[str, list[str]] = {
+            "covered": [f"pixels of the face region (m-pixel unit): {mech.statement()}"
+                        if why is not None else "pixels of the face region (m-pixel unit)"],
             "uncovered": ["everything outside the face region",
                           "the position and size of the region"],
-            "notes": [],
+            "notes": [] if why is None else [f"DP fallback: {why}"],
         }
         if unit.linked:
             channels["uncovered"].append(LINKING_UNCOVERED)
-        rec = FaceRecord(index, region, unit.subject, unit.shown, "pixelized",
+        rec = FaceRecord(index, region, unit.subject, unit.shown, "pixelized", reason=why,
                          ledger_event=charge.id, spent=spent, remaining_epsilon=left,
-                         channels=channels, linked=unit.linked)
+                         channels=channels, linked=unit.linked,
+                         protection="mechanism" if why is None else "dp-fallback",
+                         uncertain=uncertain, detector=detector)
         return out, rec
 
     def _privatise(self, unit: _Unit, emb: np.ndarray) -> tuple[np.ndarray, int | None, str]:
@@ -553,10 +624,17 @@ class Anonymizer:
         for i, (face, region, unit, emb) in enumerate(
             zip(faces, regions, units, embeddings, strict=True)
         ):
+            uncertain, landmarks_ok, detector = _face_flags(face)
+            if uncertain or not landmarks_ok:
+                why = ("the detector was unsure this is a face" if uncertain else
+                       "too small or turned for reliable landmarks")
+                img, rec = self._protect_fallback(img, face, region, i, unit, why)
+                records.append(rec)
+                continue
             try:
                 private, event_id, how = self._privatise(unit, emb)
             except (BudgetExceeded, KeyError) as err:
-                img, rec = self._masked(img, region, i, unit,
+                img, rec = self._masked(img, face, region, i, unit,
                                         f"budget refused: {self._refusal(err)}", refused=True)
                 records.append(rec)
                 continue
@@ -573,10 +651,10 @@ class Anonymizer:
             self._tick("generate", t)
             spent, left = self._spent(unit.subject)
             if not result.replaced:
-                img, rec = self._masked(
-                    img, region, i, unit, f"generator could not replace it: {result.reason}",
-                    refused=False, ledger_event=event_id, identity=how, spent=spent,
-                    remaining_epsilon=left,
+                img, rec = self._protect_fallback(
+                    img, face, region, i, unit,
+                    f"generator could not replace it: {result.reason} (its identity release "
+                    f"was charged, ledger event {event_id})",
                 )
                 records.append(rec)
                 continue
@@ -587,7 +665,8 @@ class Anonymizer:
             records.append(
                 FaceRecord(i, region, unit.subject, unit.shown, "replaced",
                            ledger_event=event_id, identity=how, spent=spent,
-                           remaining_epsilon=left, channels=channels, linked=unit.linked)
+                           remaining_epsilon=left, channels=channels, linked=unit.linked,
+                           protection="generator", detector=detector)
             )
         return img, records
 
@@ -625,8 +704,25 @@ class Anonymizer:
             items.insert(0, "this release is NOT differentially private (see mechanism)")
         return items
 
-    def _receipt(self, source: str, records: list[FaceRecord], note: str | None) -> dict[str, Any]:
+    def _receipt(
+        self, source: str, records: list[FaceRecord], found: ImageFaces
+    ) -> dict[str, Any]:
         gen = self.generator
+        min_px = getattr(found, "min_face_px", None)
+        detection = {
+            "detector": self.detector,
+            "faces_found": len(records),
+            "uncertain": sum(r.uncertain for r in records),
+            "min_face_px": min_px,
+            "rotations_tried": list(getattr(found, "rotations_tried", ()) or ()),
+            "written_unchanged": not records,
+            "may_have_missed": (
+                "faces narrower than about "
+                f"{min_px} px in this photo, and faces the detector does not recognise as "
+                "faces (strongly turned, covered, drawn)" if min_px else
+                "faces the detector does not recognise as faces (small, turned, covered)"
+            ),
+        }
         return {
             "schema": RECEIPT_SCHEMA,
             "source": source,
@@ -639,7 +735,8 @@ class Anonymizer:
             "pseudonym": self.pseudonym,
             "ledger": {"run_id": self.ledger.run_id, "composition": self.ledger.composition},
             "faces": [r.as_receipt() for r in records],
-            "detection_note": note,
+            "detection": detection,
+            "detection_note": found.note,
             "not_protected": self._not_protected(any(r.linked for r in records)),
             "privacy_units": self._units_text(),
         }

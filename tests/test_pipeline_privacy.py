@@ -146,7 +146,18 @@ def test_a_refused_face_is_masked_pixel_for_pixel_and_the_refusal_recorded(
     assert len(led.events("obama", kinds=("refusal",))) == 1
 
 
-def test_a_face_the_generator_cannot_replace_is_masked_pixel_for_pixel(
+def _cells_are_flat(img: np.ndarray, region: tuple[int, ...], block: int) -> bool:
+    """Every full block x block cell of the region is one colour (no face detail left)."""
+    x0, y0, x1, y1 = region
+    for y in range(y0, y1 - block + 1, block):
+        for x in range(x0, x1 - block + 1, block):
+            cell = img[y:y + block, x:x + block].reshape(-1, 3)
+            if not np.all(cell == cell[0]):
+                return False
+    return True
+
+
+def test_a_face_the_generator_cannot_replace_gets_the_dp_fallback(
     tmp_path: Path, spy: SpyGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the real generator's own refusal path: every face is "too small" for it
@@ -156,12 +167,44 @@ def test_a_face_the_generator_cannot_replace_is_masked_pixel_for_pixel(
     photo = store.path(OBAMA)
     res = anon.anonymize(photo, subject="obama")
     face = res.faces[0]
-    assert face.status == "masked" and not face.refused
+    assert face.status == "pixelized" and face.protection == "dp-fallback"
     assert "generator could not replace it" in (face.reason or "")
+    assert res.image is not None and _outside_unchanged(load_rgb(photo), res.image, face.box)
+    x0, y0, x1, y1 = face.box
+    block = max(4, -(-max(x1 - x0, y1 - y0) // anon.fallback_cells))
+    assert _cells_are_flat(res.image, face.box, block)
+    # both releases were charged: the identity draw (safe direction) and the fallback
+    assert [e["mechanism"] for e in led.events("obama")] == ["RecordingLaplace", "DPPixelization"]
+    assert res.receipt["faces"][0]["channels"]["notes"][0].startswith("DP fallback")
+
+
+def test_with_the_mask_fallback_an_unreplaceable_face_is_masked_pixel_for_pixel(
+    tmp_path: Path, spy: SpyGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(surrogate, "MIN_FACE_WIDTH", 1e9)
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
+    anon, _ = _identity(spy, led, fallback="mask")
+    photo = store.path(OBAMA)
+    res = anon.anonymize(photo, subject="obama")
+    face = res.faces[0]
+    assert face.status == "masked" and face.protection == "mask" and not face.refused
     x0, y0, x1, y1 = face.box
     assert res.image is not None and np.all(res.image[y0:y1, x0:x1] == MASK_VALUE)
     assert _outside_unchanged(load_rgb(photo), res.image, face.box)
-    assert face.ledger_event is not None  # the release was charged: the safe direction
+
+
+def test_a_refused_fallback_is_masked(
+    tmp_path: Path, spy: SpyGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(surrogate, "MIN_FACE_WIDTH", 1e9)
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(6.0))  # the identity draw uses it all
+    anon, _ = _identity(spy, led)
+    res = anon.anonymize(store.path(OBAMA), subject="obama")
+    face = res.faces[0]
+    assert face.status == "masked" and face.refused
+    assert "fallback was refused" in (face.reason or "")
+    x0, y0, x1, y1 = face.box
+    assert res.image is not None and np.all(res.image[y0:y1, x0:x1] == MASK_VALUE)
 
 
 # ---------------------------------------------------------------- units that bind
