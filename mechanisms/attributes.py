@@ -807,9 +807,7 @@ class TClosenessSelector(Mechanism):
                 if lo == 0 or hi == 1:
                     return math.inf
                 ratio = max(hi / lo, (1 - lo) / (1 - hi))
-                value = (
-                    decimal.Decimal(ratio.numerator) / decimal.Decimal(ratio.denominator)
-                ).ln()
+                value = (decimal.Decimal(ratio.numerator) / decimal.Decimal(ratio.denominator)).ln()
                 # ratio >= 1 + 2^-53, so ln(ratio) > 10^-16; the division and ln are correctly
                 # rounded at 60 digits (relative 10^-59 each), dominated by the 10^-50 slack
                 total += value * (1 + _LN_SLACK) + _LN_SLACK

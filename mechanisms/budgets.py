@@ -168,9 +168,7 @@ def compose_basic(budgets: list[Budget] | tuple[Budget, ...]) -> Budget:
             "cannot compose zCDP with (epsilon, delta) budgets; convert with to_approx(delta)"
         )
     approx = [
-        b if isinstance(b, ApproxDP) else b.to_approx()
-        for b in budgets
-        if not isinstance(b, ZCDP)
+        b if isinstance(b, ApproxDP) else b.to_approx() for b in budgets if not isinstance(b, ZCDP)
     ]
     eps = _exact_sum_up([b.epsilon for b in approx])
     delta = _exact_sum_up([b.delta for b in approx])

@@ -86,7 +86,7 @@ from dp_accounting import dp_event
 from scipy.special import logsumexp
 
 from .accounting import pure_event
-from .base import Guarantee, Mechanism, check_positive_finite
+from .base import Guarantee, Mechanism, check_positive_finite, format_down, format_up
 from .budgets import PureDP, ceil_float
 from .rng import Randomness, resolve
 
@@ -141,6 +141,8 @@ def _check_numpy_exp() -> None:
                         "charge assumes (proofs/exponential.md R1): refusing to sample"
                     )
     _exp_checked = True
+
+
 # Relative error charged for each sampled weight (see the module docstring).
 _ALPHA = 1e-12
 # eps - eps': 2 ln((1 + alpha) / (1 - alpha)), rounded up generously.
@@ -199,18 +201,31 @@ class Exponential(Mechanism):
         self._monotonic = monotonic
         self._kappa = 1.0 if monotonic else 2.0
         eps_s = math.nextafter(self._epsilon - _EPS_SHRINK, 0.0)
-        if eps_s <= 0.0:
-            raise ValueError(
-                f"epsilon = {self._epsilon} is too small: the sampler charges {_EPS_SHRINK:.3g} "
-                "of it for float64 rounding"
-            )
         self._sampling_epsilon = eps_s
         self._rate = self._epsilon / (self._kappa * self._sensitivity)
         self._sampling_rate = eps_s / (self._kappa * self._sensitivity)
-        if not (_MIN_SCALE_RATE <= self._sampling_rate and self._rate <= _MAX_SCALE_RATE):
+        if eps_s <= 0.0 or not (
+            _MIN_SCALE_RATE <= self._sampling_rate and self._rate <= _MAX_SCALE_RATE
+        ):
+            scale = Fraction(self._kappa) * Fraction(self._sensitivity)
+            low = max(scale * Fraction(_MIN_SCALE_RATE) * 2, 2 * Fraction(_EPS_SHRINK))
+            high = min(scale * Fraction(_MAX_SCALE_RATE), Fraction(sys.float_info.max))
+            why = (
+                f"epsilon is too small: the sampler charges {_EPS_SHRINK:.3g} of it for float64 "
+                "rounding and samples at epsilon minus that, so epsilon must exceed it"
+                if eps_s <= 0.0
+                else f"epsilon / sensitivity = {self._epsilon / self._sensitivity:.3g} is "
+                f"outside [{_MIN_SCALE_RATE:.3g}, {_MAX_SCALE_RATE:.3g}], where the float64 "
+                "error bound of the sampling weights holds (no overflow, no subnormal scale)"
+            )
+            advice = (
+                f"use epsilon in [{format_up(low)}, {format_down(high)}]"
+                if low <= high
+                else "no epsilon works at this sensitivity: rescale the scores"
+            )
             raise ValueError(
-                f"epsilon / sensitivity = {self._epsilon / self._sensitivity:.3g} is outside the "
-                f"supported range [{_MIN_SCALE_RATE:.3g}, {_MAX_SCALE_RATE:.3g}]"
+                f"epsilon = {self._epsilon:g} is out of range for sensitivity "
+                f"{self._sensitivity:g}: {why} (proofs/exponential.md); {advice}"
             )
         self.randomness = resolve(randomness, seed)
 

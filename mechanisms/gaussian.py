@@ -52,6 +52,8 @@ __all__ = [
     "GaussianCalibration",
     "analytic_gaussian_delta",
     "analytic_gaussian_sigma",
+    "epsilon_at_multiplier",
+    "least_epsilon",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -335,6 +337,43 @@ class GaussianCalibration:
         return m
 
 
+def epsilon_at_multiplier(
+    multiplier: Fraction, *, delta: float, calibration: Calibration
+) -> Fraction:
+    """About the least epsilon the calibration method reaches with ``multiplier`` at ``delta``:
+    the solver's multiplier at that epsilon is (up to its 1e-12 bisection) at most
+    ``multiplier``. For advice in error messages (callers add a 10^-6 relative margin).
+
+    Analytic: smallest epsilon with delta_BW(epsilon; multiplier) <= delta (1 - 10^-9), by
+    bisection, the inverse of analytic_gaussian_sigma. RDP: the rounded-up conversion
+    rdp_gaussian_epsilon_up, an upper bound on dp-accounting's value.
+    """
+    if calibration == "rdp":
+        eps = rdp_gaussian_epsilon_up(multiplier * multiplier, delta)
+    else:
+        ratio = _fraction_down(multiplier)
+        eps = _smallest(
+            lambda e: (
+                analytic_gaussian_delta(ratio, epsilon=e, sensitivity=1.0) <= delta * (1.0 - 1e-9)
+            ),
+            1.0,
+        )
+    return Fraction(eps) if math.isfinite(eps) else Fraction(sys.float_info.max)
+
+
+def least_epsilon(
+    *, delta: float, sensitivity: float, coords: int, calibration: Calibration = "analytic"
+) -> Fraction | None:
+    """About the least epsilon (10^-6 relative margin included) whose multiplier lets a
+    ``coords``-coordinate query fit the exact sampler (s <= 2^24), or None if none does
+    (the largest multiplier the query supports is below MIN_NOISE_MULTIPLIER)."""
+    top = GaussianCalibration.max_multiplier(sensitivity, coords)
+    if top < MIN_NOISE_MULTIPLIER:
+        return None
+    eps = epsilon_at_multiplier(top, delta=delta, calibration=calibration)
+    return eps * (1 + Fraction(1, 10**6))
+
+
 class Gaussian(Mechanism):
     """(epsilon, delta)-DP release of a real vector with bounded L2 sensitivity."""
 
@@ -377,33 +416,20 @@ class Gaussian(Mechanism):
         self.calibration(1)
 
     def _epsilon_at(self, multiplier: Fraction) -> Fraction:
-        """About the least epsilon this calibration method reaches with ``multiplier`` at this
-        delta; for the advice in error messages only (callers add a 10^-6 relative margin).
-
-        Analytic: smallest epsilon with delta_BW(epsilon; multiplier) <= delta (1 - 10^-9),
-        by bisection, the inverse of analytic_gaussian_sigma. RDP: the rounded-up conversion
-        rdp_gaussian_epsilon_up, an upper bound on dp-accounting's value, so the solver's
-        multiplier at that epsilon is at most ``multiplier``.
-        """
-        if self.calibration_method == "rdp":
-            eps = rdp_gaussian_epsilon_up(multiplier * multiplier, self.delta)
-        else:
-            ratio = _fraction_down(multiplier)
-            eps = _smallest(
-                lambda e: (
-                    analytic_gaussian_delta(ratio, epsilon=e, sensitivity=1.0)
-                    <= self.delta * (1.0 - 1e-9)
-                ),
-                1.0,
-            )
-        return Fraction(eps) if math.isfinite(eps) else Fraction(sys.float_info.max)
+        return epsilon_at_multiplier(
+            multiplier, delta=self.delta, calibration=self.calibration_method
+        )
 
     def _advice(self, coords: int) -> str:
         """ "use epsilon >= x at this delta" for a ``coords``-coordinate query, or why not."""
-        top = GaussianCalibration.max_multiplier(self.sensitivity, coords)
-        if top < MIN_NOISE_MULTIPLIER:
+        least = least_epsilon(
+            delta=self.delta,
+            sensitivity=self.sensitivity,
+            coords=coords,
+            calibration=self.calibration_method,
+        )
+        if least is None:
             return f"no epsilon works at this delta for {coords} coordinates: split the query"
-        least = self._epsilon_at(top) * (1 + Fraction(1, 10**6))
         return f"use epsilon >= {format_up(least)} at this delta (or a larger delta)"
 
     def calibration(self, coords: int) -> GaussianCalibration:

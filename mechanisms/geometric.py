@@ -153,9 +153,7 @@ def _build_table(m: int, t: int, size: int | None) -> _Table:
             sentinel = np.array([1 << PREFIX_BITS], dtype=np.uint64)  # S_0 = 2^32 > any w
             lower = np.concatenate([sentinel, s32])
             upper = np.concatenate([s32, np.zeros(1, dtype=np.uint64)])
-            return _Table(
-                m=m, t=t, size=size, thresholds=s, log_r=-m / t, lower=lower, upper=upper
-            )
+            return _Table(m=m, t=t, size=size, thresholds=s, log_r=-m / t, lower=lower, upper=upper)
         prec *= 2  # a threshold sat too close to an integer boundary; sharpen and redo
 
 

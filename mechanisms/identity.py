@@ -52,15 +52,24 @@ from dp_accounting import dp_event
 from scipy import special, stats
 
 from .accounting import pure_event
-from .base import Guarantee, Mechanism, check_positive_finite, check_probability
+from .base import (
+    Guarantee,
+    Mechanism,
+    check_positive_finite,
+    check_probability,
+    format_down,
+    format_up,
+)
 from .budgets import ZCDP, ApproxDP, PureDP, ceil_float
-from .gaussian import Calibration, Gaussian, GaussianCalibration
+from .gaussian import Calibration, Gaussian, GaussianCalibration, least_epsilon
 from .laplace import Laplace, LaplaceCalibration
 from .rng import Randomness, resolve
 
 __all__ = [
     "FLOAT_MARGIN",
     "MAX_DIM",
+    "VMF_KAPPA_PER_DIM",
+    "VMF_MIN_KAPPA_DIM3",
     "VMF_OUTPUT_GRID_BITS",
     "CosineEstimate",
     "Domain",
@@ -68,6 +77,7 @@ __all__ = [
     "IdentityLaplace",
     "IdentityVMF",
     "expected_cosine",
+    "vmf_max_kappa",
     "vmf_mean_cosine",
 ]
 
@@ -171,6 +181,75 @@ def _padded(sensitivity: float) -> float:
     return ceil_float(Fraction(sensitivity) * (1 + FLOAT_MARGIN))
 
 
+def _checked_laplace(
+    name: str, epsilon: float, sensitivity: float, dim: int, randomness: Randomness
+) -> Laplace:
+    """The grid Laplace for one ``dim``-coordinate release, refused now if it cannot be drawn."""
+    try:
+        noise = Laplace(epsilon=epsilon, sensitivity=sensitivity, randomness=randomness)
+        noise.calibration(dim)
+    except ValueError as exc:
+        least = LaplaceCalibration.least_epsilon(sensitivity, dim)
+        raise ValueError(
+            f"{name}(epsilon={epsilon:g}, dim={dim}) cannot be realised on the exact sampler: "
+            f"{exc}. For this {dim}-coordinate release use epsilon >= {format_up(least)}"
+        ) from None
+    return noise
+
+
+VMF_MIN_KAPPA_DIM3 = 2.0**-30
+"""Smallest kappa accepted for dim = 3 (see :func:`_check_vmf_kappa`)."""
+
+VMF_KAPPA_PER_DIM = 2.0**14
+"""For dim >= 4, kappa is accepted up to (dim - 1) * VMF_KAPPA_PER_DIM (see
+:func:`vmf_max_kappa`)."""
+
+
+def vmf_max_kappa(dim: int) -> float:
+    """Largest kappa accepted for ``dim`` (infinite for dim <= 3).
+
+    Wood's rejection sampler in scipy computes its envelope parameter as
+    ``(sqrt(4 kappa^2 + (dim-1)^2) - 2 kappa) / (dim-1)``, which cancels catastrophically for
+    large kappa: when the true value is below the rounding error of 2 kappa but the float
+    difference is not exactly 0, the envelope is wrong by orders of magnitude, the acceptance
+    probability is ~0 and the draw never returns (measured: dim 128 at kappa 1e17, dim 512 at
+    kappa 1e19 hang). At kappa <= (dim-1) 2^14 the envelope's relative error is below 3e-10
+    (measured against the stable form (dim-1) / (2 kappa + sqrt(...))), and the cosine of such
+    a draw to the input is already 1 - 3e-5 on average: larger epsilons add nothing usable.
+    """
+    return math.inf if dim <= 3 else (dim - 1) * VMF_KAPPA_PER_DIM
+
+
+def _check_vmf_kappa(kappa: float, epsilon: float, dim: int) -> None:
+    """Refuse a kappa scipy's vMF sampler cannot honour for this dimension.
+
+    * dim >= 4 (Wood's rejection sampler): above :func:`vmf_max_kappa` its envelope parameter
+      loses its precision and the sampler can loop forever (and above ~6.7e153 it overflows).
+    * dim = 3 (closed-form inverse CDF ``x = 1 + log(U + (1 - U) e^(-2 kappa)) / kappa``): the
+      float value of 1 - e^(-2 kappa) carries an absolute error of about 2^-53, so x is off by
+      about 4 * 2^-53 / kappa; below kappa = 2^-30 that exceeds half the 2^-20 output grid, and
+      below kappa ~ 1e-16 the formula returns x = 1, i.e. the input direction itself. Refused
+      below ``VMF_MIN_KAPPA_DIM3`` (epsilon 2^-29, about 1.9e-9).
+    * dim = 2 (numpy's von Mises sampler) works over the whole float range.
+    """
+    top = vmf_max_kappa(dim)
+    if not kappa <= top:
+        raise ValueError(
+            f"epsilon {epsilon:g} makes kappa = {kappa:.3g}, beyond what scipy's von "
+            f"Mises-Fisher sampler computes reliably for dim {dim} (its envelope parameter "
+            f"cancels in float64 and the rejection loop may never end); use epsilon <= "
+            f"{format_down(2 * top)}"
+        )
+    if dim == 3 and kappa < VMF_MIN_KAPPA_DIM3:
+        raise ValueError(
+            f"epsilon {epsilon:g} makes kappa = {kappa:.3g}, below 2^-30: for dim 3 scipy's "
+            "closed-form von Mises-Fisher sampler then loses its precision (its float error "
+            "exceeds the 2^-20 output grid, and below kappa ~ 1e-16 it returns the input "
+            f"direction itself); use epsilon >= {format_up(2 * VMF_MIN_KAPPA_DIM3)} "
+            "(or another dim)"
+        )
+
+
 def _shape_back(y: FloatArray, single: bool) -> FloatArray:
     return y[0] if single else y
 
@@ -241,8 +320,8 @@ class IdentityLaplace(_IdentityMechanism):
         self.randomness = resolve(randomness, seed)
         self._sensitivity = sensitivity
         self._measured = False
-        self._noise = Laplace(
-            epsilon=self.epsilon, sensitivity=_padded(sensitivity), randomness=self.randomness
+        self._noise = _checked_laplace(
+            "IdentityLaplace", self.epsilon, _padded(sensitivity), self.dim, self.randomness
         )
 
     @classmethod
@@ -270,8 +349,8 @@ class IdentityLaplace(_IdentityMechanism):
         mech.domain = "measured"
         mech._sensitivity = measured
         mech._measured = True
-        mech._noise = Laplace(
-            epsilon=mech.epsilon, sensitivity=measured, randomness=mech.randomness
+        mech._noise = _checked_laplace(
+            "IdentityLaplace.paper_compatible", mech.epsilon, measured, mech.dim, mech.randomness
         )
         return mech
 
@@ -422,13 +501,33 @@ class IdentityGaussian(_IdentityMechanism):
         self.dim = _check_dim(dim)
         self.renormalize = _check_bool("renormalize", renormalize)
         self.randomness = resolve(randomness, seed)
-        self._noise = Gaussian(
-            epsilon=self.epsilon,
-            delta=self.delta,
-            sensitivity=_padded(self.sensitivity),
-            calibration=calibration,
-            randomness=self.randomness,
-        )
+        try:
+            self._noise = Gaussian(
+                epsilon=self.epsilon,
+                delta=self.delta,
+                sensitivity=_padded(self.sensitivity),
+                calibration=calibration,
+                randomness=self.randomness,
+            )
+            # the release is one dim-coordinate query: refuse now what it could not draw
+            self._noise.calibration(self.dim)
+        except ValueError as exc:
+            least = least_epsilon(
+                delta=self.delta,
+                sensitivity=_padded(self.sensitivity),
+                coords=self.dim,
+                calibration=calibration,
+            )
+            advice = ""
+            if least is not None and self.epsilon < least:
+                advice = (
+                    f". For this {self.dim}-coordinate release use epsilon >= "
+                    f"{format_up(least)} at this delta (or a larger delta)"
+                )
+            raise ValueError(
+                f"IdentityGaussian(epsilon={self.epsilon:g}, delta={self.delta:g}, "
+                f"dim={self.dim}) cannot be realised on the exact sampler: {exc}{advice}"
+            ) from None
 
     @property
     def calibrated_sensitivity(self) -> float:
@@ -571,6 +670,7 @@ class IdentityVMF(_IdentityMechanism):
         self._kappa = kappa if 2.0 * kappa <= self.epsilon else math.nextafter(kappa, 0.0)
         if self._kappa == 0.0:
             raise ValueError(f"epsilon = {self.epsilon} is too small: kappa = epsilon/2 underflows")
+        _check_vmf_kappa(self._kappa, self.epsilon, self.dim)
         self._pole = np.zeros(self.dim)
         self._pole[0] = 1.0
 

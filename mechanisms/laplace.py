@@ -54,6 +54,13 @@ class LaplaceCalibration:
                 f"{format_up(least)} for a query of this size, or split the query"
             )
 
+    @staticmethod
+    def least_epsilon(sensitivity: float, coords: int) -> Fraction:
+        """Exact least epsilon whose ``coords``-coordinate calibration has t <= 2^48."""
+        grid = grid_for(sensitivity, coords, "l1")
+        relaxed = Fraction(sensitivity) + coords_factor(coords, "l1") * grid
+        return relaxed / (MAX_LAPLACE_T * grid)
+
     @property
     def scale(self) -> float:
         """The realised noise scale t*g (>= sensitivity/epsilon)."""

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import abc
 import math
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal, Protocol
@@ -53,14 +54,24 @@ from dp_accounting import dp_event
 from scipy import ndimage
 
 from .accounting import compose, pure_event
-from .base import Guarantee, Mechanism, check_positive_finite, check_probability
+from .base import (
+    Guarantee,
+    Mechanism,
+    check_positive_finite,
+    check_probability,
+    format_down,
+    format_up,
+)
 from .budgets import ApproxDP, PureDP, ceil_float, compose_basic
-from .gaussian import Calibration, Gaussian
-from .laplace import Laplace
+from .gaussian import Calibration, Gaussian, epsilon_at_multiplier, least_epsilon
+from .laplace import Laplace, LaplaceCalibration
 from .lattice import from_grid
 from .rng import Randomness, resolve
 
 __all__ = [
+    "MAX_BLOCK",
+    "MAX_PIXELS",
+    "MAX_SIGMA_BLUR",
     "Border",
     "Box",
     "Colour",
@@ -85,6 +96,24 @@ MAX_VALUE = 255
 _I64_LIMIT = 2**62
 _F64_EXACT = 2**53
 
+MAX_BLOCK = 1024
+"""Largest cell side accepted. A cell larger than the face region only adds constant padding
+(no more privacy: the sensitivity of m pixels is already that of a single cell), while every
+release paints block x block pixels per cell: block = 10^5 needed ~28 GiB for one cell."""
+
+MAX_PIXELS = 2**40
+"""Largest m accepted: more pixels than any image this library can hold in memory (2^40 is a
+terabyte of grey pixels); m >= the region's pixel count already protects the whole region."""
+
+MAX_SIGMA_BLUR = 4096.0
+"""Largest DP-blur smoothing sigma (pixels): its kernel spans 8 sigma + 1 pixels, and beyond a
+few thousand pixels the blur is flat over any face region while time and memory keep growing."""
+
+MIN_CELL_SIGMA = Fraction(1, 2**34)
+"""DPBlur: smallest noise parameter sigma = multiplier x sensitivity of the per-cell Gaussian.
+With >= 1024 grid steps per sigma the grid step exceeds sigma/2048, so cell means <= 255 have
+grid indices below 255 * 2^11 * 2^34 + 1 < 2^53, which ``_exact_grid_points`` needs."""
+
 
 # --------------------------------------------------------------------------------------------
 # Validation and geometry
@@ -98,6 +127,16 @@ def _check_int(name: str, value: int, *, minimum: int, maximum: int | None = Non
     if v < minimum or (maximum is not None and v > maximum):
         upper = "" if maximum is None else f" and <= {maximum}"
         raise ValueError(f"{name} must be >= {minimum}{upper}, got {value}")
+    return v
+
+
+def _check_int_why(name: str, value: int, minimum: int, maximum: int, why: str) -> int:
+    """Like _check_int, with the reason for the range in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    v = int(value)
+    if not minimum <= v <= maximum:
+        raise ValueError(f"{name} must lie in [{minimum}, {maximum}], got {value}: {why}")
     return v
 
 
@@ -271,6 +310,8 @@ class _GridMechanism(Protocol):
 class _CellMechanism(Mechanism):
     """Cell means of a region, released by a grid mechanism; painting back is post-processing."""
 
+    epsilon: float
+
     def __init__(
         self,
         *,
@@ -282,8 +323,22 @@ class _CellMechanism(Mechanism):
         randomness: Randomness | None,
         seed: int | None,
     ) -> None:
-        self.block = _check_int("block", block, minimum=1)
-        self.m = _check_int("m", m, minimum=1)
+        self.block = _check_int_why(
+            "block",
+            block,
+            1,
+            MAX_BLOCK,
+            "the side of a cell in pixels; larger cells only add padding to a face region "
+            "and every release paints block x block pixels per cell (memory)",
+        )
+        self.m = _check_int_why(
+            "m",
+            m,
+            1,
+            MAX_PIXELS,
+            "the number of pixels one privacy unit may change; at least 1, and beyond 2^40 "
+            "no image has that many pixels",
+        )
         self.colour: Colour = colour
         _check_choice("colour", colour, ("joint", "split"))
         self.pad_value = _check_int("pad_value", pad_value, minimum=0, maximum=MAX_VALUE)
@@ -312,6 +367,48 @@ class _CellMechanism(Mechanism):
             raise ValueError(f"image is empty: shape {image_shape}")
         y0, y1, x0, x1 = clip_box(box, height, width)
         return Region(y0=y0, y1=y1, x0=x0, x1=x1, block=self.block)
+
+    def _check_calibrations(self, cells: int, colours: tuple[int, ...] = (1, 3)) -> None:
+        """Refuse (ValueError, before any noise) a region of ``cells`` cells that the noise
+        mechanisms cannot calibrate for images with these numbers of colour channels. The
+        advised epsilon is the largest of the least epsilons over ``colours``, so it works for
+        every colour layout checked here."""
+        for channels in colours:
+            coords = cells * (channels if self.colour == "joint" else 1)
+            try:
+                self._grid(channels, coords)
+            except ValueError as exc:
+                leasts = [
+                    self._least_epsilon(c, cells * (c if self.colour == "joint" else 1))
+                    for c in colours
+                ]
+                least = None if None in leasts else max(x for x in leasts if x is not None)
+                advice = (
+                    f"use epsilon >= {format_up(least)} (or a larger block, or a smaller region)"
+                    if least is not None and self.epsilon < least
+                    else "use a larger block or a smaller region"
+                )
+                split = ", epsilon split over the channels" if self.colour == "split" else ""
+                raise ValueError(
+                    f"{type(self).__name__}(epsilon={self.epsilon:g}, block={self.block}, "
+                    f"m={self.m}, colour={self.colour!r}) cannot release a region of {cells} "
+                    f"cell(s) with {channels} colour channel(s){split}: {exc}. For this "
+                    f"region: {advice}"
+                ) from None
+
+    @abc.abstractmethod
+    def _least_epsilon(self, channels: int, coords: int) -> Fraction | None:
+        """About the least (outer) epsilon with which a query of ``coords`` coordinates fits the
+        exact sampler, or None if no epsilon does."""
+
+    def prepare(self, image_shape: tuple[int, ...], box: Box | None = None) -> Region:
+        """Validate the region of an image of ``image_shape`` and calibrate its noise, drawing
+        nothing: raises ``ValueError`` for a box or region this mechanism cannot release. Call
+        it before charging a budget; every release runs it too."""
+        reg = self.region(image_shape, box)
+        colours = _layout(int(image_shape[2])).colour if len(image_shape) > 2 else 1
+        self._check_calibrations(reg.n_cells, (colours,))
+        return reg
 
     def _cell_sums(self, batch: UInt8Array, reg: Region, lay: _Layout) -> IntArray:
         """Integer sums over each padded cell: shape (N, cell_rows, cell_cols, colour)."""
@@ -347,7 +444,7 @@ class _CellMechanism(Mechanism):
         if batch.shape[0] == 0:
             raise ValueError("batch needs at least one image")
         lay = _layout(batch.shape[-1])
-        reg = self.region(batch.shape[1:], box)
+        reg = self.prepare(batch.shape[1:], box)
         return self._noisy_means(self._cell_sums(batch, reg, lay), reg, lay)
 
     def noisy_cell_means(self, image: npt.ArrayLike, box: Box | None = None) -> FloatArray:
@@ -389,7 +486,7 @@ class _CellMechanism(Mechanism):
         if batch.shape[0] == 0:
             raise ValueError("batch needs at least one image")
         lay = _layout(batch.shape[-1])
-        reg = self.region(batch.shape[1:], box)
+        reg = self.prepare(batch.shape[1:], box)
         noisy = self._noisy_means(self._cell_sums(batch, reg, lay), reg, lay)
         out = self._paint(batch, self._render(self._cell_values(noisy, reg), reg), reg, lay)
         return out[..., 0] if squeezed else out
@@ -463,6 +560,8 @@ class DPPixelization(_CellMechanism):
             seed=seed,
         )
         self._laplaces: dict[int, Laplace] = {}
+        # refuse now what could not release even a one-cell region, grey or colour
+        self._check_calibrations(1)
 
     def laplace(self, channels: int = 1) -> Laplace:
         """The grid Laplace behind one query for an image with ``channels`` colour channels."""
@@ -481,6 +580,13 @@ class DPPixelization(_CellMechanism):
 
     def _mechanism(self, channels: int) -> Laplace:
         return self.laplace(channels)
+
+    def _least_epsilon(self, channels: int, coords: int) -> Fraction | None:
+        per_query = channels if self.colour == "joint" else 1
+        sens = pixel_l1_sensitivity(block=self.block, m=self.m, channels=per_query)
+        least = LaplaceCalibration.least_epsilon(sens, coords)
+        # split: each channel runs at (about) epsilon / C; a little more for _split_down
+        return least if self.colour == "joint" else least * channels * (1 + Fraction(1, 10**9))
 
     def _grid(self, channels: int, coords: int) -> Fraction:
         return self.laplace(channels).calibration(coords).grid
@@ -588,12 +694,60 @@ class DPBlur(_CellMechanism):
                     f"sigma_blur must be a real number, got {type(sigma_blur).__name__}"
                 )
             s = float(sigma_blur)
-            if not math.isfinite(s) or s < 0.0:
-                raise ValueError(f"sigma_blur must be >= 0 and finite, got {sigma_blur}")
+            if not 0.0 <= s <= MAX_SIGMA_BLUR:  # also refuses NaN and inf
+                raise ValueError(
+                    f"sigma_blur must lie in [0, {MAX_SIGMA_BLUR:g}] pixels, got {sigma_blur}: "
+                    "the blur kernel spans 8*sigma_blur + 1 pixels, and a wider blur is flat "
+                    "over any face region while its time and memory keep growing"
+                )
             self.sigma_blur = s
         _check_choice("calibration", calibration, ("analytic", "rdp"))
         self.calibration_method: Calibration = calibration
         self._gaussians: dict[int, Gaussian] = {}
+        # refuse now an epsilon so large that cell means would leave the exact grid range,
+        # then what could not release even a one-cell region, grey or colour
+        most = min(self._most_epsilon(channels) for channels in (1, 3))
+        if self.epsilon > most:
+            raise ValueError(
+                f"DPBlur(epsilon={self.epsilon:g}, delta={self.delta:g}, block={self.block}, "
+                f"m={self.m}) would give cell means a noise sigma below 2^-34: with >= 1024 "
+                "grid steps per sigma, a mean of 255 would sit beyond grid index 2^53, where "
+                f"the exact cell means are no longer exact; use epsilon <= {format_down(most)} "
+                "at this delta"
+            )
+        self._check_calibrations(1)
+        for channels in (1, 3):
+            self._check_cell_sigma(channels)
+
+    def _query(self, channels: int) -> tuple[float, float]:
+        """(L2 sensitivity, delta) of the Gaussian query behind ``channels`` colour channels."""
+        if self.colour == "joint":
+            return pixel_l2_sensitivity(block=self.block, m=self.m, channels=channels), self.delta
+        sens = pixel_l2_sensitivity(block=self.block, m=self.m, channels=1)
+        return sens, _split_down(self.delta, channels)
+
+    def _most_epsilon(self, channels: int) -> Fraction:
+        """About the largest (outer) epsilon whose per-cell noise sigma is >= MIN_CELL_SIGMA
+        (10^-6 relative margin)."""
+        sens, delta = self._query(channels)
+        if delta <= 0.0:
+            return Fraction(sys.float_info.max)
+        inner = epsilon_at_multiplier(
+            MIN_CELL_SIGMA / Fraction(sens), delta=delta, calibration=self.calibration_method
+        )
+        return inner * (1 - Fraction(1, 10**6)) * (channels if self.colour == "split" else 1)
+
+    def _check_cell_sigma(self, channels: int) -> None:
+        """Refuse a per-cell noise so small that cell means leave the exact 2^53 grid range
+        (a guard behind the _most_epsilon check, which should already have refused)."""
+        mech = self.gaussian(channels)
+        sigma = Fraction(mech.noise_multiplier) * Fraction(mech.sensitivity)
+        if sigma < MIN_CELL_SIGMA:
+            raise ValueError(
+                f"DPBlur(epsilon={self.epsilon:g}, delta={self.delta:g}, block={self.block}) "
+                f"gives cell means a noise sigma of {float(sigma):.3g}, below 2^-34; use "
+                f"epsilon <= {format_down(self._most_epsilon(channels))} at this delta"
+            )
 
     def gaussian(self, channels: int = 1) -> Gaussian:
         """The grid Gaussian behind one query for an image with ``channels`` colour channels."""
@@ -619,6 +773,17 @@ class DPBlur(_CellMechanism):
 
     def _mechanism(self, channels: int) -> Gaussian:
         return self.gaussian(channels)
+
+    def _least_epsilon(self, channels: int, coords: int) -> Fraction | None:
+        sens, delta = self._query(channels)
+        if delta <= 0.0:
+            return None
+        least = least_epsilon(
+            delta=delta, sensitivity=sens, coords=coords, calibration=self.calibration_method
+        )
+        if least is None or self.colour == "joint":
+            return least
+        return least * channels * (1 + Fraction(1, 10**9))
 
     def _grid(self, channels: int, coords: int) -> Fraction:
         return self.gaussian(channels).calibration(coords).grid
