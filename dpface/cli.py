@@ -359,8 +359,13 @@ def anonymize(
     pixels: Annotated[int, typer.Option("--pixels", help="m: pixels protected (dp-pix, "
                                                          "dp-blur).")] = 16,
     detector: Annotated[
-        DetectorName, typer.Option(help="Face detector: hog (dlib's HOG) or blazeface.")
-    ] = "hog",
+        DetectorName,
+        typer.Option(
+            help="Face detector: full (CenterFace at full resolution, turned copies when the "
+            "photo looks turned; see docs/detection.md), centerface, hog (dlib's HOG: misses "
+            "faces below ~80 px) or blazeface."
+        ),
+    ] = "full",
     seed: Annotated[
         int | None, typer.Option(help="Reproducible noise for experiments (NOT private).")
     ] = None,

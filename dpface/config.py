@@ -59,7 +59,7 @@ __all__ = [
 MechanismName = Literal[
     "identity-laplace", "identity-gaussian", "identity-vmf", "dp-pix", "dp-blur"
 ]
-DetectorName = Literal["hog", "blazeface"]
+DetectorName = Literal["full", "centerface", "hog", "blazeface"]
 CompositionName = Literal["basic", "pld"]
 PseudonymPolicy = Literal["fresh", "reuse"]
 NamesPolicy = Literal["keep", "hash"]
@@ -128,8 +128,10 @@ class AnonymizeConfig:
     subject's releases. ``pseudonym``: "fresh" (new noise per photo) or "reuse" (one privatised
     identity per named subject). ``encoder``/``encoder_model``/``swap_model``/
     ``swap_latent_map``: the identity encoder and generator. ``block``/``pixels``: DP-Pix cell
-    size and m. ``detector``: hog | blazeface. ``seed``: reproducible noise for experiments
-    (NOT private). ``ledger``: the ledger database (default: the per-user ledger).
+    size and m. ``detector``: "full" (default: CenterFace at full resolution, turned copies
+    searched when the photo looks turned), "centerface", "hog" or "blazeface". ``seed``:
+    reproducible noise for experiments (NOT private). ``ledger``: the ledger database
+    (default: the per-user ledger).
     ``templates``: opt-in face linking against this template store (raw face templates:
     trusted side). ``names``: "keep" mirrors input names under the output folder, "hash"
     names outputs and receipts by keyed digests. ``max_megapixels``: larger images are
@@ -149,7 +151,7 @@ class AnonymizeConfig:
     swap_latent_map: str | None = None
     block: int = 16
     pixels: int = 16
-    detector: DetectorName = "hog"
+    detector: DetectorName = "full"
     seed: int | None = None
     ledger: Path = field(default_factory=_default_ledger)
     templates: Path | None = None

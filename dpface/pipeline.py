@@ -42,7 +42,7 @@ from mechanisms.budgets import ZCDP
 from mechanisms.identity import IdentityGaussian, IdentityLaplace, IdentityVMF
 from mechanisms.pixelization import DPBlur, DPPixelization
 
-from .detect import Face, ImageFaces, detect_array
+from .detect import DEFAULT_DETECTOR, Face, ImageFaces, detect_array
 from .generators.base import FaceInput, Generator
 from .ledger import BudgetExceeded, Ledger, event_to_json
 from .linking import TemplateStore
@@ -166,8 +166,7 @@ def _epsilon_of(mechanism: Mechanism) -> float:
 
 def _face_flags(face: Face) -> tuple[bool, bool, str | None]:
     """(uncertain, landmarks usable, detector name) of a detection."""
-    return (bool(getattr(face, "uncertain", False)), bool(getattr(face, "landmarks_ok", True)),
-            getattr(face, "detector", None))
+    return face.uncertain, face.landmarks_ok, face.detector
 
 
 def _photo_key(rgb: np.ndarray) -> bytes:
@@ -226,7 +225,7 @@ class Anonymizer:
         mechanism: Mechanism,
         generator: Generator | None = None,
         ledger: Ledger | None = None,
-        detector: str = "hog",
+        detector: str = DEFAULT_DETECTOR,
         pseudonym: Pseudonym = "fresh",
         templates: TemplateStore | None = None,
         steering: AttributeSteering | None = None,
@@ -254,8 +253,10 @@ class Anonymizer:
         ``"mask"`` covers it with flat grey (releases nothing, charges nothing). A refused
         fallback is masked. No face is ever returned unprotected."""
         if encoder is not None and generator is not None and encoder.name != generator.encoder:
-            raise ValueError(f"the generator reads {generator.encoder} identities but the "
-                             f"encoder given is {encoder.name}")
+            raise ValueError(
+                f"the generator reads {generator.encoder} identities but the "
+                f"encoder given is {encoder.name}"
+            )
         if isinstance(mechanism, (IdentityLaplace, IdentityGaussian, IdentityVMF)):
             if generator is None:
                 raise ValueError(
@@ -285,8 +286,10 @@ class Anonymizer:
             raise ValueError("attribute steering needs a generator (an identity mechanism)")
         if fallback not in ("dp-pix", "mask"):
             raise ValueError("fallback must be 'dp-pix' or 'mask'")
-        if isinstance(fallback_cells, bool) or not isinstance(fallback_cells, int) or not (
-            1 <= fallback_cells <= 64
+        if (
+            isinstance(fallback_cells, bool)
+            or not isinstance(fallback_cells, int)
+            or not (1 <= fallback_cells <= 64)
         ):
             raise ValueError("fallback_cells must be an integer from 1 to 64")
         eps = fallback_epsilon if fallback_epsilon is not None else _epsilon_of(mechanism)
@@ -370,9 +373,13 @@ class Anonymizer:
         if gen is not None and hasattr(gen, "channels"):
             channels = gen.channels(None).as_dict()
         elif gen is None:
-            channels = {"covered": ["pixels of the face region (m-pixel unit)"],
-                        "uncovered": ["everything outside the face region",
-                                      "the position and size of the region"]}
+            channels = {
+                "covered": ["pixels of the face region (m-pixel unit)"],
+                "uncovered": [
+                    "everything outside the face region",
+                    "the position and size of the region",
+                ],
+            }
         else:
             channels = {}
         return {
@@ -384,8 +391,7 @@ class Anonymizer:
             "is_dp": g.is_dp,
             "seeded": self.seeded,
             "detector": self.detector,
-            "encoder": None if gen is None and self.templates is None
-            else self._encoder_for().name,
+            "encoder": None if gen is None and self.templates is None else self._encoder_for().name,
             "generator": None if gen is None else gen.name,
             "pseudonym": self.pseudonym,
             "linking": "template matching (trusted side)" if self.templates else "none",
@@ -457,13 +463,18 @@ class Anonymizer:
         if subject is not None and subjects is not None:
             raise ValueError("pass subject= or subjects=, not both")
         if subject is not None:
+            # the one person of the photo: its only face, or its only confident face (the
+            # uncertain detections beside it stay unnamed units, protected and charged)
             subject = normalize_subject(subject)
-            if len(faces) > 1:
+            sure = [i for i, f in enumerate(faces) if not f.uncertain]
+            named = [0] if len(faces) == 1 else sure if len(sure) == 1 else None
+            if named is None:
                 return (
                     f"subject={subject!r} names one person but the photo has {len(faces)} "
-                    "faces: pass subjects=[...] (left to right) instead"
+                    f"faces ({len(sure)} confident): pass subjects=[...] (left to right) "
+                    "instead"
                 )
-            return [subject] * len(faces)
+            return [subject if i in named else None for i in range(len(faces))]
         if subjects is None:
             return [None] * len(faces)
         extra = [i for i, s in enumerate(subjects) if i >= len(faces) and s is not None]
@@ -494,7 +505,8 @@ class Anonymizer:
                 if linking is not None and embeddings is not None:
                     linking.enroll(name, enc.name, embeddings[i])
                 shown = (
-                    name if self.receipt_subjects == "name"
+                    name
+                    if self.receipt_subjects == "name"
                     else "subject:" + self.ledger.unit_digest(b"subject:" + name.encode())[:16]
                 )
                 units.append(_Unit(name, shown, named=True))
@@ -519,13 +531,32 @@ class Anonymizer:
         return {"epsilon": s.epsilon, "delta": s.delta}, self.ledger.remaining(subject)
 
     def _masked(
-        self, img: np.ndarray, face: Face, region: tuple[int, int, int, int], index: int,
-        unit: _Unit, reason: str, *, refused: bool, **extra: Any,
+        self,
+        img: np.ndarray,
+        face: Face,
+        region: tuple[int, int, int, int],
+        index: int,
+        unit: _Unit,
+        reason: str,
+        *,
+        refused: bool,
+        **extra: Any,
     ) -> tuple[np.ndarray, FaceRecord]:
         uncertain, _, detector = _face_flags(face)
-        rec = FaceRecord(index, region, unit.subject, unit.shown, "masked", reason=reason,
-                         refused=refused, linked=unit.linked, protection="mask",
-                         uncertain=uncertain, detector=detector, **extra)
+        rec = FaceRecord(
+            index,
+            region,
+            unit.subject,
+            unit.shown,
+            "masked",
+            reason=reason,
+            refused=refused,
+            linked=unit.linked,
+            protection="mask",
+            uncertain=uncertain,
+            detector=detector,
+            **extra,
+        )
         return self._mask(img, region), rec
 
     def _fallback_mechanism(self, region: tuple[int, int, int, int]) -> DPPixelization:
@@ -536,18 +567,32 @@ class Anonymizer:
         return DPPixelization(epsilon=self.fallback_epsilon, block=block, m=FALLBACK_PIXELS)
 
     def _protect_fallback(
-        self, img: np.ndarray, face: Face, region: tuple[int, int, int, int], index: int,
-        unit: _Unit, why: str, **extra: Any,
+        self,
+        img: np.ndarray,
+        face: Face,
+        region: tuple[int, int, int, int],
+        index: int,
+        unit: _Unit,
+        why: str,
+        **extra: Any,
     ) -> tuple[np.ndarray, FaceRecord]:
         """A face the generator cannot take: DP-Pix (charged) or, if refused, a mask."""
         if self.fallback == "mask":
             return self._masked(img, face, region, index, unit, why, refused=False, **extra)
-        return self._pixelize_face(img, face, region, index, unit,
-                                   self._fallback_mechanism(region), why=why)
+        return self._pixelize_face(
+            img, face, region, index, unit, self._fallback_mechanism(region), why=why
+        )
 
     def _pixelize_face(
-        self, img: np.ndarray, face: Face, region: tuple[int, int, int, int], index: int,
-        unit: _Unit, mech: DPPixelization | DPBlur, *, why: str | None = None,
+        self,
+        img: np.ndarray,
+        face: Face,
+        region: tuple[int, int, int, int],
+        index: int,
+        unit: _Unit,
+        mech: DPPixelization | DPBlur,
+        *,
+        why: str | None = None,
     ) -> tuple[np.ndarray, FaceRecord]:
         """Release the region with an image mechanism, charged first (``why``: the reason a
         fallback was needed; None when ``mech`` is the run's own mechanism)."""
@@ -566,19 +611,35 @@ class Anonymizer:
         spent, left = self._spent(unit.subject)
         uncertain, _, detector = _face_flags(face)
         channels: dict[str, list[str]] = {
-            "covered": [f"pixels of the face region (m-pixel unit): {mech.statement()}"
-                        if why is not None else "pixels of the face region (m-pixel unit)"],
-            "uncovered": ["everything outside the face region",
-                          "the position and size of the region"],
+            "covered": [
+                f"pixels of the face region (m-pixel unit): {mech.statement()}"
+                if why is not None
+                else "pixels of the face region (m-pixel unit)"
+            ],
+            "uncovered": [
+                "everything outside the face region",
+                "the position and size of the region",
+            ],
             "notes": [] if why is None else [f"DP fallback: {why}"],
         }
         if unit.linked:
             channels["uncovered"].append(LINKING_UNCOVERED)
-        rec = FaceRecord(index, region, unit.subject, unit.shown, "pixelized", reason=why,
-                         ledger_event=charge.id, spent=spent, remaining_epsilon=left,
-                         channels=channels, linked=unit.linked,
-                         protection="mechanism" if why is None else "dp-fallback",
-                         uncertain=uncertain, detector=detector)
+        rec = FaceRecord(
+            index,
+            region,
+            unit.subject,
+            unit.shown,
+            "pixelized",
+            reason=why,
+            ledger_event=charge.id,
+            spent=spent,
+            remaining_epsilon=left,
+            channels=channels,
+            linked=unit.linked,
+            protection="mechanism" if why is None else "dp-fallback",
+            uncertain=uncertain,
+            detector=detector,
+        )
         return out, rec
 
     def _privatise(self, unit: _Unit, emb: np.ndarray) -> tuple[np.ndarray, int | None, str]:
@@ -626,16 +687,26 @@ class Anonymizer:
         ):
             uncertain, landmarks_ok, detector = _face_flags(face)
             if uncertain or not landmarks_ok:
-                why = ("the detector was unsure this is a face" if uncertain else
-                       "too small or turned for reliable landmarks")
+                why = (
+                    "the detector was unsure this is a face"
+                    if uncertain
+                    else "too small or turned for reliable landmarks"
+                )
                 img, rec = self._protect_fallback(img, face, region, i, unit, why)
                 records.append(rec)
                 continue
             try:
                 private, event_id, how = self._privatise(unit, emb)
             except (BudgetExceeded, KeyError) as err:
-                img, rec = self._masked(img, face, region, i, unit,
-                                        f"budget refused: {self._refusal(err)}", refused=True)
+                img, rec = self._masked(
+                    img,
+                    face,
+                    region,
+                    i,
+                    unit,
+                    f"budget refused: {self._refusal(err)}",
+                    refused=True,
+                )
                 records.append(rec)
                 continue
             channel, steer_note = None, None
@@ -652,7 +723,11 @@ class Anonymizer:
             spent, left = self._spent(unit.subject)
             if not result.replaced:
                 img, rec = self._protect_fallback(
-                    img, face, region, i, unit,
+                    img,
+                    face,
+                    region,
+                    i,
+                    unit,
                     f"generator could not replace it: {result.reason} (its identity release "
                     f"was charged, ledger event {event_id})",
                 )
@@ -663,10 +738,21 @@ class Anonymizer:
             if unit.linked:
                 channels = {**channels, "uncovered": [*channels["uncovered"], LINKING_UNCOVERED]}
             records.append(
-                FaceRecord(i, region, unit.subject, unit.shown, "replaced",
-                           ledger_event=event_id, identity=how, spent=spent,
-                           remaining_epsilon=left, channels=channels, linked=unit.linked,
-                           protection="generator", detector=detector)
+                FaceRecord(
+                    i,
+                    region,
+                    unit.subject,
+                    unit.shown,
+                    "replaced",
+                    ledger_event=event_id,
+                    identity=how,
+                    spent=spent,
+                    remaining_epsilon=left,
+                    channels=channels,
+                    linked=unit.linked,
+                    protection="generator",
+                    detector=detector,
+                )
             )
         return img, records
 
@@ -698,29 +784,31 @@ class Anonymizer:
         if linked:
             items.append(LINKING_UNCOVERED)
         if self.seeded:
-            items.insert(0, "EVERYTHING released with seeded randomness: the noise is "
-                            "reproducible by anyone who knows the seed")
+            items.insert(
+                0,
+                "EVERYTHING released with seeded randomness: the noise is "
+                "reproducible by anyone who knows the seed",
+            )
         if not self.mechanism.guarantee.is_dp:
             items.insert(0, "this release is NOT differentially private (see mechanism)")
         return items
 
-    def _receipt(
-        self, source: str, records: list[FaceRecord], found: ImageFaces
-    ) -> dict[str, Any]:
+    def _receipt(self, source: str, records: list[FaceRecord], found: ImageFaces) -> dict[str, Any]:
         gen = self.generator
-        min_px = getattr(found, "min_face_px", None)
+        min_px = found.min_face_px
         detection = {
             "detector": self.detector,
             "faces_found": len(records),
             "uncertain": sum(r.uncertain for r in records),
             "min_face_px": min_px,
-            "rotations_tried": list(getattr(found, "rotations_tried", ()) or ()),
+            "rotations_tried": list(found.rotations_tried),
             "written_unchanged": not records,
             "may_have_missed": (
                 "faces narrower than about "
                 f"{min_px} px in this photo, and faces the detector does not recognise as "
-                "faces (strongly turned, covered, drawn)" if min_px else
-                "faces the detector does not recognise as faces (small, turned, covered)"
+                "faces (strongly turned, covered, drawn)"
+                if min_px
+                else "faces the detector does not recognise as faces (small, turned, covered)"
             ),
         }
         return {

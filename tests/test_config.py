@@ -22,7 +22,7 @@ def _own_default_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_defaults_are_the_command_lines(tmp_path: Path) -> None:
     c = AnonymizeConfig()
     assert (c.mechanism, c.epsilon, c.detector, c.block, c.pixels) == (
-        "identity-laplace", 6.0, "hog", 16, 16)
+        "identity-laplace", 6.0, "full", 16, 16)
     assert c.names == "keep" and c.pseudonym == "fresh" and c.composition == "basic"
     assert c.max_megapixels == 100.0 and c.strict is False and c.seed is None
     assert c.ledger == default_ledger_path() == tmp_path / "default-ledger.db"

@@ -64,6 +64,8 @@ def test_reused_pseudonym_spends_once_and_gives_one_identity(
     anon = _anon(generator, led, pseudonym="reuse")
     a = anon.anonymize(store.path("samples/fr-obama.jpg"), subject="o")
     b = anon.anonymize(store.path("samples/fr-obama3.jpg"), subject="o")
-    assert [f.identity for f in a.faces + b.faces] == ["fresh draw", "reused pseudonym"]
-    assert b.faces[0].status == "replaced" and b.faces[0].ledger_event is None
+    # fr-obama3 also holds an unsure detection beside Obama: it stays an unnamed unit
+    mine = [f for f in a.faces + b.faces if f.subject == "o"]
+    assert [f.identity for f in mine] == ["fresh draw", "reused pseudonym"]
+    assert mine[1].status == "replaced" and mine[1].ledger_event is None
     assert len(led.events("o")) == 1  # the second photo was post-processing of the first draw
