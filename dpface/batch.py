@@ -33,7 +33,9 @@ summary and the batch goes on. The report written into the output folder covers 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import inspect
 import io
 import json
@@ -44,7 +46,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -52,6 +54,7 @@ from .errors import UsageError
 
 if TYPE_CHECKING:
     from .ledger import Ledger
+    from .linking import TemplateStore
     from .pipeline import Anonymizer
 
 __all__ = [
@@ -162,6 +165,7 @@ class BatchSummary:
     names: str
     seconds: float
     stage_seconds: dict[str, float]
+    workers: int = 1
 
     def __getattr__(self, name: str) -> int:
         counts = self.__dict__.get("counts", {})
@@ -186,11 +190,21 @@ class BatchSummary:
                 round(self.inputs / self.seconds, 3) if self.seconds > 0 else None
             ),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "workers": self.workers,
         }
 
 
-COUNT_KEYS = ("images", "faces", "replaced", "pixelized", "masked", "refused", "no_face",
-              "withheld", "failed")
+COUNT_KEYS = (
+    "images",
+    "faces",
+    "replaced",
+    "pixelized",
+    "masked",
+    "refused",
+    "no_face",
+    "withheld",
+    "failed",
+)
 
 
 # ====================================================================== subjects
@@ -244,32 +258,41 @@ class SubjectMap:
         for row in self.rows:
             hits = by_key.get(row.file, [])
             if not hits:
-                problems.append(Problem(
-                    f"{self.path}, line {row.line}",
-                    f"{row.file!r} is not among the inputs: row ignored (nobody was charged "
-                    "for it)"))
+                problems.append(
+                    Problem(
+                        f"{self.path}, line {row.line}",
+                        f"{row.file!r} is not among the inputs: row ignored (nobody was charged "
+                        "for it)",
+                    )
+                )
                 continue
             if len(hits) > 1:
                 names = ", ".join(str(planned.images[i].source) for i in hits[:4])
                 raise UsageError(
                     f"{self.path}, line {row.line}: {row.file!r} matches several inputs "
-                    f"({names}); write the path as given on the command line")
+                    f"({names}); write the path as given on the command line"
+                )
             i = hits[0]
             if row.face is None:
                 other = whole.get(i) or next(iter(faces[i].values()), None)
                 if other is not None:
-                    raise UsageError(f"{self.path}, line {row.line}: {row.file!r} is already "
-                                     f"mapped on line {other[1]}")
+                    raise UsageError(
+                        f"{self.path}, line {row.line}: {row.file!r} is already "
+                        f"mapped on line {other[1]}"
+                    )
                 whole[i] = (row.subject, row.line)
             else:
                 if i in whole:
                     raise UsageError(
                         f"{self.path}, line {row.line}: {row.file!r} is mapped without a face "
-                        f"index on line {whole[i][1]}; give every face of it an index instead")
+                        f"index on line {whole[i][1]}; give every face of it an index instead"
+                    )
                 if row.face in faces[i]:
-                    raise UsageError(f"{self.path}, line {row.line}: face {row.face} of "
-                                     f"{row.file!r} is already mapped on line "
-                                     f"{faces[i][row.face][1]}")
+                    raise UsageError(
+                        f"{self.path}, line {row.line}: face {row.face} of "
+                        f"{row.file!r} is already mapped on line "
+                        f"{faces[i][row.face][1]}"
+                    )
                 faces[i][row.face] = (row.subject, row.line)
         out: dict[int, dict[str, Any]] = {i: {"subject": s} for i, (s, _) in whole.items()}
         for i, named in faces.items():
@@ -305,24 +328,31 @@ def read_subject_map(path: str | os.PathLike[str]) -> SubjectMap:
             unknown = [c for c in header if c not in ("file", "face", "subject")]
             if unknown:
                 cols = ", ".join(map(repr, unknown))
-                raise UsageError(f"{p}, line {line}: unknown column(s) {cols}; the header is "
-                                 "file,face,subject (face optional)")
+                raise UsageError(
+                    f"{p}, line {line}: unknown column(s) {cols}; the header is "
+                    "file,face,subject (face optional)"
+                )
             if len(set(header)) != len(header):
                 raise UsageError(f"{p}, line {line}: a column is named twice")
             if "file" not in header or "subject" not in header:
-                raise UsageError(f"{p}, line {line}: the header needs the columns file and "
-                                 "subject (and optionally face)")
+                raise UsageError(
+                    f"{p}, line {line}: the header needs the columns file and "
+                    "subject (and optionally face)"
+                )
             continue
         if len(cells) > len(header):
             raise UsageError(f"{p}, line {line}: {len(cells)} values for {len(header)} columns")
-        values = dict(zip(header, [c.strip() for c in cells] + [""] * (len(header) - len(cells)),
-                          strict=True))
+        values = dict(
+            zip(header, [c.strip() for c in cells] + [""] * (len(header) - len(cells)), strict=True)
+        )
         file = _key(values["file"])
         if not file:
             raise UsageError(f"{p}, line {line}: empty file")
         if not values["subject"]:
-            raise UsageError(f"{p}, line {line}: empty subject for {file!r} (leave the row out "
-                             "to treat the face as unnamed)")
+            raise UsageError(
+                f"{p}, line {line}: empty subject for {file!r} (leave the row out "
+                "to treat the face as unnamed)"
+            )
         subject = check_subject(values["subject"], where=f"{p}, line {line}")
         assert subject is not None
         face: int | None = None
@@ -330,21 +360,29 @@ def read_subject_map(path: str | os.PathLike[str]) -> SubjectMap:
             try:
                 face = int(values["face"])
             except ValueError as err:
-                raise UsageError(f"{p}, line {line}: face must be a whole number >= 0 (0 = the "
-                                 f"leftmost face), got {values['face']!r}") from err
+                raise UsageError(
+                    f"{p}, line {line}: face must be a whole number >= 0 (0 = the "
+                    f"leftmost face), got {values['face']!r}"
+                ) from err
             if face < 0:
                 raise UsageError(f"{p}, line {line}: face must be >= 0, got {face}")
         if (file, face) in seen:
             what = "it" if face is None else f"face {face} of it"
-            raise UsageError(f"{p}, line {line}: {file!r} repeated ({what} is already mapped on "
-                             f"line {seen[(file, face)]})")
+            raise UsageError(
+                f"{p}, line {line}: {file!r} repeated ({what} is already mapped on "
+                f"line {seen[(file, face)]})"
+            )
         if face is None and any(f == file for f, _ in seen):
             first = min(n for (f, _), n in seen.items() if f == file)
-            raise UsageError(f"{p}, line {line}: {file!r} has face indices on line {first}; a "
-                             "row without an index cannot be mixed with them")
+            raise UsageError(
+                f"{p}, line {line}: {file!r} has face indices on line {first}; a "
+                "row without an index cannot be mixed with them"
+            )
         if face is not None and (file, None) in seen:
-            raise UsageError(f"{p}, line {line}: {file!r} is mapped without a face index on "
-                             f"line {seen[(file, None)]}; give every face of it an index instead")
+            raise UsageError(
+                f"{p}, line {line}: {file!r} is mapped without a face index on "
+                f"line {seen[(file, None)]}; give every face of it an index instead"
+            )
         seen[(file, face)] = line
         rows.append(MapRow(line, file, face, subject))
     if header is None:
@@ -362,8 +400,13 @@ def _walk(root: Path) -> tuple[list[Path], list[Problem]]:
         base = Path(here)
         for d in list(dirs):
             if (base / d).is_symlink():
-                problems.append(Problem(str(base / d), "skipped: a symbolic link to a folder "
-                                        "(not followed; give its target as an input instead)"))
+                problems.append(
+                    Problem(
+                        str(base / d),
+                        "skipped: a symbolic link to a folder "
+                        "(not followed; give its target as an input instead)",
+                    )
+                )
         for name in sorted(names):
             f = base / name
             if f.is_file():
@@ -435,23 +478,27 @@ def plan(
             continue
         real = Path(os.path.realpath(p))
         if real in seen_roots:
-            problems.append(Problem(str(p), f"given more than once (as {seen_roots[real]}): "
-                                    "processed once"))
+            problems.append(
+                Problem(str(p), f"given more than once (as {seen_roots[real]}): processed once")
+            )
             continue
         seen_roots[real] = p
         if p.is_dir():
             if out_real == real:
                 raise UsageError(
                     f"the output folder {out_path} is the input folder {p}: outputs would "
-                    "overwrite or mix with the originals; choose another -o/--out")
+                    "overwrite or mix with the originals; choose another -o/--out"
+                )
             if _inside(out_real, real):
                 raise UsageError(
                     f"the output folder {out_path} is inside the input folder {p}: the next run "
-                    "would process the outputs as inputs; choose an -o/--out outside it")
+                    "would process the outputs as inputs; choose an -o/--out outside it"
+                )
             if _inside(real, out_real):
                 raise UsageError(
                     f"the input folder {p} is inside the output folder {out_path}: outputs "
-                    "could overwrite originals; choose an -o/--out that does not contain it")
+                    "could overwrite originals; choose an -o/--out that does not contain it"
+                )
         roots.append(p)
     tops = _tops(roots) if len(given) > 1 else [None] * len(roots)
     images: list[PlannedImage] = []
@@ -469,8 +516,9 @@ def plan(
                 continue
             real = os.path.realpath(f)
             if real in by_real:
-                problems.append(Problem(str(f), f"the same file as {by_real[real]}: processed "
-                                        "once"))
+                problems.append(
+                    Problem(str(f), f"the same file as {by_real[real]}: processed once")
+                )
                 continue
             by_real[real] = f
             if root.is_dir():
@@ -485,8 +533,14 @@ def plan(
         shown = "".join(f"\n  {p.input}: {p.reason}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise UsageError(f"no image files found in the inputs{shown}{more}")
-    planned = Plan(out_path, tuple(images), tuple(problems), names, frozenset(by_real),
-                   tuple(sorted({os.path.realpath(r if r.is_dir() else r.parent) for r in roots})))
+    planned = Plan(
+        out_path,
+        tuple(images),
+        tuple(problems),
+        names,
+        frozenset(by_real),
+        tuple(sorted({os.path.realpath(r if r.is_dir() else r.parent) for r in roots})),
+    )
     if names == "keep":
         planned = replace(planned, images=tuple(_keep_names(planned.images)))
         _check_outputs(planned)
@@ -521,7 +575,8 @@ def _check_outputs(planned: Plan) -> None:
         if key in owners:
             raise UsageError(
                 f"{owners[key].source} and {item.source} would both be written to "
-                f"{planned.out / item.output}; rename one of them")
+                f"{planned.out / item.output}; rename one of them"
+            )
         owners[key] = item
         for parent in PurePosixPath(item.output).parents:
             if str(parent) != ".":
@@ -530,7 +585,8 @@ def _check_outputs(planned: Plan) -> None:
         if key in folders:
             raise UsageError(
                 f"{item.source} would be written to {planned.out / (item.output or '')}, a path "
-                f"{folders[key].source} needs as a folder; rename one of them")
+                f"{folders[key].source} needs as a folder; rename one of them"
+            )
     out_real = Path(os.path.realpath(planned.out))
     for item in planned.images:
         assert item.output is not None and item.receipt is not None
@@ -540,7 +596,8 @@ def _check_outputs(planned: Plan) -> None:
                 raise UsageError(
                     f"the input {planned.input_files and _source_of(planned, real)} is where "
                     f"{item.source}'s output {planned.out / target} would be written; choose "
-                    "another -o/--out")
+                    "another -o/--out"
+                )
 
 
 def _source_of(planned: Plan, real: str) -> str:
@@ -561,8 +618,7 @@ def prepare_output(planned: Plan) -> None:
             fh.write(b"ok")
         probe.unlink()
     except OSError as err:
-        raise UsageError(f"cannot write to the output folder {out}: {err.strerror or err}") \
-            from err
+        raise UsageError(f"cannot write to the output folder {out}: {err.strerror or err}") from err
 
 
 # ====================================================================== writing
@@ -643,17 +699,570 @@ def _budget_notes(ledger: Ledger, subjects: Iterable[str]) -> list[Problem]:
         ):
             continue
         has = f"epsilon={b.epsilon:g}" + (f", delta={b.delta:g}" if b.delta else "")
-        lines.append(Problem(
-            "--budget",
-            f"--budget {default.epsilon:g} ignored for existing subject {s} (budget {has}); "
-            "change it with `dpface ledger set-budget`"))
+        lines.append(
+            Problem(
+                "--budget",
+                f"--budget {default.epsilon:g} ignored for existing subject {s} (budget {has}); "
+                "change it with `dpface ledger set-budget`",
+            )
+        )
     if len(lines) > 6:
         rest = len(lines) - 5
-        lines = [*lines[:5], Problem("--budget", f"... and {rest} more existing subject(s) "
-                                                 "whose budget differs")]
+        lines = [
+            *lines[:5],
+            Problem("--budget", f"... and {rest} more existing subject(s) whose budget differs"),
+        ]
     return lines
 
 
+# ====================================================================== one photo
+@dataclass(frozen=True)
+class _Context:
+    """What every photo of a run needs besides the anonymiser (workers get a copy)."""
+
+    out: Path
+    roots: tuple[str, ...]
+    names: str
+    subject: str | None
+    max_megapixels: float
+    strict: bool
+
+
+@dataclass
+class _Outcome:
+    """What one photo added to the run: counts, problems (in the order found), stage times."""
+
+    counts: Counter[str]
+    problems: list[Problem]
+    stages: dict[str, float]
+
+
+def _process(
+    anonymizer: Anonymizer,
+    item: PlannedImage,
+    kwargs: dict[str, Any],
+    ctx: _Context,
+    charged: Callable[[], None] | None = None,
+) -> _Outcome:
+    """Anonymise one planned photo and write its output and receipt. Never raises: every
+    failure is a problem of this photo. ``charged`` is called once its ledger work is over."""
+    from .models.images import ImageError, ImageTooLarge, check_pixels, image_size
+
+    counts: Counter[str] = Counter()
+    problems: list[Problem] = []
+    stages: dict[str, float] = defaultdict(float)
+    outcome = _Outcome(counts, problems, stages)
+    where = str(item.source)
+
+    def failed(reason: str) -> _Outcome:
+        counts["failed"] += 1
+        problems.append(Problem(where, reason))
+        return outcome
+
+    try:
+        assert item.output is not None and item.receipt is not None
+        target, receipt_path = ctx.out / item.output, ctx.out / item.receipt
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir():
+                raise IsADirectoryError(f"{target} is a folder")
+            if not os.access(target.parent, os.W_OK):
+                raise PermissionError(f"{target.parent} is not writable")
+        except OSError as err:
+            return failed(
+                f"not processed: its output {target} cannot be written ({err}); "
+                "nothing was read or charged"
+            )
+        try:
+            check_pixels(image_size(item.source), ctx.max_megapixels * 1e6, name=where)
+        except ImageTooLarge as err:
+            return failed(f"not processed: {err}; nothing was charged")
+        except ImageError:
+            pass  # unreadable: the anonymiser reports why, with the same words as always
+        kw = dict(kwargs)
+        if ctx.subject is not None:
+            kw["subject"] = ctx.subject
+        try:
+            res = anonymizer.anonymize(item.source, name=item.name, **kw)
+        finally:
+            if charged is not None:
+                charged()
+        for stage, sec in res.timings.items():
+            stages[stage] += sec
+        receipt = _scrub(res.receipt, _replacements(item, list(ctx.roots), ctx.names))
+        if not res.ok or res.image is None:
+            receipt["output"] = None
+            _try_write(receipt_path, receipt)
+            return failed(res.error or "failed")
+        note = res.receipt.get("detection_note")
+        if not res.faces:
+            counts["no_face"] += 1
+            if ctx.strict:
+                counts["withheld"] += 1
+                problems.append(
+                    Problem(
+                        where,
+                        "withheld (no face found; --strict): "
+                        + str(note or "the detector found no face"),
+                    )
+                )
+                receipt["output"] = None
+                _try_write(receipt_path, receipt)
+                return outcome
+            problems.append(
+                Problem(
+                    where,
+                    "written unchanged (no face found): "
+                    + str(note or "the detector found no face"),
+                )
+            )
+        face_counts: Counter[str] = Counter()
+        for f in res.faces:
+            face_counts["faces"] += 1
+            face_counts[f.status] += 1
+            if getattr(f, "refused", False):
+                face_counts["refused"] += 1
+        charges = sum(1 for f in res.faces if f.ledger_event is not None)
+        t = time.perf_counter()
+        try:
+            write_atomic(target, png_bytes(res.image))
+        except OSError as err:
+            what = (
+                f"the budget WAS charged ({charges} release(s)) but nothing was written"
+                if charges
+                else "nothing was written (nothing was charged)"
+            )
+            receipt["output"] = None
+            _try_write(receipt_path, receipt)
+            return failed(f"{what}: {err}")
+        receipt["output"] = item.output
+        if not _try_write(receipt_path, receipt):
+            problems.append(
+                Problem(where, f"the image was written but its receipt {receipt_path} could not be")
+            )
+        stages["write"] += time.perf_counter() - t
+        counts["images"] += 1
+        counts.update(face_counts)
+    except Exception as err:  # a bug must not lose the rest of the batch
+        return failed(
+            f"{type(err).__name__}: {err} (an internal error; this is a bug, please report it)"
+        )
+    return outcome
+
+
+# ====================================================================== worker processes
+THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+_PENDING, _RUNNING, _CHARGED = 0, 1, 2  # a photo's state; _CHARGED: its ledger work is over
+_POLL = 0.02  # seconds between looks at the shared state
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    count = getattr(os, "process_cpu_count", None)  # Python >= 3.13
+    if count is not None:
+        n = count()
+    else:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n = os.cpu_count()
+    return max(1, n or 1)
+
+
+def _ordering(
+    items: Sequence[PlannedImage],
+    kwargs: Sequence[dict[str, Any]],
+    subject: str | None,
+    linking: bool,
+) -> tuple[tuple[int, ...], ...]:
+    """For every photo, the earlier photos whose ledger work must be over before its own
+    starts: those sharing a named subject, byte-identical files (same unnamed-face units), and
+    with linking every earlier photo (matching depends on who was enrolled before). So budgets
+    are spent, refusals fall and pseudonyms are drawn in input order, as in one process."""
+    sizes: dict[int, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        with contextlib.suppress(OSError):
+            sizes[item.source.stat().st_size].append(i)
+    same_file: dict[int, str] = {}
+    for group in sizes.values():
+        if len(group) < 2:
+            continue
+        for i in group:
+            with contextlib.suppress(OSError):
+                same_file[i] = _file_digest(items[i].source)
+    last: dict[str, int] = {}
+    before: list[tuple[int, ...]] = []
+    for i in range(len(items)):
+        keys: set[str] = set()
+        if linking:
+            keys.add("*")
+        kw = kwargs[i]
+        names = [subject, kw.get("subject"), *kw.get("subjects", ())]
+        keys.update(f"subject:{s}" for s in names if s)
+        if i in same_file:
+            keys.add(f"file:{same_file[i]}")
+        before.append(tuple(sorted({last[k] for k in keys if k in last})))
+        for k in keys:
+            last[k] = i
+    return tuple(before)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Turns:
+    """Makes a process wait, at its photo's first ledger call, until the ledger work of the
+    earlier photos it depends on (:func:`_ordering`) is over."""
+
+    def __init__(self, state: Any, before: Sequence[tuple[int, ...]]) -> None:
+        self.state = state
+        self.before = before
+        self.current: int | None = None
+        self.passed = True
+
+    def begin(self, index: int) -> None:
+        self.current, self.passed = index, not self.before[index]
+
+    def wait(self) -> None:
+        if self.passed or self.current is None:
+            return
+        for m in self.before[self.current]:
+            while self.state[m] != _CHARGED:
+                time.sleep(_POLL)
+        self.passed = True
+
+    def charged(self) -> None:
+        if self.current is not None:
+            self.state[self.current] = _CHARGED
+
+
+class _InTurn:
+    """Forwards to ``target``; every method but ``free`` ones first waits for the turn."""
+
+    def __init__(self, target: Any, turns: _Turns, free: frozenset[str]) -> None:
+        self._target, self._turns, self._free = target, turns, free
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if name in self._free or name.startswith("_") or not callable(value):
+            return value
+        turns = self._turns
+
+        def in_turn(*args: Any, **kwargs: Any) -> Any:
+            turns.wait()
+            return value(*args, **kwargs)
+
+        return in_turn
+
+
+_LEDGER_FREE = frozenset({"unit_digest", "close"})  # pure, or the process's own business
+_STORE_FREE = frozenset({"close"})
+
+
+def _in_turn(anonymizer: Anonymizer, turns: _Turns) -> tuple[Any, Any]:
+    """Route the anonymiser's ledger and template store through ``turns``; the originals."""
+    ledger, templates = anonymizer.ledger, anonymizer.templates
+    anonymizer.ledger = cast("Ledger", _InTurn(ledger, turns, _LEDGER_FREE))
+    if templates is not None:
+        anonymizer.templates = cast("TemplateStore", _InTurn(templates, turns, _STORE_FREE))
+    return ledger, templates
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a worker process needs (pickled once, when it starts)."""
+
+    build: Callable[[], Anonymizer]
+    run_id: str
+    items: tuple[PlannedImage, ...]
+    kwargs: tuple[dict[str, Any], ...]
+    before: tuple[tuple[int, ...], ...]
+    ctx: _Context
+
+
+def _claim(counter: Any, state: Any, owner: Any, wid: int) -> int | None:
+    """The next photo nobody has taken (input order), now marked as ``wid``'s; or None."""
+    with counter.get_lock():
+        i = int(counter.value)
+        if i < 0 or i >= len(state):
+            return None
+        counter.value = i + 1
+        owner[i] = wid
+        state[i] = _RUNNING
+        return i
+
+
+def _one_thread() -> None:
+    """One compute thread in this process: the processes share the cores instead."""
+    import sys
+
+    for name in THREAD_ENV:
+        os.environ[name] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(1)
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+
+
+def _worker(job: _Job, wid: int, counter: Any, state: Any, owner: Any, results: Any) -> None:
+    """A worker process: build the anonymiser once, then take photos until none is left."""
+    _one_thread()
+    try:
+        anonymizer = job.build()
+        anonymizer.ledger.run_id = job.run_id  # every release is part of the caller's run
+    except BaseException as err:  # reported; the other processes go on
+        results.put(("down", wid, f"{type(err).__name__}: {err}"))
+        return
+    results.put(("ready", wid, None))
+    turns = _Turns(state, job.before)
+    ledger, templates = _in_turn(anonymizer, turns)
+    try:
+        while (i := _claim(counter, state, owner, wid)) is not None:
+            turns.begin(i)
+            outcome = _process(anonymizer, job.items[i], job.kwargs[i], job.ctx, turns.charged)
+            turns.charged()
+            results.put(("done", i, outcome))
+    finally:
+        ledger.close()
+        if templates is not None:
+            templates.close()
+    results.put(("bye", wid, None))
+
+
+class _Pool:
+    """The calling process plus ``workers - 1`` spawned processes take the photos in input
+    order. The caller collects the others' results (also from a helper thread, so progress
+    moves while it works on a photo of its own) and notices a worker that died."""
+
+    def __init__(self, job: _Job, workers: int, progress: Progress | None) -> None:
+        import multiprocessing as mp
+        import threading
+
+        self.job = job
+        self.total = len(job.items)
+        self.progress = progress
+        ctx = mp.get_context("spawn")
+        self.counter = ctx.Value("q", 0)
+        self.state = ctx.Array("b", self.total, lock=False)
+        self.owner = ctx.Array("i", self.total, lock=False)  # 0: this process
+        self.results = ctx.SimpleQueue()
+        self.outcomes: dict[int, _Outcome] = {}
+        self.notes: list[Problem] = []
+        self.low = 0  # every photo before this one has its outcome
+        self.lock = threading.RLock()
+        self.stop = threading.Event()
+        self.gone: set[int] = set()  # workers that said goodbye or were found dead
+        self.ready: set[int] = set()  # workers whose anonymiser is built
+        self.procs = {
+            wid: ctx.Process(
+                target=_worker,
+                name=f"dpface-worker-{wid}",
+                daemon=True,
+                args=(job, wid, self.counter, self.state, self.owner, self.results),
+            )
+            for wid in range(1, workers)
+        }
+        self.helper = threading.Thread(target=self._collect, name="dpface-collect", daemon=True)
+
+    def run(self, anonymizer: Anonymizer) -> list[_Outcome]:
+        """Start the workers, take photos here too, and return every photo's outcome."""
+        saved = {k: os.environ.get(k) for k in THREAD_ENV}
+        done = False
+        try:
+            for k in THREAD_ENV:
+                os.environ[k] = "1"  # the workers start with this before importing anything
+            for proc in self.procs.values():
+                proc.start()
+            self.helper.start()
+            with _OneThreadHere():
+                self._serve(anonymizer)
+            while not self._finished():
+                self._reap()
+                time.sleep(_POLL)
+            done = True
+        finally:
+            self.stop.set()
+            with self.counter.get_lock():
+                self.counter.value = -1  # nobody takes another photo
+            self._reap()
+            for wid, proc in self.procs.items():
+                # a worker still loading its models has nothing to finish: it just stops
+                proc.join(timeout=5 if done and wid in self.ready else 0)
+                if proc.is_alive():
+                    with self.lock:
+                        self.gone.add(wid)  # stopped by us: not a crash
+                    proc.terminate()
+                    proc.join(timeout=5)
+            self.helper.join(timeout=5)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self._reap()  # a worker's note that arrived last
+        return [self.outcomes[i] for i in range(self.total)]
+
+    def _finished(self) -> bool:
+        with self.lock:
+            return len(self.outcomes) == self.total
+
+    def _serve(self, anonymizer: Anonymizer) -> None:
+        """This process's share: photos taken one by one, like any worker's."""
+        turns = _Turns(self.state, self.job.before)
+        ledger, templates = _in_turn(anonymizer, turns)
+        job = self.job
+        try:
+            while (i := _claim(self.counter, self.state, self.owner, 0)) is not None:
+                self._tell()
+                turns.begin(i)
+                outcome = _process(anonymizer, job.items[i], job.kwargs[i], job.ctx, turns.charged)
+                turns.charged()
+                self._record(i, outcome)
+        finally:
+            anonymizer.ledger, anonymizer.templates = ledger, templates
+
+    def _collect(self) -> None:
+        while not self.stop.is_set():
+            self._reap()
+            time.sleep(_POLL)
+
+    def _reap(self) -> None:
+        """Read the workers' messages; a worker found dead loses only the photo it was on."""
+        with self.lock:
+            dead = [
+                wid
+                for wid, p in self.procs.items()
+                if wid not in self.gone and p.exitcode is not None
+            ]
+            while not self.results.empty():  # what a dead worker sent is read before its loss
+                kind, key, value = self.results.get()
+                if kind == "done":
+                    self._record(key, value)
+                elif kind == "ready":
+                    self.ready.add(key)
+                elif kind == "down":
+                    self.gone.add(key)
+                    self.notes.append(
+                        Problem(
+                            "--workers",
+                            f"worker process {key} could not start ({value}); the "
+                            "other processes took its share",
+                        )
+                    )
+                else:
+                    self.gone.add(key)
+            for wid in dead:
+                if wid in self.gone:
+                    continue
+                self.gone.add(wid)
+                proc = self.procs[wid]
+                lost = [
+                    i
+                    for i in range(self.low, self.total)
+                    if i not in self.outcomes and self.owner[i] == wid and self.state[i] != _PENDING
+                ]
+                for i in lost:
+                    self._clean(i, proc.pid)
+                    self._lost(
+                        i,
+                        f"the worker process handling it stopped unexpectedly (exit "
+                        f"code {proc.exitcode})",
+                    )
+                if not lost:
+                    self.notes.append(
+                        Problem(
+                            "--workers",
+                            f"worker process {wid} stopped unexpectedly (exit code "
+                            f"{proc.exitcode}); the other processes took its share",
+                        )
+                    )
+            if len(self.gone) == len(self.procs) and self.counter.value >= self.total:
+                # no worker is left: a photo taken but never reported is lost, not waited for
+                for i in range(self.low, self.total):
+                    if i not in self.outcomes and self.state[i] != _PENDING and self.owner[i]:
+                        self._lost(i, "its worker process ended without reporting it")
+
+    def _lost(self, i: int, why: str) -> None:
+        """Photo ``i`` died with its worker: its problem, and whoever waits for it goes on."""
+        self.state[i] = _CHARGED
+        where = str(self.job.items[i].source)
+        reason = f"{why}: nothing was written, but its faces may have been charged in the ledger"
+        self._record(i, _Outcome(Counter(failed=1), [Problem(where, reason)], {}))
+
+    def _clean(self, i: int, pid: int | None) -> None:
+        """Remove the temp files a dead worker may have left (``write_atomic`` names)."""
+        item = self.job.items[i]
+        for rel in (item.output, item.receipt):
+            if rel and pid:
+                path = self.job.ctx.out / rel
+                with contextlib.suppress(OSError):
+                    (path.parent / f".{path.name}.{pid}.tmp").unlink(missing_ok=True)
+
+    def _record(self, i: int, outcome: _Outcome) -> None:
+        with self.lock:
+            if i in self.outcomes:
+                return
+            self.outcomes[i] = outcome
+            while self.low in self.outcomes:
+                self.low += 1
+            self._tell()
+
+    def _tell(self) -> None:
+        if self.progress is None:
+            return
+        with self.lock:
+            busy = self.low if self.low < self.total else None
+            item = None if busy is None else self.job.items[busy]
+            self.progress(
+                len(self.outcomes), self.total, "" if item is None else item.name or item.rel
+            )
+
+
+class _OneThreadHere:
+    """The calling process runs with one compute thread while it takes part; restored after."""
+
+    def __enter__(self) -> None:
+        import sys
+
+        self.torch = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+        self.cv2 = sys.modules["cv2"].getNumThreads() if "cv2" in sys.modules else None
+        self.blas: Any = None
+        with contextlib.suppress(ImportError):
+            from threadpoolctl import threadpool_limits
+
+            self.blas = threadpool_limits(1)
+        if self.torch is not None:
+            sys.modules["torch"].set_num_threads(1)
+        if self.cv2 is not None:
+            sys.modules["cv2"].setNumThreads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        import sys
+
+        if self.torch is not None:
+            sys.modules["torch"].set_num_threads(self.torch)
+        if self.cv2 is not None:
+            sys.modules["cv2"].setNumThreads(self.cv2)
+        if self.blas is not None:
+            self.blas.restore_original_limits()
+
+
+# ====================================================================== the batch
 def run(
     anonymizer: Anonymizer,
     planned: Plan,
@@ -666,6 +1275,8 @@ def run(
     budget_given: bool = False,
     report: bool = True,
     progress: Progress | None = None,
+    workers: int = 1,
+    build: Callable[[], Anonymizer] | None = None,
 ) -> BatchSummary:
     """Anonymise every planned photo with ``anonymizer`` and write outputs and receipts.
 
@@ -675,21 +1286,42 @@ def run(
     instead of written unchanged. ``settings`` are recorded with the run in the ledger;
     ``budget_given``: say when an existing subject keeps a budget other than the ledger's
     default. ``report``: write this run's report into the output folder.
-    """
-    from .models.images import ImageError, ImageTooLarge, check_pixels, image_size
 
+    ``workers`` > 1 (at most one per photo) runs that many processes, this one included, each
+    with one compute thread: ``build`` (a picklable callable, e.g.
+    ``AnonymizeConfig.build_anonymizer``) makes each other process's anonymiser once, on the
+    same ledger file. All releases belong to this run. Photos that share a named subject (or
+    an identical file, or any photo when faces are linked) do their ledger work in input
+    order, so the outputs, receipts and problems are those of one process, in input order (the
+    noise aside); a worker that dies costs only the photo it was on, reported as its problem.
+    ``progress`` may then be called from a helper thread.
+    """
     ledger = anonymizer.ledger
     subject = check_subject(subject)
     if subject is not None and subject_map is not None:
         raise UsageError("give --subject or --subjects, not both")
     if isinstance(max_megapixels, bool) or not max_megapixels > 0:
         raise UsageError(f"max_megapixels must be > 0, got {max_megapixels!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers must be a whole number >= 1, got {workers!r}")
+    workers = min(workers, max(1, len(planned.images)))
+    if workers > 1:
+        if build is None:
+            raise UsageError("workers > 1 needs build= (how each process makes its anonymiser)")
+        if str(ledger.path) == ":memory:":
+            raise UsageError(
+                "workers > 1 needs a ledger file: an in-memory ledger cannot be "
+                "shared, so budgets would not bind across processes"
+            )
+        if anonymizer.seeded:
+            raise UsageError("seeded noise is reproducible only in one process: use workers=1")
     if not planned.resolved:
         planned = planned.with_digest(ledger.unit_digest)
     assigned, map_problems = subject_map.assign(planned) if subject_map else ({}, [])
     prepare_output(planned)
     out = planned.out
     roots = sorted({*planned.roots, *(os.path.realpath(i.source.parent) for i in planned.images)})
+    ctx = _Context(out, tuple(roots), planned.names, subject, float(max_megapixels), strict)
     problems: list[Problem] = [*planned.problems, *map_problems]
     counts: Counter[str] = Counter({k: 0 for k in COUNT_KEYS})
     stages: dict[str, float] = defaultdict(float)
@@ -702,87 +1334,34 @@ def run(
     }
     ledger.record_run(run_settings)
     total = len(planned.images)
+    kwargs = [dict(assigned.get(n, {})) for n in range(total)]
     start = time.perf_counter()
-    for n, item in enumerate(planned.images):
-        if progress is not None:
-            progress(n, total, item.name or item.rel)
-        where = str(item.source)
-        try:
-            assert item.output is not None and item.receipt is not None
-            target, receipt_path = out / item.output, out / item.receipt
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if target.is_dir():
-                    raise IsADirectoryError(f"{target} is a folder")
-                if not os.access(target.parent, os.W_OK):
-                    raise PermissionError(f"{target.parent} is not writable")
-            except OSError as err:
-                counts["failed"] += 1
-                problems.append(Problem(where, f"not processed: its output {target} cannot be "
-                                        f"written ({err}); nothing was read or charged"))
-                continue
-            try:
-                check_pixels(image_size(item.source), max_megapixels * 1e6, name=where)
-            except ImageTooLarge as err:
-                counts["failed"] += 1
-                problems.append(Problem(where, f"not processed: {err}; nothing was charged"))
-                continue
-            except ImageError:
-                pass  # unreadable: the anonymiser reports why, with the same words as always
-            kwargs = dict(assigned.get(n, {}))
-            if subject is not None:
-                kwargs["subject"] = subject
-            res = anonymizer.anonymize(item.source, name=item.name, **kwargs)
-            for stage, sec in res.timings.items():
-                stages[stage] += sec
-            receipt = _scrub(res.receipt, _replacements(item, roots, planned.names))
-            if not res.ok or res.image is None:
-                counts["failed"] += 1
-                problems.append(Problem(where, res.error or "failed"))
-                receipt["output"] = None
-                _try_write(receipt_path, receipt)
-                continue
-            note = res.receipt.get("detection_note")
-            if not res.faces:
-                counts["no_face"] += 1
-                if strict:
-                    counts["withheld"] += 1
-                    problems.append(Problem(where, "withheld (no face found; --strict): "
-                                            + str(note or "the detector found no face")))
-                    receipt["output"] = None
-                    _try_write(receipt_path, receipt)
-                    continue
-                problems.append(Problem(where, "written unchanged (no face found): "
-                                        + str(note or "the detector found no face")))
-            face_counts: Counter[str] = Counter()
-            for f in res.faces:
-                face_counts["faces"] += 1
-                face_counts[f.status] += 1
-                if getattr(f, "refused", False):
-                    face_counts["refused"] += 1
-            charged = sum(1 for f in res.faces if f.ledger_event is not None)
-            t = time.perf_counter()
-            try:
-                write_atomic(target, png_bytes(res.image))
-            except OSError as err:
-                counts["failed"] += 1
-                what = (f"the budget WAS charged ({charged} release(s)) but nothing was "
-                        f"written" if charged else "nothing was written (nothing was charged)")
-                problems.append(Problem(where, f"{what}: {err}"))
-                receipt["output"] = None
-                _try_write(receipt_path, receipt)
-                continue
-            receipt["output"] = item.output
-            if not _try_write(receipt_path, receipt):
-                problems.append(Problem(where, f"the image was written but its receipt "
-                                        f"{receipt_path} could not be"))
-            stages["write"] += time.perf_counter() - t
-            counts["images"] += 1
-            counts.update(face_counts)
-        except Exception as err:  # a bug must not lose the rest of the batch
-            counts["failed"] += 1
-            problems.append(Problem(where, f"{type(err).__name__}: {err} (an internal error; "
-                                    "this is a bug, please report it)"))
+    notes: list[Problem] = []
+    if workers > 1:
+        assert build is not None
+        job = _Job(
+            build,
+            ledger.run_id,
+            planned.images,
+            tuple(kwargs),
+            _ordering(planned.images, kwargs, subject, anonymizer.templates is not None),
+            ctx,
+        )
+        pool = _Pool(job, workers, progress)
+        outcomes = pool.run(anonymizer)
+        notes = pool.notes
+    else:
+        outcomes = []
+        for n, item in enumerate(planned.images):
+            if progress is not None:
+                progress(n, total, item.name or item.rel)
+            outcomes.append(_process(anonymizer, item, kwargs[n], ctx))
+    for outcome in outcomes:
+        counts.update(outcome.counts)
+        problems.extend(outcome.problems)
+        for stage, sec in outcome.stages.items():
+            stages[stage] += sec
+    problems.extend(notes)
     elapsed = time.perf_counter() - start
     if progress is not None:
         progress(total, total, "")
@@ -793,8 +1372,9 @@ def run(
         named.update(s for s in ([kw["subject"]] if "subject" in kw else kw["subjects"]) if s)
     if budget_given:
         problems.extend(_budget_notes(ledger, named | set(ledger.subjects(run_id=ledger.run_id))))
-    ledger.finish_run({**counts, "inputs": total, "problems": len(problems),
-                       "seconds": round(elapsed, 3)})
+    ledger.finish_run(
+        {**counts, "inputs": total, "problems": len(problems), "seconds": round(elapsed, 3)}
+    )
     report_path: Path | None = None
     if report and str(ledger.path) != ":memory:":
         try:
@@ -814,6 +1394,7 @@ def run(
         names=planned.names,
         seconds=elapsed,
         stage_seconds=dict(stages),
+        workers=workers,
     )
 
 

@@ -399,6 +399,15 @@ def anonymize(
         str | None,
         typer.Option(help="Why this release is made; recorded with the run for the report."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Processes that anonymise photos in parallel, this one included, one compute "
+            "thread each, all charging the same ledger (default: the usable cores, at most one "
+            "per photo; 1 with --seed). 1 runs everything in this process.",
+        ),
+    ] = None,
     swap_model: Annotated[
         Path | None,
         typer.Option(
@@ -442,6 +451,7 @@ def anonymize(
         **({} if ledger_path is None else {"ledger": ledger_path}),
         templates=link, names=names, max_megapixels=max_megapixels, strict=strict,
         purpose=purpose,
+        workers=workers,
     )
     _run_and_print(config, inputs, out, subject=subject, subjects=subjects,
                    json_output=json_output)

@@ -72,6 +72,7 @@ DELTA_MECHANISMS = ("identity-gaussian", "dp-blur")
 DEFAULT_RELEASES = 5  # the default budget holds this many releases at the chosen epsilon
 MAX_BLOCK = 256
 DEFAULT_MAX_MEGAPIXELS = 100.0
+MAX_WORKERS = 256
 _MAX_DELTA_BUDGET = 0.5
 # the probe draw that checks a mechanism can serve its parameters (public dummy data)
 _PROBE_SIDE = 512
@@ -137,6 +138,9 @@ class AnonymizeConfig:
     names outputs and receipts by keyed digests. ``max_megapixels``: larger images are
     refused from their header, before decoding. ``strict``: withhold photos in which no face
     was found instead of writing them unchanged. ``purpose``: recorded with the run.
+    ``workers``: processes that anonymise the photos in parallel, this one included, each
+    with one compute thread, all on the same ledger (None: the usable cores, at most one per
+    photo; 1 with ``seed`` or an in-memory ledger; 1: everything in this process).
     """
 
     mechanism: MechanismName = "identity-laplace"
@@ -159,6 +163,7 @@ class AnonymizeConfig:
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     strict: bool = False
     purpose: str | None = None
+    workers: int | None = None
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -205,10 +210,38 @@ class AnonymizeConfig:
         if self.purpose is not None and not isinstance(self.purpose, str):
             raise UsageError(f"purpose (--purpose) must be text, got {self.purpose!r}")
         self._check_paths()
+        self._check_workers()
         self._check_encoder()
         # the mechanism's own checks, and one probe draw on public dummy data: a setting the
         # exact sampler cannot serve is refused here, never after a budget was charged
         self._checked_mechanism(self._provisional_dim(), probe=True)
+
+    def _check_workers(self) -> None:
+        if self.workers is None:
+            return
+        n = _integer("workers", "--workers", self.workers)
+        if not 1 <= n <= MAX_WORKERS:
+            raise UsageError(f"workers (--workers) must be between 1 and {MAX_WORKERS}, got {n}")
+        if n > 1 and self.seed is not None:
+            raise UsageError(
+                "--seed makes the noise reproducible only in one process: use --workers 1 "
+                "(workers=1) with --seed"
+            )
+        if n > 1 and ":memory:" in (str(self.ledger), str(self.templates)):
+            raise UsageError(
+                "workers (--workers) > 1 needs a ledger (and template store) on disk: an "
+                "in-memory one cannot be shared, so budgets would not bind across processes"
+            )
+
+    def worker_count(self) -> int:
+        """How many processes :meth:`run` uses (before the cap of one per photo)."""
+        if self.workers is not None:
+            return self.workers
+        if self.seed is not None or ":memory:" in (str(self.ledger), str(self.templates)):
+            return 1
+        from .batch import usable_cores
+
+        return usable_cores()
 
     def _check_paths(self) -> None:
         for name, option in (("ledger", "--ledger"), ("templates", "--link")):
@@ -499,6 +532,8 @@ class AnonymizeConfig:
                 budget_given=self.budget is not None,
                 report=report,
                 progress=progress,
+                workers=self.worker_count(),
+                build=self.build_anonymizer,
             )
         finally:
             anonymizer.ledger.close()
