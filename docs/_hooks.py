@@ -7,7 +7,9 @@
 * ``on_page_markdown``: two markers are expanded at build time,
   ``<!-- dpface:cli-reference -->`` (generated from the real ``dpface`` command, so the
   reference cannot drift from the code) and ``<!-- dpface:results-table -->`` (the contents
-  of ``docs/results/table51.md`` when ``dpface evaluate`` has written it, else how to make it).
+  of ``docs/results/table51.md`` when ``dpface evaluate`` has written it, else how to make it)
+  and ``<!-- dpface:recall-table -->`` (``docs/results/recall.md``, written by
+  ``scripts/bench_recall.py``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parents[1]
 PROOFS = ROOT / "proofs"
 RESULTS = ROOT / "docs" / "results" / "table51.md"
+RECALL = ROOT / "docs" / "results" / "recall.md"
 
 CLI_MARKER = "<!-- dpface:cli-reference -->"
 RESULTS_MARKER = "<!-- dpface:results-table -->"
+RECALL_MARKER = "<!-- dpface:recall-table -->"
 
 
 def on_files(files: Files, config: Any) -> Files:
@@ -39,7 +43,22 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         markdown = markdown.replace(CLI_MARKER, cli_reference())
     if RESULTS_MARKER in markdown:
         markdown = markdown.replace(RESULTS_MARKER, results_table())
+    if RECALL_MARKER in markdown:
+        markdown = markdown.replace(RECALL_MARKER, recall_table())
     return markdown
+
+
+def recall_table() -> str:
+    """The recall benchmark's tables, nested below the including page's h2."""
+    if not RECALL.is_file():
+        return (
+            "*No benchmark in this checkout: run `./dev bench recall` (or "
+            "`python scripts/bench_recall.py`) to write `docs/results/recall.md`.*\n"
+        )
+    text = RECALL.read_text(encoding="utf-8")
+    return re.sub(
+        r"^(#{1,5}) ", lambda m: "#" * max(3, len(m.group(1)) + 1) + " ", text, flags=re.M
+    )
 
 
 def results_table() -> str:
