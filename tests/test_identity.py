@@ -49,9 +49,9 @@ from mechanisms.identity import (
     expected_cosine,
     vmf_mean_cosine,
 )
-from mechanisms.identity_table import table
 from mechanisms.laplace import Laplace
 from mechanisms.rng import Randomness
+from scripts.identity_table import table
 from tests.stats_helpers import ALPHA, binned_discrete_laplace_test, chi2_goodness_of_fit
 
 Array = npt.NDArray[Any]

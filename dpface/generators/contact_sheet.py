@@ -1,7 +1,9 @@
 """Contact sheet: sample faces (rows) and the generator's outputs at several epsilons
 (columns), as 256-px loose face crops of the full output photo.
 
-    python -m dpface.generators.contact_sheet -o out/contact.png [--eps inf 6 1] [--faces 2 5 21]
+    dpface contact-sheet -o out/contact.png [--epsilons inf,6,1] [--faces 2,5,21]
+
+(the command line lives in ``dpface.cli``; this module only builds the image).
 
 Each face's MobileFace embedding is privatised with ``IdentityLaplace`` (seeded: the sheet is
 reproducible; seeded randomness is for illustration only); ``inf`` means no noise (the
@@ -10,10 +12,8 @@ generator's worst case: the surrogate nearest to the true identity).
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -28,14 +28,17 @@ TILE = 256
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
     out = tile.copy()
     cv2.rectangle(out, (0, 0), (TILE, 22), (0, 0, 0), -1)
-    cv2.putText(out, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    cv2.putText(out, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
-def contact_sheet(gen: Generator, faces_idx: Sequence[int] = DEFAULT_FACES,
-                  epsilons: Sequence[float] = DEFAULT_EPS, seed: int = 7,
-                  sex_channel: str = "raw") -> np.ndarray:
+def contact_sheet(
+    gen: Generator,
+    faces_idx: Sequence[int] = DEFAULT_FACES,
+    epsilons: Sequence[float] = DEFAULT_EPS,
+    seed: int = 7,
+    sex_channel: str = "raw",
+) -> np.ndarray:
     """The sheet as an RGB uint8 array."""
     from dpface.align import loose_crop
     from dpface.generators.evaluate import sex_attributes
@@ -59,34 +62,11 @@ def contact_sheet(gen: Generator, faces_idx: Sequence[int] = DEFAULT_FACES,
             res = gen.generate(f.image, FaceInput.of(f), priv, attrs[k])
             tag = "no noise" if math.isinf(eps) else f"eps={eps:g}"
             sur = res.details.get("surrogates", [])
-            tiles.append(_label(loose_crop(res.image, f.landmarks68, TILE),
-                                f"{tag} s{sur}" if res.replaced else f"{tag} untouched"))
+            tiles.append(
+                _label(
+                    loose_crop(res.image, f.landmarks68, TILE),
+                    f"{tag} s{sur}" if res.replaced else f"{tag} untouched",
+                )
+            )
         rows.append(np.hstack(tiles))
     return np.vstack(rows)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line entry point."""
-    import torch
-
-    from dpface.generators.surrogate import SurrogateGenerator
-
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-o", "--output", default="out/contact.png")
-    ap.add_argument("--eps", type=float, nargs="+", default=list(DEFAULT_EPS))
-    ap.add_argument("--faces", type=int, nargs="+", default=list(DEFAULT_FACES))
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--sex-channel", choices=["raw", "none"], default="raw")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    sheet = contact_sheet(SurrogateGenerator(), args.faces, args.eps, args.seed,
-                          args.sex_channel)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    print(f"wrote {out} ({sheet.shape[1]}×{sheet.shape[0]})")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Re-derive each encoder's verification threshold and AUC on the sample faces.
 
-usage: python -m dpface.models.calibrate
+usage: python -m scripts.calibrate_encoders
 
 For every encoder: embed all sample faces, score the labelled pairs
 (``samples.labelled_pairs``), and report ROC AUC, the Youden-optimal cosine threshold
@@ -40,11 +40,18 @@ def run(names: tuple[str, ...] = ("mobileface", "faceres", "dlib")) -> list[Cali
         enc = get_encoder(name)
         s = pair_similarity(enc.embed(faces), i, j)
         auc, thr = calibrate(s, same)
-        out.append(Calibration(
-            name, auc, thr, enc.threshold,
-            float((s[same] >= enc.threshold).mean()), float((s[~same] >= enc.threshold).mean()),
-            int(same.sum()), int((~same).sum()),
-        ))
+        out.append(
+            Calibration(
+                name,
+                auc,
+                thr,
+                enc.threshold,
+                float((s[same] >= enc.threshold).mean()),
+                float((s[~same] >= enc.threshold).mean()),
+                int(same.sum()),
+                int((~same).sum()),
+            )
+        )
     return out
 
 
@@ -52,9 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     """Print the calibration table."""
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     for c in run():
-        print(f"{c.encoder:<11} AUC {c.auc:.4f}  optimal cos ≥ {c.threshold:.3f}  shipped "
-              f"{c.shipped_threshold:.3f} (TPR {c.tpr:.3f}, FPR {c.fpr:.4f}; "
-              f"{c.positives} same / {c.negatives} different pairs)")
+        print(
+            f"{c.encoder:<11} AUC {c.auc:.4f}  optimal cos ≥ {c.threshold:.3f}  shipped "
+            f"{c.shipped_threshold:.3f} (TPR {c.tpr:.3f}, FPR {c.fpr:.4f}; "
+            f"{c.positives} same / {c.negatives} different pairs)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Print what epsilon means for identity: expected cosine between input and output embedding.
 
-    python -m mechanisms.identity_table [--trials N] [--seed S]
+    python -m scripts.identity_table [--trials N] [--seed S]
 
 For d = 128 and 512 and epsilon in {0.5, 1, 6, 50, 500}: Monte-Carlo mean (+- standard error)
 of cos(x, M(x)) over uniformly random unit inputs x for IdentityLaplace (unit sphere),
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .identity import (
+from mechanisms.identity import (
     IdentityGaussian,
     IdentityLaplace,
     IdentityVMF,
@@ -58,7 +58,7 @@ def table(*, trials: int = 2000, seed: int | None = None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m mechanisms.identity_table",
+        prog="python -m scripts.identity_table",
         description="Expected cosine between input and privatised identity embeddings.",
     )
     parser.add_argument("--trials", type=int, default=2000, help="random inputs per cell")

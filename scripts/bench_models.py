@@ -1,6 +1,6 @@
 """Latency of every face model on this machine.
 
-usage: python -m dpface.models.bench [--repeat N] [--threads T]
+usage: python -m scripts.bench_models [--repeat N] [--threads T]
 
 Prints, per model, the median and best wall time of a batch-1 forward pass (after one
 warm-up), and per encoder the time per face including alignment, measured on the real
@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     from dpface.models.samples import sample_faces
     from dpface.models.tfjs_models import SPECS, load, prepare, run
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s), load average "
-          f"{os.getloadavg()[0]:.2f}, {os.cpu_count()} cores; batch 1; median / best ms")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), load average "
+        f"{os.getloadavg()[0]:.2f}, {os.cpu_count()} cores; batch 1; median / best ms"
+    )
     faces = sample_faces()
     rng = np.random.default_rng(0)
     for name, spec in SPECS.items():
@@ -61,13 +63,17 @@ def main(argv: list[str] | None = None) -> None:
         enc = get_encoder(enc_name)
         batch = list(faces[:8])
         med, best = _time(partial(enc.embed, batch), max(3, args.repeat // 5))
-        print(f"  encoder {enc_name:<12} per face (align + embed) "
-              f"{med / len(batch) * 1e3:8.1f} / {best / len(batch) * 1e3:8.1f}")
+        print(
+            f"  encoder {enc_name:<12} per face (align + embed) "
+            f"{med / len(batch) * 1e3:8.1f} / {best / len(batch) * 1e3:8.1f}"
+        )
     img = faces[0].image
     for det in ("hog", "blazeface"):
         med, best = _time(partial(detect_array, img, detector=det), max(3, args.repeat // 5))
-        print(f"  detect {det:<10} {img.shape[1]}×{img.shape[0]} photo "
-              f"{med * 1e3:8.1f} / {best * 1e3:8.1f}")
+        print(
+            f"  detect {det:<10} {img.shape[1]}×{img.shape[0]} photo "
+            f"{med * 1e3:8.1f} / {best * 1e3:8.1f}"
+        )
 
 
 if __name__ == "__main__":
