@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from .errors import DpfaceError
 from .pixelization import Box, clip_box
 
 __all__ = [
@@ -85,7 +86,7 @@ _MAX_ARGON_ITERATIONS = 64
 _MAX_ARGON_LANES = 64
 
 
-class RecoveryError(ValueError):
+class RecoveryError(DpfaceError, ValueError):
     """Recovery failed: nothing is returned. See the subclasses for why."""
 
 

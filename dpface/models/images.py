@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dpface.errors import InputError
 
-class ImageError(ValueError):
+
+class ImageError(InputError):
     """An input image could not be read or converted."""
 
 

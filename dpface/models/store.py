@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 
+from dpface.errors import DpfaceError
+
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
 SETUP_HINT = (
     "run `./dev setup`, or `.venv/bin/python scripts/fetch_assets.py` if set-up is already"
@@ -41,7 +43,7 @@ SETUP_HINT = (
 )
 
 
-class AssetError(RuntimeError):
+class AssetError(DpfaceError, RuntimeError):
     """A model or sample file is missing or does not match its recorded hash."""
 
 
