@@ -38,7 +38,10 @@ from mechanisms.exponential import Exponential
 from mechanisms.gaussian import Gaussian
 from mechanisms.identity import IdentityGaussian, IdentityLaplace, IdentityVMF
 from mechanisms.laplace import Laplace
-from mechanisms.pixelization import DPPixelization
+from mechanisms.pixelization import DPBlur, DPPixelization
+from mechanisms.registry import MechanismOptions
+from mechanisms.registry import get as get_mechanism
+from mechanisms.registry import names as mechanism_names
 from mechanisms.rng import Randomness
 
 __all__ = ["AUDIT_DELTA", "BROKEN_FACTOR", "PLANS", "AuditSetup", "run_audit"]
@@ -145,8 +148,14 @@ def _identity_vmf(eps: float, claim: float, r: Randomness) -> AuditSetup:
     )
 
 
+def _built(name: str, eps: float, r: Randomness, **options: Any) -> Any:
+    """The registered mechanism ``name``, built the way every other caller builds it."""
+    return get_mechanism(name).build(MechanismOptions(epsilon=eps, randomness=r, **options))
+
+
 def _dp_pix(eps: float, claim: float, r: Randomness) -> AuditSetup:
-    mech = DPPixelization(epsilon=eps, block=4, m=1, randomness=r)
+    mech = _built("dp-pix", eps, r, block=4, m=1)
+    assert isinstance(mech, DPPixelization)
     x0 = np.full((8, 8), 100, dtype=np.uint8)
     x1 = x0.copy()
     x0[0, 0], x1[0, 0] = 0, 255
@@ -161,6 +170,24 @@ def _dp_pix(eps: float, claim: float, r: Randomness) -> AuditSetup:
     )
 
 
+def _dp_blur(eps: float, claim: float, r: Randomness) -> AuditSetup:
+    mech = _built("dp-blur", eps, r, block=4, m=1, delta=AUDIT_DELTA)
+    assert isinstance(mech, DPBlur)
+    x0 = np.full((8, 8), 100, dtype=np.uint8)
+    x1 = x0.copy()
+    x0[0, 0], x1[0, 0] = 0, 255
+
+    def release(x: Array, n: int) -> Array:
+        noisy = mech.noisy_cell_means_batch(np.repeat(x[np.newaxis], n, axis=0))
+        return np.asarray(noisy[:, 0, 0, 0])
+
+    return AuditSetup(
+        release, x0, x1, ApproxDP(claim, AUDIT_DELTA), _threshold_on(None),
+        "8x8 grey images differing in one pixel, 0 vs 255 (m = 1); the noisy mean of its 4x4 "
+        "cell (the smoothing that follows is post-processing)",
+    )
+
+
 PLANS: dict[str, Callable[[float, float, Randomness], AuditSetup]] = {
     "laplace": _laplace,
     "gaussian": _gaussian,
@@ -169,7 +196,13 @@ PLANS: dict[str, Callable[[float, float, Randomness], AuditSetup]] = {
     "identity-gaussian": _identity_gaussian,
     "identity-vmf": _identity_vmf,
     "dp-pix": _dp_pix,
+    "dp-blur": _dp_blur,
 }
+"""One audit plan per registered mechanism (``mechanisms.registry``), keyed by its name."""
+
+_missing = set(mechanism_names()) ^ set(PLANS)
+if _missing:  # a new mechanism must come with an audit plan (and a stale plan must go)
+    raise RuntimeError(f"audit plans and the mechanism registry disagree on {sorted(_missing)}")
 
 
 def run_audit(

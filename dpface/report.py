@@ -31,6 +31,8 @@ from typing import Any
 import jinja2
 import markupsafe
 
+from mechanisms.registry import specs as mechanism_specs
+
 from .ledger import Ledger
 
 __all__ = [
@@ -48,15 +50,9 @@ CHART_TOP_N = 40  # subjects drawn in the budget chart (the table lists all of t
 TIMELINE_TOP_N = 8  # subjects drawn in the epsilon-over-time chart
 MAX_ENTRY_ROWS = 1000  # per-release rows in the HTML (the JSON holds every entry)
 
-# command-line mechanism names -> the ledger's mechanism names (class names)
-CLI_MECHANISMS = {
-    "identity-laplace": "IdentityLaplace",
-    "identity-gaussian": "IdentityGaussian",
-    "identity-vmf": "IdentityVMF",
-    "dp-pix": "DPPixelization",
-    "dp-blur": "DPBlur",
-}
-IDENTITY_MECHANISMS = ("IdentityLaplace", "IdentityGaussian", "IdentityVMF")
+# command-line mechanism names -> the ledger's mechanism names (class names), from the registry
+CLI_MECHANISMS = {s.name: s.cls.__name__ for s in mechanism_specs(face=True)}
+IDENTITY_MECHANISMS = tuple(s.cls.__name__ for s in mechanism_specs(consumes="embedding"))
 
 # run settings shown first, in this order, with a label a non-specialist can read
 KNOWN_SETTINGS: tuple[tuple[str, str], ...] = (
