@@ -19,7 +19,9 @@ Each subclass also keeps the builtin base callers may already catch: ``UsageErro
 ``InputError`` (and so ``ImageError``) and ``RecoveryError`` subclass ``ValueError``;
 ``LedgerError`` and ``AssetError`` subclass ``RuntimeError``. A mechanism's constructor refuses
 an invalid parameter with a plain ``ValueError``/``TypeError`` (the core's convention);
-:class:`dpface.AnonymizeConfig` turns those into :class:`UsageError`.
+:class:`dpface.AnonymizeConfig` turns those into :class:`UsageError`. Some argument checks
+inside the library (``Anonymizer``'s and the generators' constructors...) still raise a plain
+``ValueError``/``TypeError``.
 
 The classes raised by heavier modules (:mod:`dpface.ledger`, :mod:`dpface.models.images`,
 :mod:`dpface.models.store`) live there and are loaded from here on first use, so importing

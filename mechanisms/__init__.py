@@ -9,7 +9,8 @@ The public names are importable from the package itself:
 The budgets and :class:`DpfaceError` (standard library only) are loaded with the package;
 every other name is loaded from its module on first use (the mechanisms pull in numpy, scipy
 and dp-accounting, about a second), so ``import mechanisms`` stays cheap. The submodules stay
-importable as before (``mechanisms.laplace``, ``mechanisms.accounting``...).
+importable as before (``mechanisms.laplace``, ``mechanisms.accounting``...);
+``accounting`` and ``registry`` (the named mechanisms) are public submodules.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .errors import DpfaceError
 
 if TYPE_CHECKING:
     from . import accounting as accounting
+    from . import registry as registry
     from .attributes import KAnonymousVoting, TClosenessSelector
     from .audit import AuditResult, audit_mechanism
     from .base import Guarantee, Mechanism
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 # name -> module it is loaded from (relative to this package); "" marks a submodule
 _LAZY = {
     "accounting": "",
+    "registry": "",
     "Randomness": "rng",
     "Mechanism": "base",
     "Guarantee": "base",
@@ -97,6 +100,7 @@ __all__ = [
     "audit_mechanism",
     "compose_basic",
     "poisson_amplify",
+    "registry",
 ]
 
 
