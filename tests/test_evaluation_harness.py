@@ -1,6 +1,7 @@
 """Evaluation harness on real models and the bundled sample faces: the no-op scores as
 unprotected, a black mask defeats detection, results are seeded and cached, and the CLI
-writes its table and plots."""
+writes its table and plots. (That the dpface rows are the product's own output is
+tests/test_evaluation_product_path.py.)"""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from dpface.evaluation import anonymisers as A
 from dpface.evaluation.aggregate import summarise
 from dpface.evaluation.faces import EvalFace, sample_faces
 from dpface.evaluation.runner import RunConfig, run_all, run_task
-from mechanisms.rng import Randomness
+from dpface.ledger import Ledger
+from mechanisms.budgets import PureDP
 
-CFG = RunConfig(seed=11, draws=1, attackers=("dlib", "faceres", "mobileface"), averaging=(),
-                parrot=False)
+CFG = RunConfig(
+    seed=11, draws=1, attackers=("dlib", "faceres", "mobileface"), averaging=(), parrot=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,53 +37,66 @@ def _load(p: Path) -> dict[str, np.ndarray]:
 
 
 def test_identity_transform_is_not_protected(faces: list[EvalFace], tmp_path: Path) -> None:
-    z = _load(run_task(A.original(), faces[0], CFG, tmp_path))
+    files = run_task(A.original(), faces[:1], CFG, tmp_path)
+    z = _load(files[faces[0].key])
     assert z["e_dlib"].shape == (1, 128)
     np.testing.assert_allclose(z["e_dlib"][0], z["i_dlib"], atol=1e-12)
-    files = {faces[0].key: tmp_path / next(p.name for p in tmp_path.glob("*.npz"))}
     s = summarise(A.original(), faces[:1], files, CFG)["metrics"]
     assert s["psr_dlib"][0] == 0.0 and s["iddis_dlib"][0] == pytest.approx(0.0, abs=1e-9)
     assert s["ssim_face"][0] == 1.0 and s["detected_hog"][0] == 1.0
     assert s["emotion_agrees"][0] == 1.0 and s["nme"][0] == 0.0
 
 
-def test_black_mask_is_not_detected_and_not_recognised(faces: list[EvalFace],
-                                                       tmp_path: Path) -> None:
+def test_black_mask_is_not_detected_and_not_recognised(
+    faces: list[EvalFace], tmp_path: Path
+) -> None:
     mask = next(c for c in A.baselines() if c.name == "mask")
     for f in faces:
-        z = _load(run_task(mask, f, CFG, tmp_path))
+        z = _load(run_task(mask, [f], CFG, tmp_path)[f.key])
+        assert z["s_found"][0] == 1.0  # the product found the face: the mask covers it
         assert z["s_detected_hog"][0] == 0.0
         assert z["s_detected_blazeface"][0] == 0.0
         assert np.linalg.norm(z["e_dlib"][0] - z["i_dlib"]) >= 0.6
         assert z["s_ssim_face"][0] < 0.6
 
 
-def test_seeded_releases_are_deterministic_and_seeds_matter(faces: list[EvalFace]) -> None:
-    from dpface.evaluation.runner import stream_seed
+def test_seeded_releases_are_deterministic_and_seeds_matter(
+    faces: list[EvalFace], tmp_path: Path
+) -> None:
+    from dpface.evaluation.runner import release_seed, stream_seed
 
     cond = A.identity("identity-laplace", 2.0)
     f = faces[0]
-    s11 = stream_seed(11, cond.name, f.key)
-    assert s11 == stream_seed(11, cond.name, f.key) != stream_seed(12, cond.name, f.key)
-    a = A.Anonymiser(cond, Randomness.from_seed(s11))(f)
-    b = A.Anonymiser(cond, Randomness.from_seed(s11))(f)
-    c = A.Anonymiser(cond, Randomness.from_seed(stream_seed(12, cond.name, f.key)))(f)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-    assert not np.array_equal(a, f.image)
+    s11 = release_seed(11, cond, f, 0)
+    assert s11 == stream_seed(11, cond.name, f.photo_key, "release 0")
+    assert s11 != release_seed(12, cond, f, 0) and s11 != release_seed(11, cond, f, 1)
+    with Ledger(tmp_path / "l.db", default_budget=PureDP(100.0)) as led:
+        a = A.release_photo(cond, f.source, s11, led)
+        b = A.release_photo(cond, f.source, s11, led)
+        c = A.release_photo(cond, f.source, release_seed(12, cond, f, 0), led)
+        assert [o.protection for o in a.faces] == ["generator"]
+        np.testing.assert_array_equal(a.image, b.image)
+        assert not np.array_equal(a.image, c.image)
+        assert not np.array_equal(a.image, f.image)
+        assert led.spent(led.subjects()[0]).epsilon == pytest.approx(6.0)  # 3 releases charged
 
 
-def test_noise_baseline_is_seeded_too(faces: list[EvalFace], tmp_path: Path) -> None:
+def test_noise_baseline_is_seeded_and_acts_on_the_product_regions(faces: list[EvalFace]) -> None:
     noise = next(c for c in A.baselines() if c.name == "noise-49")
     f = faces[1]
-    out1 = A.Anonymiser(noise, Randomness.from_seed(3))(f)
-    out2 = A.Anonymiser(noise, Randomness.from_seed(3))(f)
-    np.testing.assert_array_equal(out1, out2)
-    x0, y0, x1, y1 = A.face_region(f, f.image.shape)
+    out1 = A.release_photo(noise, f.source, 3)
+    out2 = A.release_photo(noise, f.source, 3)
+    np.testing.assert_array_equal(out1.image, out2.image)
+    regions = A.product_regions(f.source)  # Biden's face (and a small doubtful find)
+    assert [o.region for o in out1.faces] == list(regions)
+    face = A.outcome_of(out1.faces, f.box)
+    assert face is not None
     outside = np.ones(f.image.shape[:2], bool)
-    outside[y0:y1, x0:x1] = False
-    np.testing.assert_array_equal(out1[outside], f.image[outside])  # only the face changes
-    assert not np.array_equal(out1[y0:y1, x0:x1], f.image[y0:y1, x0:x1])
+    for x0, y0, x1, y1 in regions:
+        outside[y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(out1.image[outside], f.image[outside])  # only the faces
+    x0, y0, x1, y1 = face.region
+    assert not np.array_equal(out1.image[y0:y1, x0:x1], f.image[y0:y1, x0:x1])
 
 
 def test_resume_recomputes_nothing(faces: list[EvalFace], tmp_path: Path) -> None:
@@ -101,9 +117,24 @@ def test_cli_smoke_on_a_folder(faces: list[EvalFace], tmp_path: Path) -> None:
     for f in faces:
         shutil.copy(f.source, folder / Path(f.source).name)
     out = tmp_path / "res"
-    args = ["evaluate", str(folder), "--mechanisms", "mask,identity-laplace",
-            "--epsilons", "2", "--draws", "1", "--averaging", "", "--seed", "5",
-            "--workers", "1", "-o", str(out)]
+    args = [
+        "evaluate",
+        str(folder),
+        "--mechanisms",
+        "mask,identity-laplace",
+        "--epsilons",
+        "2",
+        "--draws",
+        "1",
+        "--averaging",
+        "",
+        "--seed",
+        "5",
+        "--workers",
+        "1",
+        "-o",
+        str(out),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "seed 5" in res.output
@@ -116,31 +147,37 @@ def test_cli_smoke_on_a_folder(faces: list[EvalFace], tmp_path: Path) -> None:
     assert res2.exit_code == 0 and "0 task(s) computed, 4 reused" in res2.output
 
 
-def test_cache_key_follows_the_generator_code(faces: list[EvalFace],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A changed generator must not reuse results cached for the old one; baselines that never
-    run it keep their cache."""
+def test_cache_key_follows_the_product_code(
+    faces: list[EvalFace], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A changed product (pipeline, detection, generator, mechanisms) must not reuse results
+    cached for the old one; every row but the original reads it (baselines use its regions)."""
     from dpface.evaluation import runner
 
-    gen_conds = [A.generator_inf(), A.identity("identity-laplace", 6.0)]
-    other = [A.original(), A.baselines()[0], A.dp_pix(2.0)]
-    before = {c.name: runner.task_key(c, faces[0], CFG) for c in gen_conds + other}
-    monkeypatch.setattr(runner, "generator_fingerprint", lambda: "changed")
-    after = {c.name: runner.task_key(c, faces[0], CFG) for c in gen_conds + other}
-    assert all(before[c.name] != after[c.name] for c in gen_conds)
-    assert all(before[c.name] == after[c.name] for c in other)
+    product = [
+        A.generator_inf(),
+        A.identity("identity-laplace", 6.0),
+        A.dp_pix(2.0),
+        A.baselines()[0],
+    ]
+    before = {c.name: runner.task_key(c, faces[0], CFG) for c in [A.original(), *product]}
+    monkeypatch.setattr(runner, "product_fingerprint", lambda: "changed")
+    after = {c.name: runner.task_key(c, faces[0], CFG) for c in [A.original(), *product]}
+    assert all(before[c.name] != after[c.name] for c in product)
+    assert before["original"] == after["original"]
 
 
-def test_exclude_own_keeps_a_persons_own_synthetic_identities_out(
-        faces: list[EvalFace], monkeypatch: pytest.MonkeyPatch) -> None:
-    """--exclude-own: the Obama face gets a generator without any synthetic identity an
+def test_exclude_own_keeps_the_photos_people_out_of_the_bank(
+    faces: list[EvalFace], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--exclude-own: the Obama photo gets a generator without any synthetic identity an
     Obama photo contributed to, and its results are cached under their own key."""
     from dataclasses import replace
 
     from dpface.evaluation import runner
 
     obama = faces[0]
-    labels = A.own_labels(obama)
+    labels = A.photo_labels([obama])
     assert "fr-obama.jpg#0" in labels and len(labels) >= 6  # every Obama photo
     gen = A.generator_excluding(labels)
     full = A.generator_excluding(frozenset())
@@ -158,7 +195,8 @@ def test_exclude_own_keeps_a_persons_own_synthetic_identities_out(
         return gen
 
     monkeypatch.setattr(A, "generator_excluding", spy)
-    out = A.Anonymiser(cond, Randomness.from_seed(3), exclude_own=True)(obama)
-    assert asked == [labels] and out.shape == obama.image.shape
-    A.Anonymiser(cond, Randomness.from_seed(3))(obama)
-    assert asked == [labels]  # without the option the full bank is used
+    with Ledger(tmp_path / "l.db", default_budget=PureDP(100.0)) as led:
+        anon = A.product_anonymizer(cond, 3, led, exclude=labels)
+        assert asked == [labels] and anon.generator is gen
+        A.product_anonymizer(cond, 3, led)
+    assert asked == [labels]  # without the option the product's own generator is used

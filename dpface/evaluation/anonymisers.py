@@ -1,37 +1,42 @@
-"""Every condition the harness compares, behind one interface: ``apply(condition, face,
-randomness) -> image``.
+"""Every condition the harness compares, and how one photo is released under it.
 
-Baselines (not DP; the book's Table 5.1 rows) change only the face region (the detector box
-grown to the landmarks' extent). Their sizes are given in pixels *at a reference face width*
-of ``REFERENCE_WIDTH`` = 128 px (roughly the face in a 256×256 CelebA-HQ image) and scaled to
-each face's width, so a small and a large face get the same relative treatment:
+The dpface rows run **the product**: :class:`dpface.pipeline.Anonymizer`, built from a
+:class:`dpface.config.AnonymizeConfig` (the object the command line builds, with its defaults
+and checks: detector, face regions, DP-Pix block and m, fallbacks), called on the whole sample
+photo with ``Anonymizer.anonymize(array)``. Nothing here re-implements a step of it. Each
+release gets its own seed (``AnonymizeConfig(seed=...)``: reproducible, for measurement only,
+not private) and is charged to the evaluation run's own temporary ledger.
+
+* ``dp-pix`` at (ε, b, m): the product with ``--mechanism dp-pix --epsilon ε --block b
+  --pixels m`` (b and m in pixels of the photo, as users give them);
+* ``identity-laplace`` / ``identity-gaussian`` / ``identity-vmf`` at ε: the product with that
+  mechanism (surrogate generator, MobileFace encoder: the defaults), including its DP-Pix
+  fallback for faces the generator cannot take and its mask for refused releases;
+* ``generator`` (ε = ∞, a reference, not a product setting): the same product path with
+  ``NoiselessIdentity`` as the mechanism -- IdentityLaplace's domain map without its noise --
+  so the generator is fed the un-noised embedding.
+
+Baselines (not DP; the book's Table 5.1 rows) are simple functions applied to **the regions
+the product protects** in the same photo (read from the product's own face records), so every
+row changes the same pixels. Their sizes are given in pixels *at a reference region width* of
+``REFERENCE_REGION`` = 192 px (the product's region around a 128-px face: 1.5 face widths) and
+scaled to each region's width:
 
 * ``gaussian-blur``: Gaussian blur, σ = 6 px at the reference width;
-* ``blur-7x7``, ``blur-19x19``: down/up-sampling blur — the region is reduced by area
-  averaging so each pixel covers k×k reference pixels, then scaled back bilinearly;
+* ``blur-7x7``, ``blur-19x19``: down/up-sampling blur (area reduction so each pixel covers
+  k×k reference pixels, bilinear back up);
 * ``pixelate-8x8``, ``pixelate-16x16``: mean colour in k×k reference-pixel blocks;
-* ``noise-9``, ``noise-49``: additive Gaussian pixel noise of that σ (0–255 scale), clipped;
+* ``noise-9``, ``noise-49``: additive Gaussian pixel noise of that σ (0-255 scale), clipped;
 * ``mask``: the region painted black.
 
-DP conditions:
-
-* ``dp-pix``: ``mechanisms.pixelization.DPPixelization`` on the same region (block size b at
-  the reference width, scaled; m-pixel neighbours; ε per image);
-* ``identity-laplace`` / ``identity-gaussian`` / ``identity-vmf`` at ε: the face's MobileFace
-  embedding is privatised and ``SurrogateGenerator`` renders a new face from it (no attribute
-  channel, as the pipeline does); a face the generator cannot replace is masked grey, as the
-  pipeline does;
-* ``generator``: the same generator fed the *un*-noised embedding (ε = ∞, no guarantee).
-
 ``original`` returns the input unchanged (the no-protection reference row).
-Randomness is always an explicit seeded stream here (evaluation only).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -39,12 +44,16 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mechanisms.identity import IdentityLaplace
 from mechanisms.rng import Randomness
 
-REFERENCE_WIDTH = 128.0
+REFERENCE_REGION = 192.0  # product region width around a 128-px face (1.5 face widths)
 IDENTITY_MECHANISMS = ("identity-laplace", "identity-gaussian", "identity-vmf")
-GAUSSIAN_DELTA = 1e-6
-MASK_GREY = 128
+PRODUCT_FAMILIES = ("dp-pix", "generator", *IDENTITY_MECHANISMS)
+GAUSSIAN_DELTA = 1e-6  # the product's default --delta
+NOISELESS_CHARGE = 1.0  # what the ledger is charged per ε = ∞ reference release
+
+Region = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,18 @@ class Condition:
     def param(self, key: str) -> float:
         """A numeric parameter."""
         return dict(self.params)[key]
+
+    @property
+    def product(self) -> bool:
+        """True when the row runs dpface's own Anonymizer."""
+        return self.family in PRODUCT_FAMILIES
+
+    @property
+    def charge(self) -> float:
+        """ε the ledger is charged per release of a face under this condition (0: none)."""
+        if self.family == "generator":
+            return NOISELESS_CHARGE
+        return self.epsilon if self.product else 0.0
 
 
 def baselines() -> list[Condition]:
@@ -83,49 +104,237 @@ def original() -> Condition:
 
 
 def generator_inf() -> Condition:
-    """The generator fed the un-noised identity (ε = ∞)."""
-    return Condition("generator@eps=inf", "generator", "dpface generator, ε=∞ (no noise)",
-                     epsilon=math.inf)
+    """The product with the identity noise left out (ε = ∞; a reference, no guarantee)."""
+    return Condition(
+        "generator@eps=inf",
+        "generator",
+        "dpface generator, ε=∞ (no noise)",
+        epsilon=math.inf,
+        random=True,
+    )
 
 
 def identity(mechanism: str, epsilon: float) -> Condition:
-    """dpface: identity mechanism ``mechanism`` at ``epsilon`` + the surrogate generator."""
+    """dpface: the product with identity mechanism ``mechanism`` at ``epsilon``."""
     if mechanism not in IDENTITY_MECHANISMS:
         raise ValueError(f"unknown identity mechanism {mechanism!r}; use {IDENTITY_MECHANISMS}")
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise ValueError("epsilon must be finite and > 0 (use the generator row for ε=∞)")
-    short = {"identity-laplace": "Laplace", "identity-gaussian": "Gaussian",
-             "identity-vmf": "vMF"}[mechanism]
+    short = {"identity-laplace": "Laplace", "identity-gaussian": "Gaussian", "identity-vmf": "vMF"}[
+        mechanism
+    ]
     extra = f", δ={GAUSSIAN_DELTA:g}" if mechanism == "identity-gaussian" else ""
-    return Condition(f"{mechanism}@eps={epsilon:g}", mechanism,
-                     f"dpface {short} ε={epsilon:g}{extra}", epsilon=float(epsilon),
-                     random=True)
+    return Condition(
+        f"{mechanism}@eps={epsilon:g}",
+        mechanism,
+        f"dpface {short} ε={epsilon:g}{extra}",
+        epsilon=float(epsilon),
+        random=True,
+    )
 
 
 def dp_pix(epsilon: float, block: int = 16, m: int = 16) -> Condition:
-    """DP-Pix at ``epsilon`` with block ``block`` (reference pixels) and ``m``."""
-    return Condition(f"dp-pix@eps={epsilon:g},b={block},m={m}", "dp-pix",
-                     f"DP-Pix ε={epsilon:g} (b={block}, m={m})", epsilon=float(epsilon),
-                     params=(("b", float(block)), ("m", float(m))), random=True)
+    """The product's DP-Pix at ``epsilon`` with ``--block block --pixels m``."""
+    return Condition(
+        f"dp-pix@eps={epsilon:g},b={block},m={m}",
+        "dp-pix",
+        f"DP-Pix ε={epsilon:g} (b={block}, m={m})",
+        epsilon=float(epsilon),
+        params=(("b", float(block)), ("m", float(m))),
+        random=True,
+    )
 
 
-# ----------------------------------------------------------------------------- application
+# ----------------------------------------------------------------------------- the product
 
 
-def face_region(face: Any, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """Integer (x0, y0, x1, y1): the face box grown to the landmarks' extent, clipped."""
-    lm = np.asarray(face.landmarks68)
-    x0 = min(face.box[0], float(lm[:, 0].min()))
-    y0 = min(face.box[1], float(lm[:, 1].min()))
-    x1 = max(face.box[2], float(lm[:, 0].max()))
-    y1 = max(face.box[3], float(lm[:, 1].max()))
-    h, w = shape[0], shape[1]
-    return (max(0, math.floor(x0)), max(0, math.floor(y0)), min(w, math.ceil(x1)),
-            min(h, math.ceil(y1)))
+class NoiselessIdentity(IdentityLaplace):
+    """IdentityLaplace's domain map (unit sphere) with the noise left out: the ε = ∞ reference
+    row only. It is NOT differentially private; the evaluation charges it ``NOISELESS_CHARGE``
+    so it goes through the product's ledger path like any release."""
+
+    def _release(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self._domain_map(rows))
 
 
-def _scaled(px: float, face_width: float) -> float:
-    return px * face_width / REFERENCE_WIDTH
+def product_config(cond: Condition, seed: int, ledger: str | Path) -> Any:
+    """The :class:`~dpface.config.AnonymizeConfig` a user would write for ``cond`` (the
+    product's defaults for everything else), with ``seed`` and the evaluation's ledger."""
+    from dpface.config import AnonymizeConfig
+
+    if cond.family == "dp-pix":
+        return AnonymizeConfig(
+            mechanism="dp-pix",
+            epsilon=cond.epsilon,
+            block=int(cond.param("b")),
+            pixels=int(cond.param("m")),
+            seed=seed,
+            ledger=Path(ledger),
+            workers=1,
+        )
+    if cond.family in IDENTITY_MECHANISMS:
+        return AnonymizeConfig(
+            mechanism=cond.family,  # type: ignore[arg-type]  # checked: an identity mechanism
+            epsilon=cond.epsilon,
+            delta=GAUSSIAN_DELTA,
+            seed=seed,
+            ledger=Path(ledger),
+            workers=1,
+        )
+    if cond.family == "generator":  # the identity path's settings; the mechanism is swapped
+        return AnonymizeConfig(
+            mechanism="identity-laplace",
+            epsilon=NOISELESS_CHARGE,
+            seed=seed,
+            ledger=Path(ledger),
+            workers=1,
+        )
+    raise ValueError(f"{cond.name} is not a dpface row")
+
+
+@cache
+def _models(encoder: str) -> tuple[Any, Any]:
+    """(generator, encoder) as ``AnonymizeConfig.build_generator`` makes them (one per
+    process: they are read-only)."""
+    from dpface.config import AnonymizeConfig
+
+    gen, enc = AnonymizeConfig(
+        mechanism="identity-laplace", encoder=encoder, ledger=Path(":memory:")
+    ).build_generator()
+    return gen, enc
+
+
+def product_anonymizer(
+    cond: Condition, seed: int, ledger: Any, exclude: frozenset[str] = frozenset()
+) -> Any:
+    """dpface's own :class:`~dpface.pipeline.Anonymizer` for ``cond`` on ``ledger`` (an open
+    :class:`~dpface.ledger.Ledger`).
+
+    Without ``exclude`` and for a product mechanism this is exactly
+    ``product_config(...).build_anonymizer(ledger)``. ``exclude`` (``--exclude-own``) and the
+    ε = ∞ reference need a generator or mechanism the configuration cannot name; they are
+    passed to the same constructor with the configuration's other settings."""
+    from dpface.pipeline import Anonymizer
+
+    config = product_config(cond, seed, ledger.path)
+    if cond.family != "generator" and not exclude:
+        return config.build_anonymizer(ledger)
+    gen, enc = _models(config.encoder)
+    if exclude:
+        gen = generator_excluding(exclude)
+    mech = (
+        NoiselessIdentity(epsilon=NOISELESS_CHARGE, dim=gen.identity_dim, seed=seed)
+        if cond.family == "generator"
+        else config.build_mechanism(gen.identity_dim)
+    )
+    return Anonymizer(
+        mechanism=mech,
+        generator=gen,
+        ledger=ledger,
+        detector=config.detector,
+        pseudonym=config.pseudonym,
+        encoder=enc,
+        receipt_subjects="digest" if config.names == "hash" else "name",
+    )
+
+
+@dataclass(frozen=True)
+class FaceOutcome:
+    """What happened to one face region of a released photo (a product face record, or a
+    region a baseline changed)."""
+
+    region: Region
+    protection: str  # product: "generator" | "mechanism" | "dp-fallback" | "mask"; "baseline"
+    refused: bool = False
+
+
+@dataclass
+class PhotoRelease:
+    """One release of a whole photo under a condition."""
+
+    image: np.ndarray = field(repr=False)
+    faces: list[FaceOutcome]
+    seconds: float
+    seed: int
+
+
+@cache
+def product_regions(source: str) -> tuple[Region, ...]:
+    """The regions the product protects in photo ``source`` (from the face records of one
+    product release: the same detection, fallbacks and region rule as every dpface row)."""
+    from dpface.config import AnonymizeConfig
+    from dpface.evaluation.faces import load_image
+
+    config = AnonymizeConfig(
+        mechanism="dp-pix", epsilon=1.0, ledger=Path(":memory:"), seed=0, workers=1
+    )
+    anon = config.build_anonymizer()
+    try:
+        res = anon.anonymize(load_image(source), name=Path(source).name)
+    finally:
+        anon.ledger.close()
+    if not res.ok:
+        raise RuntimeError(f"{source}: {res.error}")
+    return tuple(tuple(int(v) for v in r.box) for r in res.faces)  # type: ignore[misc]
+
+
+def release_photo(
+    cond: Condition,
+    source: str,
+    seed: int,
+    ledger: Any = None,
+    exclude: frozenset[str] = frozenset(),
+) -> PhotoRelease:
+    """One release of the whole photo ``source`` under ``cond`` (``ledger``: the run's open
+    ledger, needed by the dpface rows)."""
+    import time
+
+    from dpface.evaluation.faces import load_image
+
+    img = load_image(source)
+    if cond.family == "original":
+        return PhotoRelease(np.array(img, copy=True), [], 0.0, seed)
+    if cond.family == "baseline":
+        regions = product_regions(source)
+        t = time.perf_counter()
+        out = apply_baseline(cond, img, regions, Randomness.from_seed(seed))
+        faces = [FaceOutcome(r, "baseline") for r in regions]
+        return PhotoRelease(out, faces, time.perf_counter() - t, seed)
+    if ledger is None:
+        raise ValueError(f"{cond.name} runs the product: pass the run's ledger")
+    anon = product_anonymizer(cond, seed, ledger, exclude)
+    t = time.perf_counter()
+    res = anon.anonymize(img, name=Path(source).name)
+    dt = time.perf_counter() - t
+    if not res.ok or res.image is None:
+        raise RuntimeError(f"{source}: the product failed: {res.error}")
+    faces = [
+        FaceOutcome(tuple(int(v) for v in r.box), r.protection, r.refused)  # type: ignore[arg-type]
+        for r in res.faces
+    ]
+    return PhotoRelease(np.asarray(res.image), faces, dt, seed)
+
+
+def outcome_of(faces: Sequence[FaceOutcome], box: Sequence[float]) -> FaceOutcome | None:
+    """The released region that covers most of the true face ``box`` (at least half of it);
+    None when the product did not find the face."""
+    area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
+    best, cover = None, 0.5
+    for f in faces:
+        x0, y0, x1, y1 = f.region
+        ix = max(0.0, min(x1, box[2]) - max(x0, box[0]))
+        iy = max(0.0, min(y1, box[3]) - max(y0, box[1]))
+        c = ix * iy / area
+        if c >= cover:
+            best, cover = f, c
+    return best
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def _scaled(px: float, region_width: float) -> float:
+    return px * region_width / REFERENCE_REGION
 
 
 def _blocky(region: np.ndarray, k: float, smooth: bool) -> np.ndarray:
@@ -136,23 +345,38 @@ def _blocky(region: np.ndarray, k: float, smooth: bool) -> np.ndarray:
     return np.asarray(cv2.resize(small, (w, h), interpolation=interp))
 
 
-def _baseline(cond: Condition, img: np.ndarray, region: tuple[int, int, int, int],
-              face_width: float, rand: Randomness) -> np.ndarray:
+def apply_baseline(
+    cond: Condition, img: np.ndarray, regions: Sequence[Region], rand: Randomness
+) -> np.ndarray:
+    """``img`` with baseline ``cond`` applied to every region (in order)."""
+    out = np.array(img, copy=True)
+    for region in regions:
+        _baseline_region(cond, img, out, region, rand)
+    return out
+
+
+def _baseline_region(
+    cond: Condition, img: np.ndarray, out: np.ndarray, region: Region, rand: Randomness
+) -> None:
     x0, y0, x1, y1 = region
-    out = img.copy()
+    if x1 <= x0 or y1 <= y0:
+        return
     patch = out[y0:y1, x0:x1]
+    width = float(x1 - x0)
     name = cond.name
     if name == "gaussian-blur":
-        sigma = _scaled(cond.param("sigma"), face_width)
+        sigma = _scaled(cond.param("sigma"), width)
         # blur a padded window so the region's edge sees real neighbours
         pad = math.ceil(3 * sigma)
         wy0, wx0 = max(0, y0 - pad), max(0, x0 - pad)
-        win = cv2.GaussianBlur(img[wy0:y1 + pad, wx0:x1 + pad], (0, 0), sigma)
-        patch[:] = win[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+        win = cv2.GaussianBlur(
+            np.ascontiguousarray(img[wy0 : y1 + pad, wx0 : x1 + pad]), (0, 0), sigma
+        )
+        patch[:] = win[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
     elif name.startswith("blur-"):
-        patch[:] = _blocky(patch, _scaled(cond.param("k"), face_width), smooth=True)
+        patch[:] = _blocky(np.ascontiguousarray(patch), _scaled(cond.param("k"), width), True)
     elif name.startswith("pixelate-"):
-        patch[:] = _blocky(patch, _scaled(cond.param("k"), face_width), smooth=False)
+        patch[:] = _blocky(np.ascontiguousarray(patch), _scaled(cond.param("k"), width), False)
     elif name.startswith("noise-"):
         noise = rand.generator.standard_normal(patch.shape) * cond.param("sigma")
         patch[:] = np.clip(np.rint(patch + noise), 0, 255).astype(np.uint8)
@@ -160,14 +384,9 @@ def _baseline(cond: Condition, img: np.ndarray, region: tuple[int, int, int, int
         patch[:] = 0
     else:
         raise ValueError(f"unknown baseline {name!r}")
-    return out
 
 
-@cache
-def _generator() -> Any:
-    from dpface.generators.surrogate import SurrogateGenerator
-
-    return SurrogateGenerator()
+# ----------------------------------------------------------------------------- --exclude-own
 
 
 def own_labels(face: Any) -> frozenset[str]:
@@ -181,97 +400,39 @@ def own_labels(face: Any) -> frozenset[str]:
     return frozenset(mine)
 
 
+def photo_labels(faces: Sequence[Any]) -> frozenset[str]:
+    """``own_labels`` of every given face of one photo together: the product gives one
+    generator to the whole photo, so with ``--exclude-own`` none of its people's synthetic
+    identities may be chosen for any face in it."""
+    out: set[str] = set()
+    for f in faces:
+        out |= own_labels(f)
+    return frozenset(out)
+
+
 @cache
 def generator_excluding(labels: frozenset[str]) -> Any:
-    """The generator without the synthetic identities ``labels`` contributed to."""
-    return _generator().excluding(set(labels))
+    """The product's generator without the synthetic identities ``labels`` contributed to."""
+    return _models("mobileface")[0].excluding(set(labels))
 
 
-@cache
-def _mobileface() -> Any:
-    from dpface.models.encoders import get_encoder
-
-    return get_encoder("mobileface")
-
-
-def identity_embedding(face: Any) -> np.ndarray:
-    """The face's MobileFace embedding (what the identity mechanisms privatise)."""
-    return np.asarray(_mobileface().embed([face])[0], dtype=np.float64)
-
-
-class Anonymiser:
-    """A condition bound to a seeded random stream: call it on faces, one release each.
-
-    The stream is consumed in call order, so the same calls in the same order give the
-    same outputs."""
-
-    def __init__(self, cond: Condition, rand: Randomness, exclude_own: bool = False) -> None:
-        """``exclude_own``: the generator never gives a face a synthetic identity its own
-        person contributed to (the deployment case; the bank is built from the samples)."""
-        self.cond = cond
-        self.rand = rand
-        self.exclude_own = exclude_own
-        self._mech: Any = None
-        self._pix: dict[int, Any] = {}
-        if cond.family in IDENTITY_MECHANISMS:
-            from mechanisms.identity import IdentityGaussian, IdentityLaplace, IdentityVMF
-
-            dim = _generator().identity_dim
-            if cond.family == "identity-laplace":
-                self._mech = IdentityLaplace(epsilon=cond.epsilon, dim=dim, randomness=rand)
-            elif cond.family == "identity-gaussian":
-                self._mech = IdentityGaussian(epsilon=cond.epsilon, delta=GAUSSIAN_DELTA,
-                                              dim=dim, randomness=rand)
-            else:
-                self._mech = IdentityVMF(epsilon=cond.epsilon, dim=dim, randomness=rand)
-
-    def _dp_pix(self, face_width: float) -> Any:
-        from mechanisms.pixelization import DPPixelization
-
-        b = max(2, round(_scaled(self.cond.param("b"), face_width)))
-        if b not in self._pix:
-            self._pix[b] = DPPixelization(epsilon=self.cond.epsilon, block=b,
-                                          m=int(self.cond.param("m")), randomness=self.rand)
-        return self._pix[b]
-
-    def __call__(self, face: Any, embedding: np.ndarray | None = None) -> np.ndarray:
-        """One release of ``face`` (its photo with the face anonymised). ``embedding``: the
-        face's MobileFace embedding when already computed."""
-        img = face.image
-        region = face_region(face, img.shape)
-        fam = self.cond.family
-        if fam == "original":
-            return np.array(img, copy=True)
-        if fam == "baseline":
-            return _baseline(self.cond, img, region, face.width, self.rand)
-        if fam == "dp-pix":
-            return np.asarray(self._dp_pix(face.width)(img, region))
-        from dpface.generators.base import FaceInput
-
-        emb = identity_embedding(face) if embedding is None else embedding
-        private = emb if self._mech is None else np.asarray(self._mech(emb))
-        gen = generator_excluding(own_labels(face)) if self.exclude_own else _generator()
-        res = gen.generate(img, FaceInput.of(face), private)
-        if res.replaced:
-            return np.asarray(res.image)
-        out = np.array(img, copy=True)
-        x0, y0, x1, y1 = region
-        out[y0:y1, x0:x1] = MASK_GREY
-        return out
+# ----------------------------------------------------------------------------- conditions
 
 
 def parse_epsilons(text: str | Sequence[float]) -> list[float]:
-    """"0.5,1,2" -> [0.5, 1.0, 2.0] (all finite and > 0)."""
-    vals = [float(v) for v in (text.split(",") if isinstance(text, str) else text)
-            if str(v).strip()]
+    """ "0.5,1,2" -> [0.5, 1.0, 2.0] (all finite and > 0)."""
+    vals = [
+        float(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip()
+    ]
     for v in vals:
         if not (v > 0 and math.isfinite(v)):
             raise ValueError(f"epsilon {v} must be finite and > 0")
     return vals
 
 
-def build_conditions(mechanisms: Sequence[str], epsilons: Sequence[float],
-                     dppix: Sequence[tuple[float, int, int]]) -> list[Condition]:
+def build_conditions(
+    mechanisms: Sequence[str], epsilons: Sequence[float], dppix: Sequence[tuple[float, int, int]]
+) -> list[Condition]:
     """Conditions from mechanism group names: ``original``, ``baselines`` (or single
     baseline names), ``dp-pix`` (over ``dppix`` (ε, b, m) triples), ``generator`` (ε = ∞),
     and identity mechanisms (over ``epsilons``)."""
@@ -294,6 +455,12 @@ def build_conditions(mechanisms: Sequence[str], epsilons: Sequence[float],
         elif m:
             raise ValueError(
                 f"unknown mechanism {m!r}; use original, baselines, {', '.join(by_name)},"
-                f" dp-pix, generator, {', '.join(IDENTITY_MECHANISMS)}")
+                f" dp-pix, generator, {', '.join(IDENTITY_MECHANISMS)}"
+            )
     seen: set[str] = set()
-    return [c for c in out if not (c.name in seen or seen.add(c.name))]  # type: ignore[func-returns-value]
+    unique = []
+    for c in out:
+        if c.name not in seen:
+            seen.add(c.name)
+            unique.append(c)
+    return unique

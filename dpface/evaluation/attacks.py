@@ -108,8 +108,9 @@ def rank1(dist: np.ndarray, same: np.ndarray, known: np.ndarray) -> np.ndarray:
     return np.asarray(same[np.arange(len(d)), nearest])
 
 
-def tar_at_far(dist: np.ndarray, same: np.ndarray, known: np.ndarray,
-               self_mask: np.ndarray, far: float) -> float:
+def tar_at_far(
+    dist: np.ndarray, same: np.ndarray, known: np.ndarray, self_mask: np.ndarray, far: float
+) -> float:
     """True-accept rate on genuine pairs (same person, different photo) at the distance
     threshold whose false-accept rate on known impostor pairs is ``far`` (nan when there are
     no genuine pairs or too few impostor pairs to resolve that rate)."""
@@ -122,8 +123,9 @@ def tar_at_far(dist: np.ndarray, same: np.ndarray, known: np.ndarray,
     return float((genuine < thr).mean())
 
 
-def averaging_protected(attacker: Attacker, releases: np.ndarray, original: np.ndarray,
-                        counts: Sequence[int]) -> dict[int, bool]:
+def averaging_protected(
+    attacker: Attacker, releases: np.ndarray, original: np.ndarray, counts: Sequence[int]
+) -> dict[int, bool]:
     """For each n in ``counts``: is the average of the first n releases' embeddings still
     at or beyond the threshold from the original (protected)?"""
     out = {}

@@ -16,8 +16,12 @@ import time
 from pathlib import Path
 
 
-def run(faces: int = 100, epsilons: tuple[float, ...] = (0.5, 1, 2, 6, 50),
-        workers: tuple[int, ...] = (1, 2), seed: int = 2024) -> dict[int, float]:
+def run(
+    faces: int = 100,
+    epsilons: tuple[float, ...] = (0.5, 1, 2, 6, 50),
+    workers: tuple[int, ...] = (1, 2),
+    seed: int = 2024,
+) -> dict[int, float]:
     """Seconds for the whole evaluation, per worker count."""
     from dpface.evaluation import anonymisers as A
     from dpface.evaluation.faces import replicate, sample_faces
@@ -25,8 +29,9 @@ def run(faces: int = 100, epsilons: tuple[float, ...] = (0.5, 1, 2, 6, 50),
 
     fs = replicate(sample_faces(), faces)
     conds = [A.identity("identity-laplace", e) for e in epsilons]
-    cfg = RunConfig(seed=seed, draws=1, attackers=("dlib", "faceres", "mobileface"),
-                    averaging=(), parrot=False)
+    cfg = RunConfig(
+        seed=seed, draws=1, attackers=("dlib", "faceres", "mobileface"), averaging=(), parrot=False
+    )
     out: dict[int, float] = {}
     for w in workers:
         with tempfile.TemporaryDirectory(prefix="dpface-bench-") as tmp:
@@ -34,9 +39,11 @@ def run(faces: int = 100, epsilons: tuple[float, ...] = (0.5, 1, 2, 6, 50),
             _, computed = run_all(conds, fs, cfg, Path(tmp), workers=w)
             out[w] = time.perf_counter() - t
         n = len(fs) * len(conds)
-        print(f"{w} worker(s): {n} outputs ({len(fs)} faces × {len(conds)} ε × 3 attackers, "
-              f"{computed} computed) in {out[w]:.1f} s = {n / out[w]:.2f} outputs/s",
-              flush=True)
+        print(
+            f"{w} worker(s): {n} outputs ({len(fs)} faces × {len(conds)} ε × 3 attackers, "
+            f"{computed} computed) in {out[w]:.1f} s = {n / out[w]:.2f} outputs/s",
+            flush=True,
+        )
     if 1 in out and len(out) > 1:
         for w, s in out.items():
             if w != 1:

@@ -49,6 +49,13 @@ class EvalFace:
         return arcface_points(self.landmarks68)
 
     @property
+    def photo_key(self) -> str:
+        """The photo this face is in: its file hash (plus the copy number of ``replicate``)."""
+        digest, _, rest = self.key.partition("#")
+        copy = rest.partition("~")[2]
+        return f"{digest}~{copy}" if copy else digest
+
+    @property
     def width(self) -> float:
         """Face box width in pixels."""
         return float(self.box[2] - self.box[0])
@@ -82,17 +89,26 @@ def sample_faces() -> list[EvalFace]:
     out = []
     for f in _samples():
         src = str(store.path("samples/" + f.photo))
-        out.append(EvalFace(f"{file_hash(src)}#{f.index}", src, f.index, f.identity,
-                            tuple(float(v) for v in f.box),  # type: ignore[arg-type]
-                            np.asarray(f.landmarks68, dtype=np.float64), True,
-                            f.collection if f.collection == "face-api" else ""))
+        out.append(
+            EvalFace(
+                f"{file_hash(src)}#{f.index}",
+                src,
+                f.index,
+                f.identity,
+                tuple(float(v) for v in f.box),  # type: ignore[arg-type]
+                np.asarray(f.landmarks68, dtype=np.float64),
+                True,
+                f.collection if f.collection == "face-api" else "",
+            )
+        )
     return out
 
 
 def folder_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder`` or below it, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                  and p.is_file())
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
 
 
 def folder_faces(folder: Path, detector: str = "hog") -> tuple[list[EvalFace], list[str]]:
@@ -115,9 +131,17 @@ def folder_faces(folder: Path, detector: str = "hog") -> tuple[list[EvalFace], l
             continue
         h = file_hash(str(p))
         for k, f in enumerate(res.faces):
-            faces.append(EvalFace(f"{h}#{k}", str(p), k, f"{p.name}#{k}",
-                                  tuple(float(v) for v in f.box),  # type: ignore[arg-type]
-                                  np.asarray(f.landmarks68, dtype=np.float64), False))
+            faces.append(
+                EvalFace(
+                    f"{h}#{k}",
+                    str(p),
+                    k,
+                    f"{p.name}#{k}",
+                    tuple(float(v) for v in f.box),  # type: ignore[arg-type]
+                    np.asarray(f.landmarks68, dtype=np.float64),
+                    False,
+                )
+            )
     return faces, notes
 
 
@@ -127,8 +151,18 @@ def replicate(faces: Sequence[EvalFace], n: int) -> list[EvalFace]:
     for k in range(n):
         f = faces[k % len(faces)]
         rep = k // len(faces)
-        out.append(EvalFace(f"{f.key}~{rep}" if rep else f.key, f.source, f.index,
-                            f.identity, f.box, f.landmarks68, f.labelled, f.group))
+        out.append(
+            EvalFace(
+                f"{f.key}~{rep}" if rep else f.key,
+                f.source,
+                f.index,
+                f.identity,
+                f.box,
+                f.landmarks68,
+                f.labelled,
+                f.group,
+            )
+        )
     return out
 
 

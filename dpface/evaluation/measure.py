@@ -47,8 +47,12 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     x0, x1 = max(0, xs.min() - pad), min(w, xs.max() + 1 + pad)
     if (y1 - y0) * (x1 - x0) > 0.5 * h * w:
         return float(structural_similarity(a, b, **kw))  # type: ignore[no-untyped-call]
-    _, smap = structural_similarity(a[y0:y1, x0:x1], b[y0:y1, x0:x1],  # type: ignore[no-untyped-call]
-                                    full=True, **kw)
+    _, smap = structural_similarity(
+        a[y0:y1, x0:x1],
+        b[y0:y1, x0:x1],  # type: ignore[no-untyped-call]
+        full=True,
+        **kw,
+    )
     if smap.ndim == 3:
         smap = smap.mean(axis=2)
     # keep only the sub-map pixels that lie in the whole image's scored area
@@ -58,8 +62,9 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 - deficit / ((h - 2 * border) * (w - 2 * border))
 
 
-def _window(img: np.ndarray, box: Sequence[float], grow: float = 1.0
-            ) -> tuple[np.ndarray, int, int]:
+def _window(
+    img: np.ndarray, box: Sequence[float], grow: float = 1.0
+) -> tuple[np.ndarray, int, int]:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     wx0, wy0 = int(max(0, x0 - grow * w)), int(max(0, y0 - grow * h))
@@ -67,8 +72,9 @@ def _window(img: np.ndarray, box: Sequence[float], grow: float = 1.0
     return np.ascontiguousarray(img[wy0:wy1, wx0:wx1]), wx0, wy0
 
 
-def detect_near(models: Any, img: np.ndarray, box: Sequence[float], min_iou: float = 0.3
-                ) -> tuple[bool, Box]:
+def detect_near(
+    models: Any, img: np.ndarray, box: Sequence[float], min_iou: float = 0.3
+) -> tuple[bool, Box]:
     """dlib HOG detection in a window around ``box`` (upsampled when the face is small):
     (found, best box with IoU >= ``min_iou``, else the given box)."""
     win, wx0, wy0 = _window(img, box)
@@ -121,13 +127,13 @@ def skin_mask(shape: tuple[int, ...], lm: np.ndarray) -> np.ndarray:
     for part in (range(36, 42), range(42, 48), range(48, 60), range(17, 22), range(22, 27)):
         p = lm[list(part)]
         c = p.mean(axis=0)
-        cv2.fillConvexPoly(face, cv2.convexHull((c + 1.6 * (p - c)).astype(np.float32))
-                           .astype(np.int32), 0)
+        cv2.fillConvexPoly(
+            face, cv2.convexHull((c + 1.6 * (p - c)).astype(np.float32)).astype(np.int32), 0
+        )
     return face > 0
 
 
-def skin_colour_texture(inp: np.ndarray, out: np.ndarray, lm: np.ndarray
-                        ) -> tuple[float, float]:
+def skin_colour_texture(inp: np.ndarray, out: np.ndarray, lm: np.ndarray) -> tuple[float, float]:
     """(ΔE2000 between the mean CIE Lab skin colours of input and output, texture ratio).
 
     Texture: standard deviation of the lightness detail (L minus its Gaussian blur at 2 % of
@@ -170,6 +176,10 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
     n, m = len(x) - 1, len(y) - 1
     cross = np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / np.sqrt(n * m)
-    val = float(((x.mean(axis=0) - y.mean(axis=0)) ** 2).sum()
-                + (xc ** 2).sum() / n + (yc ** 2).sum() / m - 2 * cross)
+    val = float(
+        ((x.mean(axis=0) - y.mean(axis=0)) ** 2).sum()
+        + (xc**2).sum() / n
+        + (yc**2).sum() / m
+        - 2 * cross
+    )
     return max(val, 0.0)

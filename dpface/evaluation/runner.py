@@ -1,15 +1,26 @@
-"""Run conditions on faces: one task per (condition, face), each cached on disk.
+"""Run conditions on photos: one task per (condition, photo), its results cached per face.
 
-A task releases the face ``draws`` times (every utility and attack metric is measured on
-each), once more for the *parrot* attacker (its own anonymisation of the gallery, from an
-independent stream), and, for random conditions, up to ``max(averaging)`` releases in all for
-the averaging attack (identity mechanisms only; only attacker embeddings are measured on
-the extra ones).
+A task releases the whole photo ``draws`` times (the dpface rows through the product's
+``Anonymizer.anonymize``; baselines on the product's regions) and measures every evaluated
+face of the photo on each release at the face's true position (every utility and attack
+metric); once more for the *parrot* attacker (its own anonymisation of the gallery, with an
+independent seed); and, for identity mechanisms, up to ``max(averaging)`` releases in all for
+the averaging attack (only attacker embeddings are measured on the extra ones).
 
-Determinism: each task's random stream is seeded from (seed, condition, face key), so results
-do not depend on worker count, task order or which tasks were cached. Resumability: a task's
-result is written atomically to ``<output>/cache/<key>.npz`` whose key hashes everything the
-result depends on; a finished task is never recomputed.
+**Ledger.** Every run gets its own temporary ledger (deleted afterwards), shared by its
+worker processes, whose default budget holds the whole protocol (``protocol_budget``): the
+product charges every release as it would for a user, and no face is masked for want of
+budget. Refusals would still be recorded per face (the ``refused`` metric) and reported.
+
+**Determinism.** Release r of a photo under a condition uses the seed
+``stream_seed(seed, condition, photo, "release r")`` (the parrot: ``"parrot"``), given to the
+product as ``AnonymizeConfig(seed=...)``; results do not depend on worker count, task order or
+which tasks were cached. One exception, in the product: its DP-Pix fallback for faces the
+generator cannot take draws from an unseeded stream, so those faces differ between runs.
+
+**Resumability.** A face's result is written atomically to ``<output>/cache/<key>.npz`` whose
+key hashes everything the result depends on (for every row but ``original``, the source of the
+product's release path); a finished result is never recomputed.
 """
 
 from __future__ import annotations
@@ -17,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -29,9 +41,11 @@ import numpy as np
 
 from dpface.evaluation.anonymisers import (
     IDENTITY_MECHANISMS,
-    Anonymiser,
     Condition,
-    identity_embedding,
+    PhotoRelease,
+    outcome_of,
+    photo_labels,
+    release_photo,
 )
 from dpface.evaluation.attacks import embed
 from dpface.evaluation.faces import EvalFace
@@ -43,12 +57,37 @@ from dpface.evaluation.measure import (
     skin_colour_texture,
     ssim,
 )
-from mechanisms.rng import Randomness
 
-CACHE_VERSION = 1
-SCALARS = ("ssim_face", "psnr_face", "ssim_image", "psnr_image", "detected_hog",
-           "detected_blazeface", "nme", "emotion_agrees", "emotion_tv", "age_error",
-           "gender_agrees", "skin_delta_e", "skin_texture", "seconds")
+CACHE_VERSION = 2
+# per release of a face: utility, and what the product did to the face
+SCALARS = (
+    "ssim_face",
+    "psnr_face",
+    "ssim_image",
+    "psnr_image",
+    "detected_hog",
+    "detected_blazeface",
+    "nme",
+    "emotion_agrees",
+    "emotion_tv",
+    "age_error",
+    "gender_agrees",
+    "skin_delta_e",
+    "skin_texture",
+    "seconds",
+    "found",
+    "by_generator",
+    "by_mechanism",
+    "by_fallback",
+    "by_mask",
+    "refused",
+)
+PROTECTION_SCALARS = {
+    "generator": "by_generator",
+    "mechanism": "by_mechanism",
+    "dp-fallback": "by_fallback",
+    "mask": "by_mask",
+}
 
 
 @dataclass(frozen=True)
@@ -61,18 +100,60 @@ class RunConfig:
     averaging: tuple[int, ...] = (1, 4, 16)
     parrot: bool = True
     averaging_epsilons: tuple[float, ...] = ()  # empty: every ε of an identity mechanism
-    exclude_own: bool = False  # generator: no synthetic identity the face's person built
+    exclude_own: bool = False  # generator: no synthetic identity the photo's people built
+    save_images: bool = False  # write the measured releases as PNG (not part of the key)
 
     def releases(self, cond: Condition) -> int:
-        """Releases per face for ``cond`` (draws, or more for the averaging attack)."""
+        """Releases per photo for ``cond`` (draws, or more for the averaging attack)."""
         if not self.averages(cond):
             return self.draws
         return max(self.draws, *self.averaging)
 
     def averages(self, cond: Condition) -> bool:
         """Whether the averaging attack runs on ``cond`` (identity mechanisms only)."""
-        return (cond.family in IDENTITY_MECHANISMS and bool(self.averaging)
-                and (not self.averaging_epsilons or cond.epsilon in self.averaging_epsilons))
+        return (
+            cond.family in IDENTITY_MECHANISMS
+            and bool(self.averaging)
+            and (not self.averaging_epsilons or cond.epsilon in self.averaging_epsilons)
+        )
+
+
+@dataclass(frozen=True)
+class LedgerSpec:
+    """The run's ledger: where it is and the budget every new privacy unit gets."""
+
+    path: str
+    epsilon: float
+    delta: float = 0.0  # > 0 when a mechanism of the run needs δ
+
+
+def protocol_budget(conds: Sequence[Condition], cfg: RunConfig) -> tuple[float, float]:
+    """(ε, δ) a privacy unit (one face of one photo) may spend in a run: every release of
+    every dpface row, twice (a face the generator cannot take is charged its identity release
+    and its DP-Pix fallback), plus one for rounding. δ: 0.5 when a row needs δ."""
+    eps = sum(c.charge * (cfg.releases(c) + int(cfg.parrot)) for c in conds)
+    delta = 0.5 if any(c.family == "identity-gaussian" for c in conds) else 0.0
+    return 2.0 * eps + 1.0, delta
+
+
+_LEDGERS: dict[str, Any] = {}
+
+
+def _ledger(spec: LedgerSpec) -> Any:
+    """This process's connection to the run's ledger."""
+    if spec.path not in _LEDGERS:
+        from dpface.ledger import Ledger
+        from mechanisms.budgets import ApproxDP, PureDP
+
+        budget = ApproxDP(spec.epsilon, spec.delta) if spec.delta > 0 else PureDP(spec.epsilon)
+        _LEDGERS[spec.path] = Ledger(spec.path, default_budget=budget)
+    return _LEDGERS[spec.path]
+
+
+def close_ledgers() -> None:
+    """Close this process's ledger connections."""
+    while _LEDGERS:
+        _LEDGERS.popitem()[1].close()
 
 
 @dataclass
@@ -87,37 +168,69 @@ class _Out:
         return arcface_points(self.landmarks68)
 
 
-@cache
-def generator_fingerprint() -> str:
-    """Hash of the generator's source files: a changed generator invalidates the cached
-    results of every condition that uses it (and only those)."""
-    import dpface.generators as pkg
+# what a dpface row's output depends on besides the evaluation's own code
+_PRODUCT_SOURCES = (
+    "dpface/pipeline.py",
+    "dpface/detect.py",
+    "dpface/config.py",
+    "dpface/align.py",
+    "dpface/generators/*.py",
+    "dpface/models/*.py",
+    "mechanisms/*.py",
+)
 
-    root = Path(pkg.__file__).parent
+
+@cache
+def product_fingerprint() -> str:
+    """Hash of the product's release path (pipeline, detection, configuration, generators,
+    models, mechanisms): a changed product invalidates the cached results of every row that
+    runs it or reads its face regions (all but ``original``)."""
+    import dpface
+
+    root = Path(dpface.__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for name in ("surrogate.py", "warp.py", "bank.py", "refine.py"):
-        h.update((root / name).read_bytes())
+    for pattern in _PRODUCT_SOURCES:
+        for p in sorted(root.glob(pattern)):
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 
 def task_key(cond: Condition, face: EvalFace, cfg: RunConfig) -> str:
-    """Hash of everything a task's result depends on."""
-    parts: list[Any] = [CACHE_VERSION, cond.name, cond.family, cond.epsilon, cond.params,
-                        cfg.seed, cfg.draws, cfg.releases(cond), list(cfg.attackers),
-                        cfg.parrot, face.key, list(face.box),
-                        np.round(face.landmarks68, 3).tolist()]
-    if cond.family not in ("original", "baseline", "dp-pix"):
-        parts.append(generator_fingerprint())
-        if cfg.exclude_own:
-            parts.append("exclude-own")
+    """Hash of everything a face's result under ``cond`` depends on."""
+    parts: list[Any] = [
+        CACHE_VERSION,
+        cond.name,
+        cond.family,
+        cond.epsilon,
+        cond.params,
+        cfg.seed,
+        cfg.draws,
+        cfg.releases(cond),
+        list(cfg.attackers),
+        cfg.parrot,
+        face.key,
+        list(face.box),
+        np.round(face.landmarks68, 3).tolist(),
+    ]
+    if cond.family != "original":
+        parts.append(product_fingerprint())
+    if cfg.exclude_own and cond.product and cond.family != "dp-pix":
+        parts.append("exclude-own")
     payload = json.dumps(parts, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
 def stream_seed(seed: int, *parts: str) -> int:
-    """A 63-bit seed derived from ``seed`` and labels (stable across processes)."""
+    """A 60-bit seed derived from ``seed`` and labels (stable across processes)."""
     h = hashlib.sha256("|".join([str(seed), *parts]).encode()).hexdigest()
     return int(h[:15], 16)
+
+
+def release_seed(seed: int, cond: Condition, face: EvalFace, release: int | str) -> int:
+    """The product seed of release ``release`` (or ``"parrot"``) of ``face``'s photo."""
+    label = release if isinstance(release, str) else f"release {release}"
+    return stream_seed(seed, cond.name, face.photo_key, label)
 
 
 @cache
@@ -139,7 +252,7 @@ def _faceres(face: Any) -> tuple[np.ndarray, float, float]:
         out = run("faceres", prepare("faceres", crop))
     d = out["descriptor"].numpy().reshape(-1).astype(np.float64)
     age = float((out["age"].numpy().reshape(-1) * np.arange(100)).sum())
-    return d / max(np.linalg.norm(d), 1e-12), age, float(out["male"].numpy().reshape(-1)[0])
+    return d / max(float(np.linalg.norm(d)), 1e-12), age, float(out["male"].numpy().reshape(-1)[0])
 
 
 def _emotion(face: Any) -> np.ndarray:
@@ -148,8 +261,9 @@ def _emotion(face: Any) -> np.ndarray:
     return np.asarray(emotion_probs([face])[0], dtype=np.float64)
 
 
-def _embeddings(face: Any, attackers: Sequence[str], faceres_desc: np.ndarray | None
-                ) -> dict[str, np.ndarray]:
+def _embeddings(
+    face: Any, attackers: Sequence[str], faceres_desc: np.ndarray | None
+) -> dict[str, np.ndarray]:
     out = {}
     for a in attackers:
         if a == "faceres" and faceres_desc is not None:
@@ -167,91 +281,164 @@ def _locate(img: np.ndarray, face: EvalFace) -> tuple[bool, np.ndarray]:
 
 
 @lru_cache(maxsize=64)
-def _input_features(face: EvalFace, attackers: tuple[str, ...]) -> tuple[
-        _Out, np.ndarray, float, float, np.ndarray, dict[str, np.ndarray]]:
+def _input_features(
+    face: EvalFace, attackers: tuple[str, ...]
+) -> tuple[_Out, np.ndarray, float, float, np.ndarray, dict[str, np.ndarray]]:
     """The input measured exactly like every output (the attacker's own landmarks), so an
-    unchanged image scores as unchanged on every metric. Cached per process: tasks are
-    handed out face by face."""
+    unchanged image scores as unchanged on every metric. Cached per process."""
     view_in = _Out(face.image, _locate(face.image, face)[1])
     desc_in, age_in, male_in = _faceres(view_in)
-    return (view_in, desc_in, age_in, male_in, _emotion(view_in),
-            _embeddings(view_in, attackers, desc_in))
+    return (
+        view_in,
+        desc_in,
+        age_in,
+        male_in,
+        _emotion(view_in),
+        _embeddings(view_in, attackers, desc_in),
+    )
 
 
-def run_task(cond: Condition, face: EvalFace, cfg: RunConfig, cache_dir: Path) -> Path:
-    """Compute (or find) one task's result file."""
+def _attacker_view(
+    out: np.ndarray, face: EvalFace, cfg: RunConfig
+) -> tuple[bool, _Out, dict[str, np.ndarray], tuple[np.ndarray, float, float] | None]:
+    found, lm_out = _locate(out, face)
+    view = _Out(out, lm_out)
+    fr = _faceres(view) if "faceres" in cfg.attackers else None
+    return found, view, _embeddings(view, cfg.attackers, None if fr is None else fr[0]), fr
+
+
+def _measure(
+    rel: PhotoRelease, face: EvalFace, cfg: RunConfig
+) -> tuple[dict[str, float], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every per-release metric of ``face`` in one release of its photo: (scalars, attacker
+    embeddings, FaceRes descriptor, emotion probabilities)."""
     from dpface.align import arcface_crop
 
-    path = cache_dir / f"{task_key(cond, face, cfg)}.npz"
-    if path.is_file():
-        return path
-    img_in = face.image
-    view_in, desc_in, age_in, male_in, emo_in, emb_in = _input_features(face, cfg.attackers)
-    mf = emb_in.get("mobileface")
-    gen_emb = mf if mf is not None else identity_embedding(face)
+    img_in, out = face.image, rel.image
+    view_in, _, age_in, male_in, emo_in, _ = _input_features(face, cfg.attackers)
+    found, view, embs, fr = _attacker_view(out, face, cfg)
+    d_out, age_out, male_out = fr if fr is not None else _faceres(view)
+    p_out = _emotion(view)
     crop_in = arcface_crop(img_in, face.points5, 256)
+    crop_out = arcface_crop(out, face.points5, 256)
+    de, tex = skin_colour_texture(img_in, out, face.landmarks68)
+    what = outcome_of(rel.faces, face.box)
+    vals = {
+        "ssim_face": ssim(crop_in, crop_out),
+        "psnr_face": psnr(crop_in, crop_out),
+        "ssim_image": ssim(img_in, out),
+        "psnr_image": psnr(img_in, out),
+        "detected_hog": float(found),
+        "detected_blazeface": float(blazeface_near(out, face.box)),
+        "nme": landmark_nme(view.landmarks68, view_in.landmarks68),
+        "emotion_agrees": float(p_out.argmax() == emo_in.argmax()),
+        "emotion_tv": 0.5 * float(np.abs(p_out - emo_in).sum()),
+        "age_error": abs(age_out - age_in),
+        "gender_agrees": float((male_out >= 0.5) == (male_in >= 0.5)),
+        "skin_delta_e": de,
+        "skin_texture": tex,
+        "seconds": rel.seconds,
+        "found": float(what is not None),
+        "refused": float(what is not None and what.refused),
+    }
+    for protection, key in PROTECTION_SCALARS.items():
+        vals[key] = float(what is not None and what.protection == protection)
+    return vals, embs, d_out, p_out
 
-    anon = Anonymiser(cond, Randomness.from_seed(stream_seed(cfg.seed, cond.name, face.key)),
-                      cfg.exclude_own)
-    n_rel = cfg.releases(cond)
-    scal: dict[str, list[float]] = {k: [] for k in SCALARS}
-    embs: dict[str, list[np.ndarray]] = {a: [] for a in cfg.attackers}
-    desc_out, emo_out = [], []
-    for r in range(n_rel):
-        t = time.perf_counter()
-        out = anon(face, gen_emb)
-        dt = time.perf_counter() - t
-        found, lm_out = _locate(out, face)
-        view = _Out(out, lm_out)
-        if r >= cfg.draws:  # extra release for the averaging attack: embeddings only
-            d_out = _faceres(view)[0] if "faceres" in cfg.attackers else None
-            for a, e in _embeddings(view, cfg.attackers, d_out).items():
-                embs[a].append(e)
-            continue
-        d_out, age_out, male_out = _faceres(view)
-        for a, e in _embeddings(view, cfg.attackers, d_out).items():
-            embs[a].append(e)
-        p_out = _emotion(view)
-        crop_out = arcface_crop(out, face.points5, 256)
-        de, tex = skin_colour_texture(img_in, out, face.landmarks68)
-        vals = {
-            "ssim_face": ssim(crop_in, crop_out), "psnr_face": psnr(crop_in, crop_out),
-            "ssim_image": ssim(img_in, out), "psnr_image": psnr(img_in, out),
-            "detected_hog": float(found),
-            "detected_blazeface": float(blazeface_near(out, face.box)),
-            "nme": landmark_nme(lm_out, view_in.landmarks68),
-            "emotion_agrees": float(p_out.argmax() == emo_in.argmax()),
-            "emotion_tv": 0.5 * float(np.abs(p_out - emo_in).sum()),
-            "age_error": abs(age_out - age_in),
-            "gender_agrees": float((male_out >= 0.5) == (male_in >= 0.5)),
-            "skin_delta_e": de, "skin_texture": tex, "seconds": dt,
-        }
-        for k in SCALARS:
-            scal[k].append(vals[k])
-        desc_out.append(d_out)
-        emo_out.append(p_out)
-    arrays: dict[str, np.ndarray] = {f"s_{k}": np.asarray(v, dtype=np.float64)
-                                     for k, v in scal.items()}
-    for a in cfg.attackers:
-        arrays[f"i_{a}"] = emb_in[a]
-        arrays[f"e_{a}"] = np.stack(embs[a])
-    arrays["i_desc"] = desc_in
-    arrays["o_desc"] = np.stack(desc_out)
-    arrays["i_emotion"] = emo_in
-    arrays["o_emotion"] = np.stack(emo_out)
-    if cfg.parrot:
-        parrot = Anonymiser(cond, Randomness.from_seed(
-            stream_seed(cfg.seed, cond.name, face.key, "parrot")), cfg.exclude_own)
-        out = parrot(face, gen_emb)
-        view = _Out(out, _locate(out, face)[1])
-        d_out = _faceres(view)[0] if "faceres" in cfg.attackers else None
-        for a, e in _embeddings(view, cfg.attackers, d_out).items():
-            arrays[f"p_{a}"] = e
+
+def _save(rel: PhotoRelease, cond: Condition, face: EvalFace, r: int, images: Path) -> None:
+    """The release as a PNG with its seed and settings beside it (``--save-images``)."""
+    from PIL import Image
+
+    folder = images / cond.name.replace("@", "_").replace("=", "").replace(",", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{Path(face.source).name}.{face.photo_key[:12]}.r{r}"
+    Image.fromarray(rel.image).save(folder / f"{stem}.png")
+    meta = {
+        "condition": cond.name,
+        "photo": face.source,
+        "release": r,
+        "seed": rel.seed,
+        "epsilon": cond.epsilon,
+        "params": dict(cond.params),
+        "faces": [
+            {"region": list(f.region), "protection": f.protection, "refused": f.refused}
+            for f in rel.faces
+        ],
+    }
+    (folder / f"{stem}.json").write_text(json.dumps(meta, indent=1, default=str))
+
+
+def run_task(
+    cond: Condition,
+    faces: Sequence[EvalFace],
+    cfg: RunConfig,
+    cache_dir: Path,
+    ledger: LedgerSpec | None = None,
+) -> dict[str, Path]:
+    """Compute (or find) the results of ``faces`` -- evaluated faces of one photo -- under
+    ``cond``; returns each face's result file. ``ledger``: the run's ledger (dpface rows)."""
+    paths = {f.key: cache_dir / f"{task_key(cond, f, cfg)}.npz" for f in faces}
+    todo = [f for f in faces if not paths[f.key].is_file()]
+    if not todo:
+        return paths
+    if len({f.photo_key for f in todo}) != 1:
+        raise ValueError("run_task takes faces of one photo")
+    lead = todo[0]
+    led = _ledger(ledger) if ledger is not None and cond.product else None
+    exclude: frozenset[str] = frozenset()
+    if cfg.exclude_own and cond.product and cond.family != "dp-pix":
+        from dpface.evaluation.faces import sample_faces
+
+        exclude = photo_labels([f for f in sample_faces() if f.source == lead.source] or todo)
+
+    def release(r: int | str) -> PhotoRelease:
+        return release_photo(cond, lead.source, release_seed(cfg.seed, cond, lead, r), led, exclude)
+
+    scal: dict[str, dict[str, list[float]]] = {f.key: {k: [] for k in SCALARS} for f in todo}
+    embs: dict[str, dict[str, list[np.ndarray]]] = {
+        f.key: {a: [] for a in cfg.attackers} for f in todo
+    }
+    desc: dict[str, list[np.ndarray]] = {f.key: [] for f in todo}
+    emo: dict[str, list[np.ndarray]] = {f.key: [] for f in todo}
+    for r in range(cfg.releases(cond)):
+        rel = release(r)
+        if cfg.save_images and r < cfg.draws:
+            _save(rel, cond, lead, r, cache_dir.parent / "images")
+        for f in todo:
+            if r >= cfg.draws:  # extra release for the averaging attack: embeddings only
+                for a, e in _attacker_view(rel.image, f, cfg)[2].items():
+                    embs[f.key][a].append(e)
+                continue
+            vals, e_out, d_out, p_out = _measure(rel, f, cfg)
+            for k in SCALARS:
+                scal[f.key][k].append(vals[k])
+            for a, e in e_out.items():
+                embs[f.key][a].append(e)
+            desc[f.key].append(d_out)
+            emo[f.key].append(p_out)
+    parrot = release("parrot") if cfg.parrot else None
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.part.npz")
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]
-    tmp.replace(path)
-    return path
+    for f in todo:
+        _, desc_in, _, _, emo_in, emb_in = _input_features(f, cfg.attackers)
+        arrays: dict[str, np.ndarray] = {
+            f"s_{k}": np.asarray(v, dtype=np.float64) for k, v in scal[f.key].items()
+        }
+        for a in cfg.attackers:
+            arrays[f"i_{a}"] = emb_in[a]
+            arrays[f"e_{a}"] = np.stack(embs[f.key][a])
+        arrays["i_desc"] = desc_in
+        arrays["o_desc"] = np.stack(desc[f.key])
+        arrays["i_emotion"] = emo_in
+        arrays["o_emotion"] = np.stack(emo[f.key])
+        if parrot is not None:
+            for a, e in _attacker_view(parrot.image, f, cfg)[2].items():
+                arrays[f"p_{a}"] = e
+        path = paths[f.key]
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.part.npz")
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        tmp.replace(path)
+    return paths
 
 
 def _init_worker() -> None:
@@ -262,49 +449,80 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _run_one(args: tuple[Condition, EvalFace, RunConfig, Path]) -> tuple[str, str, Path]:
-    cond, face, cfg, cache_dir = args
-    return cond.name, face.key, run_task(cond, face, cfg, cache_dir)
+def _run_one(
+    args: tuple[Condition, tuple[EvalFace, ...], RunConfig, Path, LedgerSpec],
+) -> tuple[str, dict[str, Path]]:
+    cond, faces, cfg, cache_dir, ledger = args
+    return cond.name, run_task(cond, faces, cfg, cache_dir, ledger)
 
 
-def run_all(conds: Sequence[Condition], faces: Sequence[EvalFace], cfg: RunConfig,
-            output: Path, workers: int = 2,
-            progress: Callable[[int, int], None] | None = None
-            ) -> tuple[dict[tuple[str, str], Path], int]:
-    """Run every (condition, face) task; returns the result files and how many were computed
-    in this call (the rest came from the cache)."""
+def photo_groups(faces: Sequence[EvalFace]) -> list[tuple[EvalFace, ...]]:
+    """The faces grouped by photo, in first-seen order."""
+    groups: dict[str, list[EvalFace]] = {}
+    for f in faces:
+        groups.setdefault(f.photo_key, []).append(f)
+    return [tuple(g) for g in groups.values()]
+
+
+def run_all(
+    conds: Sequence[Condition],
+    faces: Sequence[EvalFace],
+    cfg: RunConfig,
+    output: Path,
+    workers: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[tuple[str, str], Path], int]:
+    """Run every (condition, face) on a fresh temporary ledger; returns the result files and
+    how many were computed in this call (the rest came from the cache). Progress counts
+    (condition, face) results."""
     cache_dir = output / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, str], Path] = {}
-    todo = []
-    for f in faces:  # face by face, so a worker's per-face input features are reused
+    todo: list[tuple[Condition, tuple[EvalFace, ...]]] = []
+    computed = 0
+    for group in photo_groups(faces):  # photo by photo: a worker reuses its input features
         for c in conds:
-            p = cache_dir / f"{task_key(c, f, cfg)}.npz"
-            if p.is_file():
-                results[(c.name, f.key)] = p
-            else:
-                todo.append((c, f, cfg, cache_dir))
-    total, done = len(results) + len(todo), len(results)
+            missing = [f for f in group if not (cache_dir / f"{task_key(c, f, cfg)}.npz").is_file()]
+            for f in group:
+                if f not in missing:
+                    results[(c.name, f.key)] = cache_dir / f"{task_key(c, f, cfg)}.npz"
+            if missing:
+                todo.append((c, tuple(missing)))
+                computed += len(missing)
+    total, done = len(results) + computed, len(results)
     if progress:
         progress(done, total)
-    if todo and workers <= 1:
-        _init_worker()
-        for item in todo:
-            name, key, p = _run_one(item)
-            results[(name, key)] = p
-            done += 1
-            if progress:
-                progress(done, total)
-    elif todo:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker) as pool:
-            futures = [pool.submit(_run_one, item) for item in todo]
-            for fut in as_completed(futures):
-                name, key, p = fut.result()
-                results[(name, key)] = p
-                done += 1
+    if not todo:
+        return results, 0
+    eps, delta = protocol_budget(conds, cfg)
+    tmp = Path(tempfile.mkdtemp(prefix="dpface-eval-ledger-"))
+    spec = LedgerSpec(str(tmp / "ledger.db"), eps, delta)
+    items = [(c, g, cfg, cache_dir, spec) for c, g in todo]
+    try:
+        if workers <= 1:
+            _init_worker()
+            for item in items:
+                name, paths = _run_one(item)
+                for key, p in paths.items():
+                    results[(name, key)] = p
+                done += len(paths)
                 if progress:
                     progress(done, total)
-    return results, len(todo)
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker
+            ) as pool:
+                futures = [pool.submit(_run_one, item) for item in items]
+                for fut in as_completed(futures):
+                    name, paths = fut.result()
+                    for key, p in paths.items():
+                        results[(name, key)] = p
+                    done += len(paths)
+                    if progress:
+                        progress(done, total)
+    finally:
+        close_ledgers()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results, computed
