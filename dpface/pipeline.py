@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -41,6 +41,7 @@ from mechanisms.base import Mechanism
 from mechanisms.budgets import ZCDP
 from mechanisms.identity import IdentityGaussian, IdentityLaplace, IdentityVMF
 from mechanisms.pixelization import DPBlur, DPPixelization
+from mechanisms.registry import specs as mechanism_specs
 
 from .detect import DEFAULT_DETECTOR, Face, ImageFaces, detect_array
 from .generators.base import FaceInput, Generator
@@ -257,25 +258,28 @@ class Anonymizer:
                 f"the generator reads {generator.encoder} identities but the "
                 f"encoder given is {encoder.name}"
             )
-        if isinstance(mechanism, (IdentityLaplace, IdentityGaussian, IdentityVMF)):
+        spec = next((s for s in mechanism_specs(face=True) if isinstance(mechanism, s.cls)), None)
+        if spec is None:
+            raise TypeError(
+                f"{type(mechanism).__name__} is not a face mechanism: use one of "
+                f"{', '.join(s.cls.__name__ for s in mechanism_specs(face=True))} "
+                "(mechanisms.registry)"
+            )
+        self.consumes = spec.consumes  # "embedding" (a new face) or "region" (its pixels)
+        if spec.consumes == "embedding":
             if generator is None:
                 raise ValueError(
                     "an identity mechanism needs a generator to turn the privatised identity "
                     "into a face (e.g. dpface.generators.SurrogateGenerator())"
                 )
-            if generator.identity_dim != mechanism.dim:
+            dim = getattr(mechanism, "dim", None)
+            if generator.identity_dim != dim:
                 raise ValueError(
                     f"the generator reads {generator.identity_dim}-d {generator.encoder} "
-                    f"identities but the mechanism privatises {mechanism.dim}-d vectors"
+                    f"identities but the mechanism privatises {dim}-d vectors"
                 )
-        elif isinstance(mechanism, (DPPixelization, DPBlur)):
-            if generator is not None:
-                raise ValueError("image mechanisms (DP-Pix, DP blur) do not use a generator")
-        else:
-            raise TypeError(
-                f"{type(mechanism).__name__} is not a face mechanism: use IdentityLaplace, "
-                "IdentityGaussian, IdentityVMF, DPPixelization or DPBlur"
-            )
+        elif generator is not None:
+            raise ValueError("image mechanisms (DP-Pix, DP blur) do not use a generator")
         if pseudonym not in ("fresh", "reuse"):
             raise ValueError("pseudonym must be 'fresh' or 'reuse'")
         if receipt_subjects not in ("name", "digest"):
@@ -444,9 +448,10 @@ class Anonymizer:
         units = self._units(rgb, regions, given, embeddings)
         out = rgb.copy()
         records: list[FaceRecord] = []
-        if isinstance(self.mechanism, (DPPixelization, DPBlur)):
+        if self.consumes == "region":
             for i, (face, region, unit) in enumerate(zip(faces, regions, units, strict=True)):
-                out, rec = self._pixelize_face(out, face, region, i, unit, self.mechanism)
+                mech = cast(ImageMechanism, self.mechanism)
+                out, rec = self._pixelize_face(out, face, region, i, unit, mech)
                 records.append(rec)
         else:
             assert embeddings is not None or not faces
@@ -645,8 +650,7 @@ class Anonymizer:
     def _privatise(self, unit: _Unit, emb: np.ndarray) -> tuple[np.ndarray, int | None, str]:
         """(privatised identity, ledger event or None, how) -- charged, drawn and (with
         ``pseudonym="reuse"``) stored in one ledger transaction. Raises BudgetExceeded."""
-        mech = self.mechanism
-        assert isinstance(mech, (IdentityLaplace, IdentityGaussian, IdentityVMF))
+        mech = cast(IdentityMechanism, self.mechanism)  # consumes an embedding (registry)
         drawn = 0.0
 
         def draw() -> np.ndarray:

@@ -117,9 +117,10 @@ def specs(
 
 
 def spec_for(mechanism: Mechanism) -> MechanismSpec:
-    """The spec of a built mechanism (by its exact class); ValueError for an unregistered one."""
+    """The spec of a built mechanism (its class or a subclass of it); ValueError for any other
+    object."""
     for s in _REGISTRY.values():
-        if type(mechanism) is s.cls:
+        if isinstance(mechanism, s.cls):
             return s
     raise ValueError(
         f"{type(mechanism).__name__} is not a registered mechanism (mechanisms.registry)"
