@@ -88,7 +88,7 @@ def _gaussian(eps: float, claim: float, r: Randomness) -> AuditSetup:
     )
 
 
-_EXP_M = 10  # candidates besides the one that moves; see tests/test_audit_mechanisms.py
+_EXP_M = 10  # candidates besides the one that moves; see tests/core/test_audit_mechanisms.py
 
 
 def _exponential(eps: float, claim: float, r: Randomness) -> AuditSetup:

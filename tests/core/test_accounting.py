@@ -33,7 +33,7 @@ from mechanisms.accounting import (
 from mechanisms.budgets import ZCDP, PureDP
 from mechanisms.subsampling import PoissonSubsample, poisson_amplify
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRID = 1e-4  # default PLD discretisation interval
 
 

@@ -25,7 +25,7 @@ from mechanisms.budgets import PureDP
 from mechanisms.exponential import Exponential
 from mechanisms.rng import Randomness
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Scores, shifts and sensitivities on a dyadic grid (multiples of 1/64, |x| <= 2^20) so that
 # u + delta and u - u' are exact in float64: the neighbour relation holds exactly as stated.

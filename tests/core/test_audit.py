@@ -627,7 +627,7 @@ def test_importing_the_audit_does_not_import_torch() -> None:
     import sys
 
     code = "import sys, mechanisms.audit; sys.exit('torch' in sys.modules)"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 
 
