@@ -45,7 +45,6 @@ ledger with :meth:`Ledger.backup` (SQLite's online backup), never by copying ``l
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import hmac
 import json
@@ -53,7 +52,6 @@ import math
 import numbers
 import os
 import secrets
-import sqlite3
 import threading
 import time
 import unicodedata
@@ -72,7 +70,16 @@ from dp_accounting import dp_event
 from mechanisms import accounting
 from mechanisms.budgets import ZCDP, ApproxDP, Budget, PureDP, compose_basic
 
-from .errors import LedgerError, NotALedgerError, UsageError
+from .errors import LedgerError, UsageError
+from .ledger_backends import (  # noqa: F401 -- _open_file is dpface.linking's
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    TEMPLATE_STORE_APPLICATION_ID,
+    Backend,
+    _open_file,
+    open_backend,
+    postgres_url,
+)
 
 __all__ = [
     "APPLICATION_ID",
@@ -87,82 +94,32 @@ __all__ = [
     "event_from_json",
     "event_to_json",
     "normalize_subject",
+    "postgres_url",
 ]
 
 Composition = Literal["basic", "pld"]
 EntryKind = Literal["release", "refusal", "budget"]
 
-APPLICATION_ID = 0x64706663  # "dpfc": PRAGMA application_id of a dpface ledger
-SCHEMA_VERSION = 2  # PRAGMA user_version
-TEMPLATE_STORE_APPLICATION_ID = 0x64707473  # "dpts": dpface.linking.TemplateStore
 MAX_SUBJECT_CHARS = 200
 FACE_UNIT_IOU = 0.3  # a box overlapping a known face of the same photo this much is that face
 GENESIS_HASH = "0" * 64  # prev_hash of the first entry
 ENTRY_KINDS: tuple[EntryKind, ...] = ("release", "refusal", "budget")
 _PLD_INTERVAL = 1e-3  # PLD value grid of the tight total (see Ledger._compose)
 _ZCDP_DELTA = 1e-9  # delta at which a zCDP budget is read as (epsilon, delta)
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_DPFACE_FILES = {
-    APPLICATION_ID: "a dpface ledger",
-    TEMPLATE_STORE_APPLICATION_ID: "a dpface template store (dpface.linking)",
-}
-
-_SCHEMA = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE subjects (
-        subject TEXT PRIMARY KEY,
-        budget_epsilon REAL NOT NULL CHECK (budget_epsilon >= 0),
-        budget_delta REAL NOT NULL CHECK (budget_delta >= 0 AND budget_delta < 1),
-        created_at REAL NOT NULL
-    )""",
-    """CREATE TABLE entries (
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('release', 'refusal', 'budget')),
-        subject TEXT NOT NULL REFERENCES subjects(subject),
-        mechanism TEXT NOT NULL,
-        epsilon REAL NOT NULL CHECK (epsilon >= 0),
-        delta REAL NOT NULL CHECK (delta >= 0 AND delta < 1),
-        dp_event TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        note TEXT NOT NULL,
-        seeded INTEGER NOT NULL,
-        is_dp INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL
-    )""",
-    "CREATE INDEX entries_by_subject ON entries(subject, kind)",
-    "CREATE INDEX entries_by_run ON entries(run_id)",
-    """CREATE TABLE pseudonyms (
-        subject TEXT NOT NULL REFERENCES subjects(subject),
-        key TEXT NOT NULL,
-        vector BLOB NOT NULL,
-        dtype TEXT NOT NULL,
-        shape TEXT NOT NULL,
-        entry_id INTEGER NOT NULL REFERENCES entries(id),
-        created_at REAL NOT NULL,
-        PRIMARY KEY (subject, key)
-    )""",
-    """CREATE TABLE face_units (
-        unit TEXT PRIMARY KEY,
-        photo TEXT NOT NULL,
-        n INTEGER NOT NULL,
-        x0 INTEGER NOT NULL, y0 INTEGER NOT NULL, x1 INTEGER NOT NULL, y1 INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        UNIQUE (photo, n)
-    )""",
-    """CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY,
-        started_at REAL,
-        finished_at REAL,
-        settings TEXT,
-        summary TEXT
-    )""",
-)
 
 _ENTRY_COLUMNS = (
-    "id", "kind", "subject", "mechanism", "epsilon", "delta", "dp_event", "run_id", "note",
-    "seeded", "is_dp", "created_at",
+    "id",
+    "kind",
+    "subject",
+    "mechanism",
+    "epsilon",
+    "delta",
+    "dp_event",
+    "run_id",
+    "note",
+    "seeded",
+    "is_dp",
+    "created_at",
 )
 
 
@@ -175,7 +132,11 @@ class BudgetExceeded(LedgerError):
     """
 
     def __init__(
-        self, subject: str, budget: ApproxDP, spent: ApproxDP, would_be: float,
+        self,
+        subject: str,
+        budget: ApproxDP,
+        spent: ApproxDP,
+        would_be: float,
         would_be_delta: float | None = None,
     ) -> None:
         self.subject = subject
@@ -184,11 +145,15 @@ class BudgetExceeded(LedgerError):
         self.would_be = would_be
         self.would_be_delta = would_be_delta
         left = max(budget.epsilon - spent.epsilon, 0.0)
-        if would_be_delta is not None and would_be_delta > budget.delta and would_be <= (
-            budget.epsilon
+        if (
+            would_be_delta is not None
+            and would_be_delta > budget.delta
+            and would_be <= (budget.epsilon)
         ):
-            why = (f"this release would bring delta to {would_be_delta:.6g}, over the budget's "
-                   f"delta={budget.delta:.6g} (epsilon would still fit)")
+            why = (
+                f"this release would bring delta to {would_be_delta:.6g}, over the budget's "
+                f"delta={budget.delta:.6g} (epsilon would still fit)"
+            )
         else:
             why = f"this release would bring the total to epsilon={would_be:.6g}"
         super().__init__(
@@ -201,7 +166,12 @@ class BudgetChangeRefused(LedgerError):
     """A budget change was refused: below what is spent, or attempted silently."""
 
     def __init__(
-        self, message: str, *, subject: str, budget: ApproxDP | None, requested: ApproxDP,
+        self,
+        message: str,
+        *,
+        subject: str,
+        budget: ApproxDP | None,
+        requested: ApproxDP,
         spent: ApproxDP | None = None,
     ) -> None:
         self.subject = subject
@@ -337,8 +307,9 @@ def _finite_budget(budget: Budget, what: str) -> ApproxDP:
 
 
 def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
 
 
 def _entry_hash(prev_hash: str, fields: dict[str, Any]) -> str:
@@ -369,210 +340,28 @@ def _check_box(box: Iterable[Any]) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-# ---------------------------------------------------------------- dpface SQLite files
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a folder
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _read_only_uri(path: Path, *, immutable: bool) -> str:
-    return path.resolve().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
-
-
-def _legacy_ledger_schema(path: Path) -> str | None:
-    """The schema of a dpface ledger written before application ids (v1), if ``path`` is one.
-
-    Read with ``immutable=1``: SQLite then creates no ``-wal``/``-shm`` files and takes no lock.
-    """
-    try:
-        con = sqlite3.connect(_read_only_uri(path, immutable=True), uri=True)
-        try:
-            row = con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        finally:
-            con.close()
-    except sqlite3.DatabaseError:
-        return None
-    return None if row is None else str(row[0])
-
-
-def _probe(path: Path, *, application_id: int, version: int, what: str, timeout: float,
-           legacy: Callable[[Path], str | None] | None) -> None:
-    """Raise NotALedgerError unless ``path`` is ``what``; writes nothing to a file that is not.
-
-    The 100-byte SQLite header is read as plain bytes first; only a file whose header carries
-    ``application_id`` is then opened by SQLite (read-only) to confirm it.
-    """
-    untouched = "dpface left it untouched"
-    if not path.is_file():
-        raise NotALedgerError(f"{path} is not a regular file; {what} was expected there")
-    try:
-        with path.open("rb") as fh:
-            header = fh.read(100)
-    except OSError as err:
-        raise NotALedgerError(f"{path} cannot be read ({err}); {what} was expected") from err
-    if not header:
-        raise NotALedgerError(
-            f"{path} is empty; {what} was expected there. {untouched}: remove it, or give a "
-            "path that does not exist yet to create a new one"
-        )
-    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-        raise NotALedgerError(f"{path} is not {what} (not an SQLite database); {untouched}")
-    found = int.from_bytes(header[68:72], "big")
-    if found != application_id:
-        if found in _DPFACE_FILES:
-            raise NotALedgerError(f"{path} is {_DPFACE_FILES[found]}, not {what}; {untouched}")
-        old = legacy(path) if legacy is not None and found == 0 else None
-        if old is not None:
-            raise NotALedgerError(
-                f"{path} is a dpface ledger of schema {old}; this dpface reads schema {version} "
-                "and does not migrate old ledgers. Keep the old file for the record (the dpface "
-                f"version that wrote it still reads it) and start a new ledger; {untouched}"
-            )
-        raise NotALedgerError(
-            f"{path} is an SQLite database but not {what} (application_id {found:#x}, expected "
-            f"{application_id:#x}); {untouched}"
-        )
-    try:
-        con = sqlite3.connect(_read_only_uri(path, immutable=False), uri=True, timeout=timeout)
-        try:
-            got_id = int(con.execute("PRAGMA application_id").fetchone()[0])
-            got_version = int(con.execute("PRAGMA user_version").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as err:
-        raise NotALedgerError(f"{path} cannot be read as {what}: {err}") from err
-    _check_ids(path, got_id, got_version, application_id=application_id, version=version,
-               what=what)
-
-
-def _check_ids(path: Path, got_id: int, got_version: int, *, application_id: int, version: int,
-               what: str) -> None:
-    if got_id != application_id:
-        raise NotALedgerError(f"{path} is not {what} (application_id {got_id:#x})")
-    if got_version != version:
-        raise NotALedgerError(
-            f"{path} is {what} of schema {got_version}; this dpface reads schema {version} and "
-            "does not migrate: use the dpface version that wrote it, or start a new file"
-        )
-
-
-def _create_file(path: Path, *, application_id: int, version: int,
-                 init: Callable[[sqlite3.Connection], None]) -> None:
-    """Create a complete new file at ``path`` atomically (never a half-initialised one).
-
-    It is built under a temporary name (owner-only permissions) in rollback-journal mode, so
-    the header carries the application id and version before the file switches to WAL, and is
-    then hard-linked into place.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.close(fd)
-    try:
-        con = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute("BEGIN IMMEDIATE")
-            init(con)
-            con.execute(f"PRAGMA application_id={int(application_id)}")
-            con.execute(f"PRAGMA user_version={int(version)}")
-            con.execute("COMMIT")
-            con.execute("PRAGMA journal_mode=WAL")
-        finally:
-            con.close()
-        # if another process created ``path`` meanwhile, theirs is kept
-        _link_into_place(tmp, path)
-    finally:
-        _remove_with_journals(tmp)
-
-
-def _link_into_place(tmp: Path, path: Path) -> bool:
-    """Give the complete file ``tmp`` the name ``path`` unless that exists; False if it did."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    except OSError as err:  # a file system without hard links
-        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        if os.path.lexists(path):
-            return False
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return True
-
-
-def _remove_with_journals(path: Path) -> None:
-    for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
-        leftover.unlink(missing_ok=True)
-
-
-def _open_file(
-    path: str | Path, *, application_id: int, version: int, what: str, create: bool,
-    timeout: float, init: Callable[[sqlite3.Connection], None],
-    legacy: Callable[[Path], str | None] | None = None,
-) -> tuple[Path, sqlite3.Connection]:
-    """Open (or create) a dpface SQLite file; refuse, untouched, anything else."""
-    if str(path) == ":memory:":
-        con = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        con.execute("BEGIN IMMEDIATE")
-        init(con)
-        con.execute(f"PRAGMA application_id={int(application_id)}")
-        con.execute(f"PRAGMA user_version={int(version)}")
-        con.execute("COMMIT")
-        con.execute("PRAGMA foreign_keys=ON")
-        return Path(":memory:"), con
-    p = Path(path).expanduser()
-    if not os.path.lexists(p):
-        if not create:
-            raise FileNotFoundError(
-                errno.ENOENT, f"there is no {what} at {p} (create=False)", str(p)
-            )
-        _create_file(p, application_id=application_id, version=version, init=init)
-    _probe(p, application_id=application_id, version=version, what=what, timeout=timeout,
-           legacy=legacy)
-    con = sqlite3.connect(p, timeout=timeout, isolation_level=None, check_same_thread=False)
-    try:
-        # the same checks through the connection that will write (the file may have been
-        # replaced since the probe); reading these pragmas writes nothing
-        got_id = int(con.execute("PRAGMA application_id").fetchone()[0])
-        got_version = int(con.execute("PRAGMA user_version").fetchone()[0])
-        _check_ids(p, got_id, got_version, application_id=application_id, version=version,
-                   what=what)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-        con.execute("PRAGMA foreign_keys=ON")
-    except BaseException:
-        con.close()
-        raise
-    return p, con
-
-
-def _init_ledger(con: sqlite3.Connection) -> None:
-    for stmt in _SCHEMA:
-        con.execute(stmt)
-    con.executemany(
-        "INSERT INTO meta(key, value) VALUES (?, ?)",
-        [
-            ("secret", secrets.token_bytes(32).hex()),
-            ("head", "0:"),
-            ("created_at", repr(time.time())),
-        ],
-    )
+def _new_meta() -> list[tuple[str, str]]:
+    """The meta rows of a new ledger: its unit secret, an empty chain, when it was made."""
+    return [
+        ("secret", secrets.token_bytes(32).hex()),
+        ("head", "0:"),
+        ("created_at", repr(time.time())),
+    ]
 
 
 # ====================================================================== the ledger
 class Ledger:
-    """Per-subject privacy budgets and the hash-chained entries that spend them (SQLite, WAL).
+    """Per-subject privacy budgets and the hash-chained entries that spend them.
 
     ``path`` is a file (created with its folder when missing, unless ``create=False``) or
-    ``":memory:"``. An existing file is refused unless it is a dpface ledger of this schema, and
-    is then left byte-identical. ``default_budget`` (finite) is given to a subject on its first
-    charge when it has none. One object may be shared by threads; every method is serialised.
+    ``":memory:"`` -- an SQLite ledger, the default -- or a ``postgresql://`` URL: a ledger
+    shared by several machines in the connection's current schema of a PostgreSQL database
+    (created there when the schema is empty, unless ``create=False``; needs
+    ``pip install 'dpface[postgres]'``). Both behave the same; see
+    :mod:`dpface.ledger_backends` for how each keeps concurrent writers apart. An existing file
+    or schema is refused unless it is a dpface ledger of this schema version, and is then left
+    untouched. ``default_budget`` (finite) is given to a subject on its first charge when it has
+    none. One object may be shared by threads; every method is serialised.
     """
 
     def __init__(
@@ -593,61 +382,76 @@ class Ledger:
         self.run_id = uuid.uuid4().hex
         self._lock = threading.RLock()
         self._closed = False
-        self.path, self._conn = _open_file(
-            path, application_id=APPLICATION_ID, version=SCHEMA_VERSION, what="a dpface ledger",
-            create=create, timeout=timeout, init=_init_ledger, legacy=_legacy_ledger_schema,
-        )
+        self._db: Backend = open_backend(path, create=create, timeout=timeout, meta=_new_meta)
+        #: where the ledger is: a Path (SQLite) or the URL without its password (PostgreSQL)
+        self.path: Path | str = self._db.where
         try:
-            row = self._conn.execute("SELECT value FROM meta WHERE key='secret'").fetchone()
+            row = self._db.execute("SELECT value FROM meta WHERE key='secret'").fetchone()
             if row is None or len(bytes.fromhex(str(row[0]))) != 32:
                 raise LedgerError(f"{self.path} has no valid unit secret; it is damaged")
             self._secret = bytes.fromhex(str(row[0]))
         except BaseException:
-            self._conn.close()
+            self._db.close()
             raise
+
+    @classmethod
+    def connect(cls, location: str | Path, **options: Any) -> Ledger:
+        """Open the ledger at ``location`` -- a ``postgresql://`` URL or an SQLite file -- with
+        the constructor's keyword options (the same as ``Ledger(location, ...)``)."""
+        return cls(location, **options)
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._db.dialect
+
+    @property
+    def _conn(self) -> Any:
+        """The backend's own connection (sqlite3 or psycopg), for tests and tools."""
+        return self._db.raw
 
     # ------------------------------------------------------------------ plumbing
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, unit: str | None = None) -> Iterator[Backend]:
+        """One write transaction; ``unit``: the privacy unit (or photo) it decides about, which
+        no other writer may decide about meanwhile."""
         with self._lock:
             self._check_open()
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._db.begin_write()
             try:
-                yield self._conn
+                if unit is not None:
+                    self._db.lock_unit(unit)
+                yield self._db
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                with contextlib.suppress(Exception):  # keep the original error
+                    self._db.rollback()
                 raise
             else:
-                self._conn.execute("COMMIT")
+                self._db.commit()
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self) -> Iterator[Backend]:
         """One consistent snapshot for several reads."""
         with self._lock:
             self._check_open()
-            self._conn.execute("BEGIN")
+            self._db.begin_read()
             try:
-                yield self._conn
+                yield self._db
             finally:
-                self._conn.execute("COMMIT")
+                self._db.commit()
 
     def _check_open(self) -> None:
         if self._closed:
             raise LedgerError(f"the ledger {self.path} is closed")
 
     def close(self) -> None:
-        """Checkpoint the WAL into the main file (so it alone holds everything) and close."""
+        """Close; an SQLite ledger first checkpoints its WAL into the main file (so the file
+        alone holds everything)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            try:
-                if str(self.path) != ":memory:":
-                    with contextlib.suppress(sqlite3.Error):
-                        self._conn.execute("PRAGMA busy_timeout=5000")
-                        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                self._conn.close()
+            self._db.close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -674,7 +478,8 @@ class Ledger:
         if not isinstance(photo_digest, str) or not photo_digest:
             raise UsageError("photo_digest must be a non-empty string (a unit_digest)")
         b = _check_box(box)
-        with self._transaction() as con:
+        self._db.check_text(photo_digest, "photo_digest")
+        with self._transaction(unit=f"photo:{photo_digest}") as con:
             best: tuple[float, int, str] | None = None
             count = 0
             for unit, n, x0, y0, x1, y1 in con.execute(
@@ -697,11 +502,21 @@ class Ledger:
 
     # ------------------------------------------------------------------ the chain
     def _append(
-        self, *, kind: EntryKind, subject: str, mechanism: str, cost: ApproxDP, dp_json: str,
-        note: str, seeded: bool, is_dp: bool, now: float,
+        self,
+        *,
+        kind: EntryKind,
+        subject: str,
+        mechanism: str,
+        cost: ApproxDP,
+        dp_json: str,
+        note: str,
+        seeded: bool,
+        is_dp: bool,
+        now: float,
     ) -> int:
         """Append one entry to the chain (inside a write transaction); its id."""
-        con = self._conn
+        con = self._db
+        con.lock_head()
         count, head = self._head()
         last = con.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
         if (last is None and count != 0) or (
@@ -737,7 +552,7 @@ class Ledger:
         return count + 1
 
     def _head(self) -> tuple[int, str]:
-        row = self._conn.execute("SELECT value FROM meta WHERE key='head'").fetchone()
+        row = self._db.execute("SELECT value FROM meta WHERE key='head'").fetchone()
         if row is None:
             return -1, ""
         count, _, digest = str(row[0]).partition(":")
@@ -748,20 +563,29 @@ class Ledger:
 
     # ------------------------------------------------------------------ budgets
     def _budget_row(self, subject: str) -> ApproxDP | None:
-        row = self._conn.execute(
+        row = self._db.execute(
             "SELECT budget_epsilon, budget_delta FROM subjects WHERE subject=?", (subject,)
         ).fetchone()
         return None if row is None else ApproxDP(row[0], row[1])
 
     def _create_subject(self, subject: str, total: ApproxDP, how: str, note: str) -> None:
         now = time.time()
-        self._conn.execute(
+        self._db.execute(
             "INSERT INTO subjects(subject, budget_epsilon, budget_delta, created_at) "
             "VALUES (?, ?, ?, ?)",
             (subject, total.epsilon, total.delta, now),
         )
-        self._append(kind="budget", subject=subject, mechanism=how, cost=total, dp_json="",
-                     note=note, seeded=False, is_dp=False, now=now)
+        self._append(
+            kind="budget",
+            subject=subject,
+            mechanism=how,
+            cost=total,
+            dp_json="",
+            note=note,
+            seeded=False,
+            is_dp=False,
+            now=now,
+        )
 
     def set_budget(self, subject: str, budget: Budget) -> None:
         """Create ``subject`` with ``budget``; a no-op if it already has exactly this budget.
@@ -771,7 +595,7 @@ class Ledger:
         """
         subject = normalize_subject(subject)
         total = _finite_budget(budget, "budget")
-        with self._transaction():
+        with self._transaction(unit=subject):
             current = self._budget_row(subject)
             if current is None:
                 self._create_subject(subject, total, "budget:create", "")
@@ -783,7 +607,9 @@ class Ledger:
                 f"change it to {total}. To change a budget on purpose call "
                 f"change_budget({subject!r}, budget, reason=...): the change is recorded in the "
                 "ledger",
-                subject=subject, budget=current, requested=total,
+                subject=subject,
+                budget=current,
+                requested=total,
             )
 
     def change_budget(self, subject: str, budget: Budget, *, reason: str = "") -> None:
@@ -796,7 +622,8 @@ class Ledger:
         total = _finite_budget(budget, "budget")
         if not isinstance(reason, str):
             raise UsageError("reason must be a string")
-        with self._transaction() as con:
+        self._db.check_text(reason, "reason")
+        with self._transaction(unit=subject) as con:
             current = self._budget_row(subject)
             if current is None:
                 self._create_subject(subject, total, "budget:create", reason)
@@ -808,14 +635,26 @@ class Ledger:
                 raise BudgetChangeRefused(
                     f"subject {subject!r} has already spent {spent}; its budget cannot become "
                     f"{total} (a budget is never set below what is spent). It stays {current}",
-                    subject=subject, budget=current, requested=total, spent=spent,
+                    subject=subject,
+                    budget=current,
+                    requested=total,
+                    spent=spent,
                 )
             con.execute(
                 "UPDATE subjects SET budget_epsilon=?, budget_delta=? WHERE subject=?",
                 (total.epsilon, total.delta, subject),
             )
-            self._append(kind="budget", subject=subject, mechanism="budget:change", cost=total,
-                         dp_json="", note=reason, seeded=False, is_dp=False, now=time.time())
+            self._append(
+                kind="budget",
+                subject=subject,
+                mechanism="budget:change",
+                cost=total,
+                dp_json="",
+                note=reason,
+                seeded=False,
+                is_dp=False,
+                now=time.time(),
+            )
 
     def budget(self, subject: str) -> ApproxDP | None:
         """The subject's total budget (None when it has none yet)."""
@@ -829,9 +668,9 @@ class Ledger:
         with self._lock:
             self._check_open()
             if run_id is None:
-                rows = self._conn.execute("SELECT subject FROM subjects ORDER BY subject")
+                rows = self._db.execute("SELECT subject FROM subjects ORDER BY subject")
             else:
-                rows = self._conn.execute(
+                rows = self._db.execute(
                     "SELECT DISTINCT subject FROM entries WHERE run_id=? AND kind IN "
                     "('release', 'refusal') ORDER BY subject",
                     (run_id,),
@@ -839,7 +678,10 @@ class Ledger:
             return [str(r[0]) for r in rows]
 
     def events(
-        self, subject: str | None = None, *, run_id: str | None = None,
+        self,
+        subject: str | None = None,
+        *,
+        run_id: str | None = None,
         kinds: Iterable[str] = ("release",),
     ) -> list[dict[str, Any]]:
         """Entries oldest first, filtered by subject, run and kind (releases by default).
@@ -863,7 +705,7 @@ class Ledger:
         cols = (*_ENTRY_COLUMNS, "hash")
         with self._lock:
             self._check_open()
-            rows = self._conn.execute(
+            rows = self._db.execute(
                 f"SELECT {', '.join(cols)} FROM entries WHERE {' AND '.join(where)} ORDER BY id",
                 args,
             ).fetchall()
@@ -879,7 +721,7 @@ class Ledger:
     def _release_rows(self, subject: str) -> list[tuple[float, float, str]]:
         return [
             (float(e), float(d), str(j))
-            for e, d, j in self._conn.execute(
+            for e, d, j in self._db.execute(
                 "SELECT epsilon, delta, dp_event FROM entries WHERE subject=? AND kind='release' "
                 "ORDER BY id",
                 (subject,),
@@ -937,7 +779,7 @@ class Ledger:
         """The subject's total budget, creating it with the default (inside a transaction)."""
         current = self._budget_row(subject)
         if current is not None:
-            last = self._conn.execute(
+            last = self._db.execute(
                 "SELECT epsilon, delta FROM entries WHERE subject=? AND kind='budget' "
                 "ORDER BY id DESC LIMIT 1",
                 (subject,),
@@ -958,8 +800,15 @@ class Ledger:
         return self.default_budget
 
     def _try_charge(
-        self, subject: str, *, mechanism: str, cost: ApproxDP, payload: str, note: str,
-        seeded: bool, is_dp: bool,
+        self,
+        subject: str,
+        *,
+        mechanism: str,
+        cost: ApproxDP,
+        payload: str,
+        note: str,
+        seeded: bool,
+        is_dp: bool,
     ) -> Charge | BudgetExceeded:
         """Inside a write transaction: record the release, or record a refusal."""
         total = self._ensure_subject(subject)
@@ -968,20 +817,40 @@ class Ledger:
         after = self._compose([*rows, (cost.epsilon, cost.delta, payload)], total.delta)
         now = time.time()
         if after.epsilon > total.epsilon or after.delta > total.delta:
-            self._append(kind="refusal", subject=subject, mechanism=mechanism, cost=cost,
-                         dp_json=payload, note=note, seeded=seeded, is_dp=is_dp, now=now)
+            self._append(
+                kind="refusal",
+                subject=subject,
+                mechanism=mechanism,
+                cost=cost,
+                dp_json=payload,
+                note=note,
+                seeded=seeded,
+                is_dp=is_dp,
+                now=now,
+            )
             return BudgetExceeded(subject, total, spent, after.epsilon, after.delta)
-        entry_id = self._append(kind="release", subject=subject, mechanism=mechanism, cost=cost,
-                                dp_json=payload, note=note, seeded=seeded, is_dp=is_dp, now=now)
+        entry_id = self._append(
+            kind="release",
+            subject=subject,
+            mechanism=mechanism,
+            cost=cost,
+            dp_json=payload,
+            note=note,
+            seeded=seeded,
+            is_dp=is_dp,
+            now=now,
+        )
         return Charge(entry_id, subject, mechanism, cost, self.run_id, now)
 
-    @staticmethod
-    def _charge_args(mechanism: str, budget: Budget, event: dp_event.DpEvent, note: str
-                     ) -> tuple[ApproxDP, str]:
+    def _charge_args(
+        self, mechanism: str, budget: Budget, event: dp_event.DpEvent, note: str
+    ) -> tuple[ApproxDP, str]:
         if not isinstance(mechanism, str) or not mechanism:
             raise UsageError("mechanism must be a non-empty string")
         if not isinstance(note, str):
             raise UsageError("note must be a string")
+        self._db.check_text(mechanism, "mechanism")
+        self._db.check_text(note, "note")
         return _finite_budget(budget, "a release's budget"), event_to_json(event)
 
     def charge(
@@ -1002,9 +871,16 @@ class Ledger:
         """
         subject = normalize_subject(subject)
         cost, payload = self._charge_args(mechanism, budget, event, note)
-        with self._transaction():
-            result = self._try_charge(subject, mechanism=mechanism, cost=cost, payload=payload,
-                                      note=note, seeded=seeded, is_dp=is_dp)
+        with self._transaction(unit=subject):
+            result = self._try_charge(
+                subject,
+                mechanism=mechanism,
+                cost=cost,
+                payload=payload,
+                note=note,
+                seeded=seeded,
+                is_dp=is_dp,
+            )
         if isinstance(result, BudgetExceeded):
             raise result
         return result
@@ -1036,14 +912,23 @@ class Ledger:
         if key is not None and (not isinstance(key, str) or not key):
             raise UsageError("a pseudonym key must be a non-empty string (or None)")
         cost, payload = self._charge_args(mechanism, budget, event, note)
+        if key is not None:
+            self._db.check_text(key, "a pseudonym key")
         store_as = key if key is not None and not seeded and is_dp else None
-        with self._transaction() as con:
+        with self._transaction(unit=subject) as con:
             if store_as is not None:
                 stored = self._pseudonym_row(subject, store_as)
                 if stored is not None:
                     return Release(stored, None, True)
-            result = self._try_charge(subject, mechanism=mechanism, cost=cost, payload=payload,
-                                      note=note, seeded=seeded, is_dp=is_dp)
+            result = self._try_charge(
+                subject,
+                mechanism=mechanism,
+                cost=cost,
+                payload=payload,
+                note=note,
+                seeded=seeded,
+                is_dp=is_dp,
+            )
             if isinstance(result, BudgetExceeded):
                 refusal: BudgetExceeded | None = result
             else:
@@ -1056,8 +941,15 @@ class Ledger:
                     con.execute(
                         "INSERT INTO pseudonyms(subject, key, vector, dtype, shape, entry_id, "
                         "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (subject, store_as, data.tobytes(), data.dtype.str,
-                         json.dumps(data.shape), charge.id, charge.created_at),
+                        (
+                            subject,
+                            store_as,
+                            data.tobytes(),
+                            data.dtype.str,
+                            json.dumps(data.shape),
+                            charge.id,
+                            charge.created_at,
+                        ),
                     )
         if refusal is not None:
             raise refusal  # the refusal entry is committed
@@ -1065,7 +957,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ pseudonyms
     def _pseudonym_row(self, subject: str, key: str) -> npt.NDArray[Any] | None:
-        row = self._conn.execute(
+        row = self._db.execute(
             "SELECT vector, dtype, shape FROM pseudonyms WHERE subject=? AND key=?",
             (subject, key),
         ).fetchone()
@@ -1107,9 +999,9 @@ class Ledger:
         """Every recorded run, oldest first: run_id, started_at, finished_at, settings, summary."""
         with self._lock:
             self._check_open()
-            rows = self._conn.execute(
+            rows = self._db.execute(
                 "SELECT run_id, started_at, finished_at, settings, summary FROM runs "
-                "ORDER BY rowid"
+                f"ORDER BY {self._db.runs_order}"
             ).fetchall()
         return [
             {
@@ -1143,7 +1035,7 @@ class Ledger:
         releases: dict[int, str] = {}
         for position, row in enumerate(rows, start=1):
             fields = dict(zip(_ENTRY_COLUMNS, row[: len(_ENTRY_COLUMNS)], strict=True))
-            stored_prev, stored_hash = row[len(_ENTRY_COLUMNS):]
+            stored_prev, stored_hash = row[len(_ENTRY_COLUMNS) :]
             eid = fields["id"]
             if eid != position:
                 problems.append(
@@ -1204,32 +1096,15 @@ class Ledger:
         return Verification(not problems, len(rows), head, problems)
 
     def backup(self, dest: str | Path) -> Path:
-        """A complete, consistent copy of this ledger at ``dest`` (SQLite online backup).
+        """A complete, consistent copy of this ledger at ``dest``: one self-contained SQLite
+        ledger file (refuses to overwrite an existing ``dest``).
 
-        Includes entries still in the WAL; refuses to overwrite an existing ``dest``. The copy is
-        created under a temporary name and linked into place, so ``dest`` is never partial.
+        An SQLite ledger is copied with SQLite's online backup, entries still in the WAL
+        included; a PostgreSQL ledger is copied as of one snapshot into the same SQLite format,
+        which ``Ledger(dest)`` opens and :meth:`verify` checks like any other. The copy is built
+        under a temporary name and linked into place, so ``dest`` is never partial.
         """
         target = Path(dest).expanduser()
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "the backup target already exists", str(target))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.backup")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        try:
-            copy = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                with self._lock:
-                    self._check_open()
-                    self._conn.backup(copy)
-                copy.execute("PRAGMA journal_mode=WAL")
-                copy.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                copy.close()
-            if not _link_into_place(tmp, target):
-                raise FileExistsError(
-                    errno.EEXIST, "the backup target already exists", str(target)
-                )
-        finally:
-            _remove_with_journals(tmp)
-        return target
+        with self._lock:
+            self._check_open()
+            return self._db.backup(target)
