@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import inspect
 import io
 import json
 import math
 import os
+import sys
 import time
+import types
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -65,11 +68,14 @@ __all__ = [
     "Problem",
     "Progress",
     "SubjectMap",
+    "WorkerPool",
     "check_subject",
     "plan",
     "prepare_output",
     "read_subject_map",
+    "refuse_in_worker",
     "run",
+    "usable_cores",
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -858,8 +864,20 @@ THREAD_ENV = (
     "NUMEXPR_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
 )
+WORKER_ENV = "DPFACE_WORKER_PROCESS"  # set in worker processes: they never start a batch
 _PENDING, _RUNNING, _CHARGED = 0, 1, 2  # a photo's state; _CHARGED: its ledger work is over
 _POLL = 0.02  # seconds between looks at the shared state
+
+
+def refuse_in_worker() -> None:
+    """A worker process must not start a batch of its own. Python's ``spawn`` start method
+    re-runs the top level of the caller's script in every worker; a script that starts a run
+    there without ``if __name__ == "__main__":`` would otherwise run (and charge) it again."""
+    if os.environ.get(WORKER_ENV):
+        raise UsageError(
+            "a dpface worker process may not start a batch: the script that started the run "
+            'starts runs at its top level; put them under `if __name__ == "__main__":`'
+        )
 
 
 def usable_cores() -> int:
@@ -939,6 +957,8 @@ class _Turns:
             return
         for m in self.before[self.current]:
             while self.state[m] != _CHARGED:
+                if not _caller_alive():
+                    raise SystemExit("dpface worker: the calling process is gone")
                 time.sleep(_POLL)
         self.passed = True
 
@@ -981,14 +1001,42 @@ def _in_turn(anonymizer: Anonymizer, turns: _Turns) -> tuple[Any, Any]:
 
 @dataclass(frozen=True)
 class _Job:
-    """What a worker process needs (pickled once, when it starts)."""
+    """What a worker needs once the run starts (sent to each worker once)."""
 
-    build: Callable[[], Anonymizer]
     run_id: str
     items: tuple[PlannedImage, ...]
     kwargs: tuple[dict[str, Any], ...]
     before: tuple[tuple[int, ...], ...]
     ctx: _Context
+
+
+Prepare = Callable[[], Callable[[str], "Anonymizer"]]
+"""Runs first in a worker process (e.g. loads the models) and returns how to make its
+anonymiser for a run id; the ledger must only be opened by that second step."""
+
+
+@dataclass(frozen=True)
+class _BuildLater:
+    """A :data:`Prepare` from a plain ``build()``: everything happens when the run starts."""
+
+    build: Callable[[], Anonymizer]
+
+    def __call__(self) -> Callable[[str], Anonymizer]:
+        return functools.partial(_built, self.build)
+
+
+def _built(build: Callable[[], Anonymizer], run_id: str) -> Anonymizer:
+    anonymizer = build()
+    anonymizer.ledger.run_id = run_id
+    return anonymizer
+
+
+def _caller_alive() -> bool:
+    """False in a worker whose calling process has ended (it then stops too)."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    return parent is None or parent.is_alive()
 
 
 def _claim(counter: Any, state: Any, owner: Any, wid: int) -> int | None:
@@ -1005,8 +1053,6 @@ def _claim(counter: Any, state: Any, owner: Any, wid: int) -> int | None:
 
 def _one_thread() -> None:
     """One compute thread in this process: the processes share the cores instead."""
-    import sys
-
     for name in THREAD_ENV:
         os.environ[name] = "1"
     if "torch" in sys.modules:
@@ -1019,20 +1065,34 @@ def _one_thread() -> None:
         threadpool_limits(1)
 
 
-def _worker(job: _Job, wid: int, counter: Any, state: Any, owner: Any, results: Any) -> None:
-    """A worker process: build the anonymiser once, then take photos until none is left."""
+def _worker(
+    prepare: Prepare, wid: int, counter: Any, state: Any, owner: Any, jobs: Any, results: Any
+) -> None:
+    """A worker process: prepare (load the models), wait for the run, then take photos until
+    none is left. Every failure to start is reported; the other processes go on."""
     _one_thread()
     try:
-        anonymizer = job.build()
-        anonymizer.ledger.run_id = job.run_id  # every release is part of the caller's run
-    except BaseException as err:  # reported; the other processes go on
+        make = prepare()
+    except BaseException as err:
         results.put(("down", wid, f"{type(err).__name__}: {err}"))
         return
     results.put(("ready", wid, None))
+    while jobs.empty():  # the run starts once the caller has checked everything
+        if not _caller_alive():
+            return
+        time.sleep(_POLL)
+    job: _Job | None = jobs.get()
+    if job is None:
+        return
+    try:
+        anonymizer = make(job.run_id)  # every release is part of the caller's run
+    except BaseException as err:
+        results.put(("down", wid, f"{type(err).__name__}: {err}"))
+        return
     turns = _Turns(state, job.before)
     ledger, templates = _in_turn(anonymizer, turns)
     try:
-        while (i := _claim(counter, state, owner, wid)) is not None:
+        while _caller_alive() and (i := _claim(counter, state, owner, wid)) is not None:
             turns.begin(i)
             outcome = _process(anonymizer, job.items[i], job.kwargs[i], job.ctx, turns.charged)
             turns.charged()
@@ -1044,88 +1104,151 @@ def _worker(job: _Job, wid: int, counter: Any, state: Any, owner: Any, results: 
     results.put(("bye", wid, None))
 
 
-class _Pool:
-    """The calling process plus ``workers - 1`` spawned processes take the photos in input
-    order. The caller collects the others' results (also from a helper thread, so progress
-    moves while it works on a photo of its own) and notices a worker that died."""
+def _needs_no_main(prepare: Prepare) -> bool:
+    """True when ``prepare`` pickles without the caller's ``__main__`` module."""
+    import pickle
 
-    def __init__(self, job: _Job, workers: int, progress: Progress | None) -> None:
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        pickle.dumps(prepare)
+    except Exception:
+        return False
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+    return True
+
+
+class WorkerPool:
+    """Worker processes for a batch of ``images`` photos, started ahead of it.
+
+    ``workers`` counts the calling process, which takes photos too: ``workers - 1`` processes
+    are spawned now, each running ``prepare`` (see :data:`Prepare`; e.g. loading its models)
+    while the caller plans, checks and loads its own; :func:`run` then hands them the photos.
+    Close it (or use it as a context manager) if the run never starts.
+    """
+
+    def __init__(self, workers: int, prepare: Prepare, images: int) -> None:
         import multiprocessing as mp
         import threading
 
-        self.job = job
-        self.total = len(job.items)
-        self.progress = progress
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 2:
+            raise UsageError(f"a worker pool needs workers >= 2, got {workers!r}")
+        self.size = workers
+        self.total = images
         ctx = mp.get_context("spawn")
         self.counter = ctx.Value("q", 0)
-        self.state = ctx.Array("b", self.total, lock=False)
-        self.owner = ctx.Array("i", self.total, lock=False)  # 0: this process
+        self.state = ctx.Array("b", images, lock=False)
+        self.owner = ctx.Array("i", images, lock=False)  # 0: the calling process
+        self.jobs = ctx.SimpleQueue()
         self.results = ctx.SimpleQueue()
+        self.items: tuple[PlannedImage, ...] = ()
+        self.out = Path()
+        self.progress: Progress | None = None
         self.outcomes: dict[int, _Outcome] = {}
         self.notes: list[Problem] = []
         self.low = 0  # every photo before this one has its outcome
         self.lock = threading.RLock()
         self.stop = threading.Event()
+        self.sent = False
+        self.closed = False
         self.gone: set[int] = set()  # workers that said goodbye or were found dead
-        self.ready: set[int] = set()  # workers whose anonymiser is built
-        self.procs = {
-            wid: ctx.Process(
-                target=_worker,
-                name=f"dpface-worker-{wid}",
-                daemon=True,
-                args=(job, wid, self.counter, self.state, self.owner, self.results),
-            )
-            for wid in range(1, workers)
-        }
+        self.ready: set[int] = set()  # workers that prepared
         self.helper = threading.Thread(target=self._collect, name="dpface-collect", daemon=True)
-
-    def run(self, anonymizer: Anonymizer) -> list[_Outcome]:
-        """Start the workers, take photos here too, and return every photo's outcome."""
-        saved = {k: os.environ.get(k) for k in THREAD_ENV}
-        done = False
+        refuse_in_worker()
+        saved = {k: os.environ.get(k) for k in (*THREAD_ENV, WORKER_ENV)}
+        self.procs: dict[int, Any] = {}
+        main = sys.modules.get("__main__")
         try:
-            for k in THREAD_ENV:
-                os.environ[k] = "1"  # the workers start with this before importing anything
-            for proc in self.procs.values():
+            for k in (*THREAD_ENV, WORKER_ENV):
+                os.environ[k] = "1"  # the workers start with this, before importing anything
+            if _needs_no_main(prepare):
+                # spawn would re-run the caller's script (or re-import the command) in every
+                # worker; nothing the workers run comes from it, so they start without it
+                sys.modules["__main__"] = types.ModuleType("__main__")
+            for wid in range(1, workers):
+                args = (prepare, wid, self.counter, self.state, self.owner, self.jobs, self.results)
+                proc = ctx.Process(
+                    target=_worker, args=args, name=f"dpface-worker-{wid}", daemon=True
+                )
                 proc.start()
-            self.helper.start()
-            with _OneThreadHere():
-                self._serve(anonymizer)
-            while not self._finished():
-                self._reap()
-                time.sleep(_POLL)
-            done = True
+                self.procs[wid] = proc
+        except BaseException:
+            self.close()
+            raise
         finally:
-            self.stop.set()
-            with self.counter.get_lock():
-                self.counter.value = -1  # nobody takes another photo
-            self._reap()
-            for wid, proc in self.procs.items():
-                # a worker still loading its models has nothing to finish: it just stops
-                proc.join(timeout=5 if done and wid in self.ready else 0)
-                if proc.is_alive():
-                    with self.lock:
-                        self.gone.add(wid)  # stopped by us: not a crash
-                    proc.terminate()
-                    proc.join(timeout=5)
-            self.helper.join(timeout=5)
+            if main is not None:
+                sys.modules["__main__"] = main
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        self._reap()  # a worker's note that arrived last
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, anonymizer: Anonymizer, job: _Job, progress: Progress | None) -> list[_Outcome]:
+        """Hand the workers ``job``, take photos here too, and return every photo's outcome."""
+        if self.closed or self.sent:
+            raise UsageError("this worker pool has already run (or was closed)")
+        if len(job.items) != self.total:
+            raise UsageError(
+                f"the worker pool was started for {self.total} photos, not {len(job.items)}"
+            )
+        self.items, self.out, self.progress = job.items, job.ctx.out, progress
+        self.sent = True
+        done = False
+        try:
+            for _ in self.procs:
+                self.jobs.put(job)
+            self.helper.start()
+            with _OneThreadHere():
+                self._serve(anonymizer, job)
+            while not self._finished():
+                self._reap()
+                time.sleep(_POLL)
+            done = True
+        finally:
+            self.close(graceful=done)
         return [self.outcomes[i] for i in range(self.total)]
+
+    def close(self, *, graceful: bool = False) -> None:
+        """Stop the workers: after a finished run they end on their own; otherwise (or if
+        still preparing) they are stopped."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stop.set()
+        with self.counter.get_lock():
+            self.counter.value = -1  # nobody takes another photo
+        if self.sent:
+            self._reap()
+        for wid, proc in self.procs.items():
+            # a worker still preparing has nothing to finish: it just stops
+            proc.join(timeout=5 if graceful and wid in self.ready else 0)
+            if proc.is_alive():
+                with self.lock:
+                    self.gone.add(wid)  # stopped by us: not a crash
+                proc.terminate()
+                proc.join(timeout=5)
+        if self.helper.is_alive():
+            self.helper.join(timeout=5)
+        if self.sent:
+            self._reap()  # a note that arrived last
 
     def _finished(self) -> bool:
         with self.lock:
             return len(self.outcomes) == self.total
 
-    def _serve(self, anonymizer: Anonymizer) -> None:
+    def _serve(self, anonymizer: Anonymizer, job: _Job) -> None:
         """This process's share: photos taken one by one, like any worker's."""
-        turns = _Turns(self.state, self.job.before)
+        turns = _Turns(self.state, job.before)
         ledger, templates = _in_turn(anonymizer, turns)
-        job = self.job
         try:
             while (i := _claim(self.counter, self.state, self.owner, 0)) is not None:
                 self._tell()
@@ -1184,11 +1307,17 @@ class _Pool:
                         f"code {proc.exitcode})",
                     )
                 if not lost:
+                    hint = (
+                        ""
+                        if wid in self.ready
+                        else " (while starting: a script that starts runs must do so under "
+                        '`if __name__ == "__main__":`, which the workers skip)'
+                    )
                     self.notes.append(
                         Problem(
                             "--workers",
                             f"worker process {wid} stopped unexpectedly (exit code "
-                            f"{proc.exitcode}); the other processes took its share",
+                            f"{proc.exitcode}){hint}; the other processes took its share",
                         )
                     )
             if len(self.gone) == len(self.procs) and self.counter.value >= self.total:
@@ -1200,16 +1329,16 @@ class _Pool:
     def _lost(self, i: int, why: str) -> None:
         """Photo ``i`` died with its worker: its problem, and whoever waits for it goes on."""
         self.state[i] = _CHARGED
-        where = str(self.job.items[i].source)
+        where = str(self.items[i].source)
         reason = f"{why}: nothing was written, but its faces may have been charged in the ledger"
         self._record(i, _Outcome(Counter(failed=1), [Problem(where, reason)], {}))
 
     def _clean(self, i: int, pid: int | None) -> None:
         """Remove the temp files a dead worker may have left (``write_atomic`` names)."""
-        item = self.job.items[i]
+        item = self.items[i]
         for rel in (item.output, item.receipt):
             if rel and pid:
-                path = self.job.ctx.out / rel
+                path = self.out / rel
                 with contextlib.suppress(OSError):
                     (path.parent / f".{path.name}.{pid}.tmp").unlink(missing_ok=True)
 
@@ -1226,8 +1355,7 @@ class _Pool:
         if self.progress is None:
             return
         with self.lock:
-            busy = self.low if self.low < self.total else None
-            item = None if busy is None else self.job.items[busy]
+            item = self.items[self.low] if self.low < self.total else None
             self.progress(
                 len(self.outcomes), self.total, "" if item is None else item.name or item.rel
             )
@@ -1237,8 +1365,6 @@ class _OneThreadHere:
     """The calling process runs with one compute thread while it takes part; restored after."""
 
     def __enter__(self) -> None:
-        import sys
-
         self.torch = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
         self.cv2 = sys.modules["cv2"].getNumThreads() if "cv2" in sys.modules else None
         self.blas: Any = None
@@ -1252,8 +1378,6 @@ class _OneThreadHere:
             sys.modules["cv2"].setNumThreads(1)
 
     def __exit__(self, *exc: object) -> None:
-        import sys
-
         if self.torch is not None:
             sys.modules["torch"].set_num_threads(self.torch)
         if self.cv2 is not None:
@@ -1275,7 +1399,7 @@ def run(
     budget_given: bool = False,
     report: bool = True,
     progress: Progress | None = None,
-    workers: int = 1,
+    workers: int | WorkerPool = 1,
     build: Callable[[], Anonymizer] | None = None,
 ) -> BatchSummary:
     """Anonymise every planned photo with ``anonymizer`` and write outputs and receipts.
@@ -1290,23 +1414,33 @@ def run(
     ``workers`` > 1 (at most one per photo) runs that many processes, this one included, each
     with one compute thread: ``build`` (a picklable callable, e.g.
     ``AnonymizeConfig.build_anonymizer``) makes each other process's anonymiser once, on the
-    same ledger file. All releases belong to this run. Photos that share a named subject (or
+    same ledger file; or ``workers`` is a :class:`WorkerPool` started earlier for these photos
+    (closed by this call). All releases belong to this run. Photos that share a named subject (or
     an identical file, or any photo when faces are linked) do their ledger work in input
     order, so the outputs, receipts and problems are those of one process, in input order (the
     noise aside); a worker that dies costs only the photo it was on, reported as its problem.
     ``progress`` may then be called from a helper thread.
     """
+    refuse_in_worker()
     ledger = anonymizer.ledger
     subject = check_subject(subject)
     if subject is not None and subject_map is not None:
         raise UsageError("give --subject or --subjects, not both")
     if isinstance(max_megapixels, bool) or not max_megapixels > 0:
         raise UsageError(f"max_megapixels must be > 0, got {max_megapixels!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    pool = workers if isinstance(workers, WorkerPool) else None
+    if pool is not None:
+        workers = pool.size
+        if pool.total != len(planned.images):
+            raise UsageError(
+                f"the worker pool was started for {pool.total} photos, not {len(planned.images)}"
+            )
+    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UsageError(f"workers must be a whole number >= 1, got {workers!r}")
-    workers = min(workers, max(1, len(planned.images)))
+    else:
+        workers = min(workers, max(1, len(planned.images)))
     if workers > 1:
-        if build is None:
+        if pool is None and build is None:
             raise UsageError("workers > 1 needs build= (how each process makes its anonymiser)")
         if str(ledger.path) == ":memory:":
             raise UsageError(
@@ -1315,6 +1449,42 @@ def run(
             )
         if anonymizer.seeded:
             raise UsageError("seeded noise is reproducible only in one process: use workers=1")
+        if pool is None:
+            assert build is not None
+            pool = WorkerPool(workers, _BuildLater(build), len(planned.images))
+    try:
+        return _run(
+            anonymizer,
+            planned,
+            pool,
+            subject,
+            subject_map,
+            max_megapixels,
+            strict,
+            settings,
+            budget_given,
+            report,
+            progress,
+        )
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run(
+    anonymizer: Anonymizer,
+    planned: Plan,
+    pool: WorkerPool | None,
+    subject: str | None,
+    subject_map: SubjectMap | None,
+    max_megapixels: float,
+    strict: bool,
+    settings: dict[str, Any] | None,
+    budget_given: bool,
+    report: bool,
+    progress: Progress | None,
+) -> BatchSummary:
+    ledger = anonymizer.ledger
     if not planned.resolved:
         planned = planned.with_digest(ledger.unit_digest)
     assigned, map_problems = subject_map.assign(planned) if subject_map else ({}, [])
@@ -1337,18 +1507,15 @@ def run(
     kwargs = [dict(assigned.get(n, {})) for n in range(total)]
     start = time.perf_counter()
     notes: list[Problem] = []
-    if workers > 1:
-        assert build is not None
+    if pool is not None:
         job = _Job(
-            build,
             ledger.run_id,
             planned.images,
             tuple(kwargs),
             _ordering(planned.images, kwargs, subject, anonymizer.templates is not None),
             ctx,
         )
-        pool = _Pool(job, workers, progress)
-        outcomes = pool.run(anonymizer)
+        outcomes = pool.run(anonymizer, job, progress)
         notes = pool.notes
     else:
         outcomes = []
@@ -1394,7 +1561,7 @@ def run(
         names=planned.names,
         seconds=elapsed,
         stage_seconds=dict(stages),
-        workers=workers,
+        workers=1 if pool is None else pool.size,
     )
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from mechanisms.base import Mechanism
     from mechanisms.budgets import Budget
@@ -242,6 +242,23 @@ class AnonymizeConfig:
         from .batch import usable_cores
 
         return usable_cores()
+
+    def _worker_setup(self) -> Callable[[str], Anonymizer]:
+        """In a worker process (:class:`dpface.batch.WorkerPool`): load the models now; the
+        ledger is opened only when the run starts, under the caller's run id."""
+        generator, encoder = self.build_generator()
+        mech = self.build_mechanism(None if generator is None else generator.identity_dim)
+
+        def anonymizer(run_id: str) -> Anonymizer:
+            ledger = self.open_ledger()
+            ledger.run_id = run_id
+            try:
+                return self._assemble(mech, generator, encoder, ledger)
+            except BaseException:
+                ledger.close()
+                raise
+
+        return anonymizer
 
     def _check_paths(self) -> None:
         for name, option in (("ledger", "--ledger"), ("templates", "--link")):
@@ -508,6 +525,7 @@ class AnonymizeConfig:
         Everything that can make the run unusable is checked before the ledger is opened."""
         from . import batch
 
+        batch.refuse_in_worker()
         subject = batch.check_subject(subject)
         smap = (batch.read_subject_map(subject_map)
                 if isinstance(subject_map, (str, os.PathLike)) else subject_map)
@@ -516,26 +534,36 @@ class AnonymizeConfig:
         planned = batch.plan(inputs, out, names=self.names)
         if smap is not None:
             smap.assign(planned)  # rows matching several inputs are usage errors: check now
-        generator, encoder = self.build_generator()
-        mech = self.build_mechanism(None if generator is None else generator.identity_dim)
-        batch.prepare_output(planned)
-        anonymizer = self._assemble(mech, generator, encoder, None)
+        workers = min(self.worker_count(), len(planned.images))
+        # worker processes load their models while this one checks and loads its own
+        pool = (
+            batch.WorkerPool(workers, self._worker_setup, len(planned.images))
+            if workers > 1
+            else None
+        )
         try:
-            return batch.run(
-                anonymizer,
-                planned,
-                subject=subject,
-                subject_map=smap,
-                max_megapixels=self.max_megapixels,
-                strict=self.strict,
-                settings=self.run_settings(),
-                budget_given=self.budget is not None,
-                report=report,
-                progress=progress,
-                workers=self.worker_count(),
-                build=self.build_anonymizer,
-            )
+            generator, encoder = self.build_generator()
+            mech = self.build_mechanism(None if generator is None else generator.identity_dim)
+            batch.prepare_output(planned)
+            anonymizer = self._assemble(mech, generator, encoder, None)
+            try:
+                return batch.run(
+                    anonymizer,
+                    planned,
+                    subject=subject,
+                    subject_map=smap,
+                    max_megapixels=self.max_megapixels,
+                    strict=self.strict,
+                    settings=self.run_settings(),
+                    budget_given=self.budget is not None,
+                    report=report,
+                    progress=progress,
+                    workers=1 if pool is None else pool,
+                )
+            finally:
+                anonymizer.ledger.close()
+                if anonymizer.templates is not None:
+                    anonymizer.templates.close()
         finally:
-            anonymizer.ledger.close()
-            if anonymizer.templates is not None:
-                anonymizer.templates.close()
+            if pool is not None:
+                pool.close()  # started workers stop, whatever happened

@@ -310,3 +310,16 @@ def test_cli_refuses_zero_workers_before_any_work(tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert "workers" in res.output
     assert not ledger.exists() and not (tmp_path / "out").exists()
+
+
+def test_workers_started_early_stop_when_the_run_is_refused(tmp_path: Path) -> None:
+    import multiprocessing
+
+    photos = _folder(tmp_path)
+    blocked = tmp_path / "out"
+    blocked.write_text("a file where the output folder should be")
+    ledger = tmp_path / "ledger.db"
+    with pytest.raises(UsageError, match="output folder"):
+        _config(ledger, workers=2).run([photos], blocked)
+    assert not multiprocessing.active_children()
+    assert not ledger.exists()
