@@ -1,4 +1,8 @@
-"""The SQLite privacy ledger: budgets that bind, units, pseudonyms, races, crashes, the chain."""
+"""The privacy ledger: budgets that bind, units, pseudonyms, races, crashes, the chain.
+
+One suite for both backends: every test that takes ``ledger_at`` runs against an SQLite file and
+against a real PostgreSQL server (tests/ledger_backends.py). Tests of what only one backend has
+(SQLite files and their WAL; PostgreSQL schemas) say so in their names."""
 
 from __future__ import annotations
 
@@ -41,6 +45,21 @@ from mechanisms.budgets import ZCDP, ApproxDP, PureDP
 from mechanisms.gaussian import Gaussian
 from mechanisms.laplace import Laplace
 
+pytest_plugins = ("tests.ledger_backends",)  # ledger_at, backend, postgres_server
+
+
+def new_schema(server: str) -> str:
+    from tests.ledger_backends import new_schema
+
+    return new_schema(server)
+
+
+def run_sql(url: str, *statements: str) -> None:
+    from tests.ledger_backends import run_sql
+
+    run_sql(url, *statements)
+
+
 ALL_KINDS = ("release", "refusal", "budget")
 
 
@@ -53,8 +72,16 @@ def _charge_laplace(ledger: Ledger, subject: str, eps: float = 1.0) -> None:
     ledger.charge(subject, mechanism="laplace", budget=mech.guarantee.budget, event=mech.event())
 
 
-def _release(ledger: Ledger, subject: str, key: str | None, *, seeded: bool = False,
-             is_dp: bool = True, value: float | None = None, eps: float = 1.0) -> Release:
+def _release(
+    ledger: Ledger,
+    subject: str,
+    key: str | None,
+    *,
+    seeded: bool = False,
+    is_dp: bool = True,
+    value: float | None = None,
+    eps: float = 1.0,
+) -> Release:
     mech = _lap(eps)
 
     def draw() -> np.ndarray:
@@ -62,8 +89,16 @@ def _release(ledger: Ledger, subject: str, key: str | None, *, seeded: bool = Fa
             return np.full(4, value)
         return np.frombuffer(os.urandom(32), dtype="<u8").astype(np.float64)
 
-    return ledger.release(subject, key=key, mechanism="laplace", budget=mech.guarantee.budget,
-                          event=mech.event(), seeded=seeded, is_dp=is_dp, draw=draw)
+    return ledger.release(
+        subject,
+        key=key,
+        mechanism="laplace",
+        budget=mech.guarantee.budget,
+        event=mech.event(),
+        seeded=seeded,
+        is_dp=is_dp,
+        draw=draw,
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -76,9 +111,9 @@ def _siblings(path: Path) -> list[str]:
 
 # ====================================================================== budgets
 def test_charges_until_the_budget_is_spent_then_refuses_and_records_the_refusal(
-    tmp_path: Path,
+    ledger_at: Any,
 ) -> None:
-    with Ledger(tmp_path / "l.db") as led:
+    with Ledger(ledger_at("l.db")) as led:
         led.set_budget("alice", PureDP(3.0))
         for _ in range(3):
             _charge_laplace(led, "alice")
@@ -92,7 +127,7 @@ def test_charges_until_the_budget_is_spent_then_refuses_and_records_the_refusal(
         assert refusals[0]["kind"] == "refusal" and refusals[0]["mechanism"] == "laplace"
         assert led.spent("alice").epsilon == pytest.approx(3.0)  # refusals cost nothing
         assert led.remaining("alice") == pytest.approx(0.0)
-    with Ledger(tmp_path / "l.db") as led:  # the refusal was committed
+    with Ledger(ledger_at("l.db")) as led:  # the refusal was committed
         assert len(led.events(kinds=("refusal",))) == 1
 
 
@@ -101,8 +136,8 @@ def test_budget_exceeded_is_a_ledger_error() -> None:
     assert issubclass(BudgetChangeRefused, LedgerError)
 
 
-def test_partial_budget_is_respected(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db") as led:
+def test_partial_budget_is_respected(ledger_at: Any) -> None:
+    with Ledger(ledger_at("l.db")) as led:
         led.set_budget("bob", PureDP(1.5))
         _charge_laplace(led, "bob")
         with pytest.raises(BudgetExceeded):
@@ -111,21 +146,21 @@ def test_partial_budget_is_respected(tmp_path: Path) -> None:
         assert led.remaining("bob") == pytest.approx(0.0, abs=1e-12)
 
 
-def test_unknown_subject_needs_a_budget(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db") as led, pytest.raises(KeyError, match="set_budget"):
+def test_unknown_subject_needs_a_budget(ledger_at: Any) -> None:
+    with Ledger(ledger_at("l.db")) as led, pytest.raises(KeyError, match="set_budget"):
         _charge_laplace(led, "carol")
-    with Ledger(tmp_path / "l.db", default_budget=PureDP(2.0)) as led:
+    with Ledger(ledger_at("l.db"), default_budget=PureDP(2.0)) as led:
         assert led.remaining("carol") == 2.0
         _charge_laplace(led, "carol")
         assert led.budget("carol") == ApproxDP(2.0, 0.0)
         created = led.events("carol", kinds=("budget",))
         assert [e["mechanism"] for e in created] == ["budget:default"]
-    with Ledger(tmp_path / "l.db") as led:
+    with Ledger(ledger_at("l.db")) as led:
         assert led.remaining("nobody") == math.inf
 
 
-def test_set_budget_never_changes_a_budget_silently(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db") as led:
+def test_set_budget_never_changes_a_budget_silently(ledger_at: Any) -> None:
+    with Ledger(ledger_at("l.db")) as led:
         led.set_budget("dan", PureDP(5.0))
         led.set_budget("dan", PureDP(5.0))  # the same budget again: a no-op
         led.set_budget("dan", ApproxDP(5.0, 0.0))  # the same budget written otherwise
@@ -137,8 +172,8 @@ def test_set_budget_never_changes_a_budget_silently(tmp_path: Path) -> None:
         assert len(led.events("dan", kinds=("budget",))) == 1
 
 
-def test_change_budget_is_explicit_recorded_and_never_below_spending(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db") as led:
+def test_change_budget_is_explicit_recorded_and_never_below_spending(ledger_at: Any) -> None:
+    with Ledger(ledger_at("l.db")) as led:
         led.set_budget("dan", PureDP(5.0))
         _charge_laplace(led, "dan", eps=2.0)
         with pytest.raises(BudgetChangeRefused, match="already spent") as info:
@@ -161,16 +196,20 @@ def test_change_budget_is_explicit_recorded_and_never_below_spending(tmp_path: P
 
 @pytest.mark.parametrize(
     "budget",
-    [PureDP(math.inf, allow_inf=True), ApproxDP(math.inf, 1e-6, allow_inf=True),
-     ZCDP(math.inf, allow_inf=True)],
+    [
+        PureDP(math.inf, allow_inf=True),
+        ApproxDP(math.inf, 1e-6, allow_inf=True),
+        ZCDP(math.inf, allow_inf=True),
+    ],
     ids=["pure", "approx", "zcdp"],
 )
 def test_infinite_budgets_are_refused_everywhere_and_the_ledger_stays_usable(
-    tmp_path: Path, budget: Any,
+    ledger_at: Any,
+    budget: Any,
 ) -> None:
     with pytest.raises(ValueError, match="finite"):
-        Ledger(tmp_path / "l.db", default_budget=budget)
-    with Ledger(tmp_path / "l.db") as led:
+        Ledger(ledger_at("l.db"), default_budget=budget)
+    with Ledger(ledger_at("l.db")) as led:
         led.set_budget("s", PureDP(2.0))
         with pytest.raises(ValueError, match="finite"):
             led.set_budget("t", budget)
@@ -179,8 +218,14 @@ def test_infinite_budgets_are_refused_everywhere_and_the_ledger_stays_usable(
         with pytest.raises(ValueError, match="finite"):
             led.charge("s", mechanism="m", budget=budget, event=_lap().event())
         with pytest.raises(ValueError, match="finite"):
-            _ = led.release("s", key="k", mechanism="m", budget=budget, event=_lap().event(),
-                            draw=lambda: np.zeros(2))
+            _ = led.release(
+                "s",
+                key="k",
+                mechanism="m",
+                budget=budget,
+                event=_lap().event(),
+                draw=lambda: np.zeros(2),
+            )
         # nothing of that was recorded, and everything still works
         _charge_laplace(led, "s")
         assert led.subjects() == ["s"]
@@ -190,8 +235,8 @@ def test_infinite_budgets_are_refused_everywhere_and_the_ledger_stays_usable(
         assert led.verify().ok
 
 
-def test_ledger_persists_across_opens(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
+def test_ledger_persists_across_opens(ledger_at: Any) -> None:
+    path = ledger_at("l.db")
     with Ledger(path) as led:
         led.set_budget("eve", PureDP(4.0))
         _charge_laplace(led, "eve")
@@ -200,13 +245,13 @@ def test_ledger_persists_across_opens(tmp_path: Path) -> None:
         assert event_from_json(led.events("eve")[0]["dp_event"]) == _lap().event()
 
 
-def test_pld_composition_charges_repeated_gaussians_less_than_basic(tmp_path: Path) -> None:
+def test_pld_composition_charges_repeated_gaussians_less_than_basic(ledger_at: Any) -> None:
     """Averaging n releases of one person is an attack; the ledger charges every release, and
     the tight (PLD) total grows like sqrt(n) rather than n."""
     mech = Gaussian(epsilon=1.0, delta=1e-6, sensitivity=2.0)
     totals = {}
     for comp in ("basic", "pld"):
-        with Ledger(tmp_path / f"{comp}.db", composition=comp) as led:  # type: ignore[arg-type]
+        with Ledger(ledger_at(f"{comp}.db"), composition=comp) as led:  # type: ignore[arg-type]
             led.set_budget("frank", ApproxDP(100.0, 1e-4))
             for _ in range(10):
                 led.charge(
@@ -219,10 +264,10 @@ def test_pld_composition_charges_repeated_gaussians_less_than_basic(tmp_path: Pa
     assert totals["pld"] > 1.0
 
 
-def test_a_refusal_for_delta_says_delta_ran_out(tmp_path: Path) -> None:
+def test_a_refusal_for_delta_says_delta_ran_out(ledger_at: Any) -> None:
     from mechanisms.accounting import pure_event
 
-    with Ledger(tmp_path / "l.db") as led:
+    with Ledger(ledger_at("l.db")) as led:
         led.set_budget("s", ApproxDP(20.0, 2e-6))
         for _ in range(2):
             led.charge("s", mechanism="m", budget=ApproxDP(1.0, 1e-6), event=pure_event(1.0))
@@ -231,23 +276,46 @@ def test_a_refusal_for_delta_says_delta_ran_out(tmp_path: Path) -> None:
         assert "epsilon would still fit" in str(err.value) and len(led.events("s")) == 2
 
 
-def test_the_old_charge_call_of_steering_still_works_and_flags_are_stored(tmp_path: Path) -> None:
+def test_the_old_charge_call_of_steering_still_works_and_flags_are_stored(ledger_at: Any) -> None:
     from mechanisms.accounting import pure_event
 
-    with Ledger(tmp_path / "l.db", default_budget=PureDP(5.0)) as led:
-        c = led.charge("reference:celeb", mechanism="KAnonymousVoting", budget=PureDP(0.1),
-                       event=pure_event(0.1), note="k=100")
-        led.charge("x", mechanism="m", budget=PureDP(0.1), event=pure_event(0.1), seeded=True,
-                   is_dp=False)
+    with Ledger(ledger_at("l.db"), default_budget=PureDP(5.0)) as led:
+        c = led.charge(
+            "reference:celeb",
+            mechanism="KAnonymousVoting",
+            budget=PureDP(0.1),
+            event=pure_event(0.1),
+            note="k=100",
+        )
+        led.charge(
+            "x", mechanism="m", budget=PureDP(0.1), event=pure_event(0.1), seeded=True, is_dp=False
+        )
         ev = led.events()
-        assert (c.id, c.subject, c.budget, c.run_id) == (2, "reference:celeb",
-                                                         ApproxDP(0.1, 0.0), led.run_id)
+        assert (c.id, c.subject, c.budget, c.run_id) == (
+            2,
+            "reference:celeb",
+            ApproxDP(0.1, 0.0),
+            led.run_id,
+        )
         assert [(e["note"], e["seeded"], e["is_dp"]) for e in ev] == [
-            ("k=100", False, True), ("", True, False),
+            ("k=100", False, True),
+            ("", True, False),
         ]
-        assert set(ev[0]) == {"id", "kind", "subject", "mechanism", "epsilon", "delta",
-                              "dp_event", "run_id", "note", "seeded", "is_dp", "created_at",
-                              "hash"}
+        assert set(ev[0]) == {
+            "id",
+            "kind",
+            "subject",
+            "mechanism",
+            "epsilon",
+            "delta",
+            "dp_event",
+            "run_id",
+            "note",
+            "seeded",
+            "is_dp",
+            "created_at",
+            "hash",
+        }
 
 
 def test_event_json_round_trip() -> None:
@@ -260,8 +328,8 @@ def test_event_json_round_trip() -> None:
     assert event_from_json(event_to_json(ev)) == ev
 
 
-def test_a_closed_ledger_says_so(tmp_path: Path) -> None:
-    led = Ledger(tmp_path / "l.db", default_budget=PureDP(1.0))
+def test_a_closed_ledger_says_so(ledger_at: Any) -> None:
+    led = Ledger(ledger_at("l.db"), default_budget=PureDP(1.0))
     led.close()
     led.close()  # twice is fine
     with pytest.raises(LedgerError, match="closed"):
@@ -269,12 +337,12 @@ def test_a_closed_ledger_says_so(tmp_path: Path) -> None:
 
 
 # ====================================================================== subject names
-def test_subject_names_are_normalised_everywhere(tmp_path: Path) -> None:
+def test_subject_names_are_normalised_everywhere(ledger_at: Any) -> None:
     nfc = unicodedata.normalize("NFC", "José")
     nfd = unicodedata.normalize("NFD", "José")
     assert nfc != nfd
     assert normalize_subject(nfd) == nfc == normalize_subject(f"  {nfc}\t")
-    with Ledger(tmp_path / "l.db") as led:
+    with Ledger(ledger_at("l.db")) as led:
         led.set_budget(nfc, PureDP(3.0))
         led.set_budget(f" {nfd} ", PureDP(3.0))  # the same subject, the same budget: a no-op
         _charge_laplace(led, nfd)
@@ -292,13 +360,25 @@ def test_subject_names_are_normalised_everywhere(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "   ", "\t\n", "al\x00ice", "al\nice", "bob\x1b[31m", "a\u202eb", "a\u200bb",
-     "x" * 201, None, b"alice", 17],
+    [
+        "",
+        "   ",
+        "\t\n",
+        "al\x00ice",
+        "al\nice",
+        "bob\x1b[31m",
+        "a\u202eb",
+        "a\u200bb",
+        "x" * 201,
+        None,
+        b"alice",
+        17,
+    ],
 )
-def test_bad_subject_names_are_usage_errors(tmp_path: Path, bad: Any) -> None:
+def test_bad_subject_names_are_usage_errors(ledger_at: Any, bad: Any) -> None:
     with pytest.raises(UsageError):
         normalize_subject(bad)
-    with Ledger(tmp_path / "l.db", default_budget=PureDP(5.0)) as led:
+    with Ledger(ledger_at("l.db"), default_budget=PureDP(5.0)) as led:
         with pytest.raises(UsageError):
             _charge_laplace(led, bad)
         with pytest.raises(UsageError):
@@ -349,7 +429,8 @@ def _make_v1_ledger(path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["sqlite", "sqlite-wal", "text", "v1-ledger"])
 def test_a_file_that_is_not_a_ledger_is_refused_and_left_byte_identical(
-    tmp_path: Path, kind: str,
+    tmp_path: Path,
+    kind: str,
 ) -> None:
     path = tmp_path / "photos.db"
     if kind == "text":
@@ -359,8 +440,12 @@ def test_a_file_that_is_not_a_ledger_is_refused_and_left_byte_identical(
     else:
         _make_plain_sqlite(path, wal=kind == "sqlite-wal")
     before, siblings = _sha256(path), _siblings(path)
-    expected = {"sqlite": "not a dpface ledger", "sqlite-wal": "not a dpface ledger",
-                "text": "not an SQLite database", "v1-ledger": "schema 1"}[kind]
+    expected = {
+        "sqlite": "not a dpface ledger",
+        "sqlite-wal": "not a dpface ledger",
+        "text": "not an SQLite database",
+        "v1-ledger": "schema 1",
+    }[kind]
     with pytest.raises(NotALedgerError, match=expected) as info:
         Ledger(path, default_budget=PureDP(1.0))
     assert "untouched" in str(info.value)
@@ -431,8 +516,8 @@ def test_default_ledger_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 # ====================================================================== units of unnamed faces
-def test_face_units_of_unnamed_faces(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
+def test_face_units_of_unnamed_faces(ledger_at: Any) -> None:
+    path = ledger_at("l.db")
     with Ledger(path) as led:
         photo = led.unit_digest(b"decoded pixels of photo 1")
         other = led.unit_digest(b"decoded pixels of photo 2")
@@ -460,8 +545,8 @@ def test_face_units_of_unnamed_faces(tmp_path: Path) -> None:
         assert led.face_unit(crowd, (45, 0, 145, 100)) == right  # IoU 0.38 vs 0.74
 
 
-def test_rerunning_on_the_same_photo_charges_the_same_unit(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
+def test_rerunning_on_the_same_photo_charges_the_same_unit(ledger_at: Any) -> None:
+    path = ledger_at("l.db")
     refused = 0
     for _ in range(4):
         with Ledger(path, default_budget=PureDP(2.0)) as led:
@@ -475,8 +560,8 @@ def test_rerunning_on_the_same_photo_charges_the_same_unit(tmp_path: Path) -> No
         assert led.subjects() == [unit] and led.spent(unit).epsilon == 2.0
 
 
-def test_face_unit_checks_its_arguments(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db") as led:
+def test_face_unit_checks_its_arguments(ledger_at: Any) -> None:
+    with Ledger(ledger_at("l.db")) as led:
         with pytest.raises(UsageError):
             led.face_unit("", (0, 0, 1, 1))
         with pytest.raises(UsageError):
@@ -488,8 +573,8 @@ def test_face_unit_checks_its_arguments(tmp_path: Path) -> None:
 
 
 # ====================================================================== pseudonyms
-def test_release_stores_and_reuses_a_pseudonym_under_the_exact_key(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db") as led:
+def test_release_stores_and_reuses_a_pseudonym_under_the_exact_key(ledger_at: Any) -> None:
+    with Ledger(ledger_at("l.db")) as led:
         led.set_budget("p", PureDP(10.0))
         first = _release(led, "p", "IdentityLaplace|eps=1|enc", value=1.0)
         assert not first.reused and first.charge is not None
@@ -509,8 +594,8 @@ def test_release_stores_and_reuses_a_pseudonym_under_the_exact_key(tmp_path: Pat
         assert led.pseudonym("p", "unknown") is None
 
 
-def test_seeded_or_non_dp_releases_are_never_stored_nor_reused(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db") as led:
+def test_seeded_or_non_dp_releases_are_never_stored_nor_reused(ledger_at: Any) -> None:
+    with Ledger(ledger_at("l.db")) as led:
         led.set_budget("p", PureDP(10.0))
         for flags in ({"seeded": True}, {"is_dp": False}):
             r = _release(led, "p", "key", value=1.0, **flags)  # type: ignore[arg-type]
@@ -526,48 +611,66 @@ def test_seeded_or_non_dp_releases_are_never_stored_nor_reused(tmp_path: Path) -
         assert stored is not None
         np.testing.assert_array_equal(stored, np.full(4, 2.0))
         assert [(e["seeded"], e["is_dp"]) for e in led.events("p")] == [
-            (True, True), (False, False), (False, True), (True, True), (False, False),
+            (True, True),
+            (False, False),
+            (False, True),
+            (True, True),
+            (False, False),
         ]
 
 
-def test_a_failing_draw_publishes_and_charges_nothing(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db", default_budget=PureDP(5.0)) as led:
+def test_a_failing_draw_publishes_and_charges_nothing(ledger_at: Any) -> None:
+    with Ledger(ledger_at("l.db"), default_budget=PureDP(5.0)) as led:
+
         def boom() -> np.ndarray:
             raise RuntimeError("generator crashed")
 
         with pytest.raises(RuntimeError, match="generator crashed"):
-            led.release("p", key="k", mechanism="m", budget=PureDP(1.0), event=_lap().event(),
-                        draw=boom)
+            led.release(
+                "p", key="k", mechanism="m", budget=PureDP(1.0), event=_lap().event(), draw=boom
+            )
         assert led.events(kinds=ALL_KINDS) == [] and led.subjects() == []
         assert led.pseudonym("p", "k") is None
         assert led.verify().ok
         assert not _release(led, "p", "k").reused
 
 
-def test_a_refused_release_draws_nothing_and_is_recorded(tmp_path: Path) -> None:
+def test_a_refused_release_draws_nothing_and_is_recorded(ledger_at: Any) -> None:
     drawn = []
-    with Ledger(tmp_path / "l.db") as led:
+    with Ledger(ledger_at("l.db")) as led:
         led.set_budget("p", PureDP(0.5))
         with pytest.raises(BudgetExceeded):
-            led.release("p", key="k", mechanism="m", budget=PureDP(1.0), event=_lap().event(),
-                        draw=lambda: drawn.append(1) or np.zeros(2))  # type: ignore[func-returns-value]
+            led.release(
+                "p",
+                key="k",
+                mechanism="m",
+                budget=PureDP(1.0),
+                event=_lap().event(),
+                draw=lambda: drawn.append(1) or np.zeros(2),
+            )  # type: ignore[func-returns-value]
         assert drawn == [] and led.pseudonym("p", "k") is None
         assert [e["kind"] for e in led.events(kinds=ALL_KINDS)] == ["budget", "refusal"]
 
 
-def test_pseudonyms_keep_dtype_and_shape(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.db", default_budget=PureDP(5.0)) as led:
+def test_pseudonyms_keep_dtype_and_shape(ledger_at: Any) -> None:
+    with Ledger(ledger_at("l.db"), default_budget=PureDP(5.0)) as led:
         value = np.arange(6, dtype=np.float32).reshape(2, 3)
-        led.release("p", key="k", mechanism="m", budget=PureDP(1.0), event=_lap().event(),
-                    draw=lambda: value)
+        led.release(
+            "p",
+            key="k",
+            mechanism="m",
+            budget=PureDP(1.0),
+            event=_lap().event(),
+            draw=lambda: value,
+        )
         back = led.pseudonym("p", "k")
         assert back is not None and back.dtype == np.float32 and back.shape == (2, 3)
         np.testing.assert_array_equal(back, value)
 
 
 # ====================================================================== runs
-def test_subjects_and_events_of_one_run(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
+def test_subjects_and_events_of_one_run(ledger_at: Any) -> None:
+    path = ledger_at("l.db")
     with Ledger(path, default_budget=PureDP(1.0)) as first:
         _charge_laplace(first, "a")
         _charge_laplace(first, "b")
@@ -586,14 +689,16 @@ def test_subjects_and_events_of_one_run(tmp_path: Path) -> None:
         assert [e["subject"] for e in second.events(run_id=run2)] == ["c"]
         assert [e["subject"] for e in second.events(run_id=run2, kinds=("refusal",))] == ["a"]
         assert [e["kind"] for e in second.events("a", kinds=ALL_KINDS)] == [
-            "budget", "release", "refusal",
+            "budget",
+            "release",
+            "refusal",
         ]
         with pytest.raises(UsageError):
             second.events(kinds=("bogus",))
 
 
-def test_runs_are_recorded(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
+def test_runs_are_recorded(ledger_at: Any) -> None:
+    path = ledger_at("l.db")
     with Ledger(path) as led:
         led.record_run({"version": "0.1.0", "mechanism": "identity-laplace", "epsilon": 6.0})
         led.finish_run({"photos": 3, "faces": 5, "refused": 1})
@@ -623,8 +728,8 @@ def _racer(path: str, tries: int, out: Any) -> None:
     out.put(ok)
 
 
-def test_four_processes_racing_never_overspend(tmp_path: Path) -> None:
-    path = tmp_path / "race.db"
+def test_four_processes_racing_never_overspend(ledger_at: Any) -> None:
+    path = ledger_at("race.db")
     with Ledger(path) as led:
         led.set_budget("shared", PureDP(10.0))
     ctx = mp.get_context("spawn")
@@ -653,19 +758,19 @@ def _first_release(path: str, barrier: Any, out: Any) -> None:
             time.sleep(0.05)  # widen the window between "no pseudonym yet" and "stored"
             return np.frombuffer(os.urandom(64), dtype="<u8").astype(np.float64)
 
-        r = led.release("person", key="k", mechanism="m", budget=PureDP(1.0),
-                        event=_lap().event(), draw=draw)
+        r = led.release(
+            "person", key="k", mechanism="m", budget=PureDP(1.0), event=_lap().event(), draw=draw
+        )
         out.put((r.vector.tobytes(), r.reused))
 
 
-def test_processes_racing_on_a_first_release_publish_one_identity(tmp_path: Path) -> None:
-    path = tmp_path / "race.db"
+def test_processes_racing_on_a_first_release_publish_one_identity(ledger_at: Any) -> None:
+    path = ledger_at("race.db")
     Ledger(path).close()
     ctx = mp.get_context("spawn")
     n = 4
     barrier, out = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_first_release, args=(str(path), barrier, out))
-             for _ in range(n)]
+    procs = [ctx.Process(target=_first_release, args=(str(path), barrier, out)) for _ in range(n)]
     for p in procs:
         p.start()
     for p in procs:
@@ -681,9 +786,10 @@ def test_processes_racing_on_a_first_release_publish_one_identity(tmp_path: Path
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-ledger", "ledger-per-thread"])
 def test_threads_racing_never_overspend_nor_publish_two_pseudonyms(
-    tmp_path: Path, shared: bool,
+    ledger_at: Any,
+    shared: bool,
 ) -> None:
-    path = tmp_path / "threads.db"
+    path = ledger_at("threads.db")
     with Ledger(path) as led:
         led.set_budget("shared", PureDP(10.0))
         led.set_budget("person", PureDP(10.0))
@@ -757,8 +863,8 @@ while True:
 """
 
 
-def test_a_killed_process_loses_no_committed_event(tmp_path: Path) -> None:
-    path = tmp_path / "crash.db"
+def test_a_killed_process_loses_no_committed_event(ledger_at: Any, backend: str) -> None:
+    path = ledger_at("crash.db")
     with Ledger(path) as led:
         led.set_budget("victim", PureDP(1000.0))
     child = subprocess.Popen(
@@ -778,9 +884,10 @@ def test_a_killed_process_loses_no_committed_event(tmp_path: Path) -> None:
     child.wait()
     child.stdout.close()
     assert len(reported) == 20
-    con = sqlite3.connect(path)
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    con.close()
+    if backend == "sqlite":
+        con = sqlite3.connect(path)
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()
     with Ledger(path) as led:
         ids = {e["id"] for e in led.events("victim")}
         assert led.verify().ok
@@ -844,8 +951,8 @@ def test_close_checkpoints_so_the_file_alone_holds_everything(tmp_path: Path) ->
 
 
 # ====================================================================== the hash chain
-def _tampered(tmp_path: Path, *sql: str) -> Ledger:
-    path = tmp_path / "l.db"
+def _tampered(ledger_at: Any, *sql: str) -> Ledger:
+    path = ledger_at("l.db")
     with Ledger(path) as led:
         led.set_budget("a", PureDP(10.0))
         led.set_budget("b", PureDP(10.0))
@@ -853,16 +960,19 @@ def _tampered(tmp_path: Path, *sql: str) -> Ledger:
             _charge_laplace(led, "a")
             _charge_laplace(led, "b")
         assert led.verify().ok
-    con = sqlite3.connect(path)
-    for stmt in sql:
-        con.execute(stmt)
-    con.commit()
-    con.close()
+    if isinstance(path, str):  # PostgreSQL
+        run_sql(path, *sql)
+    else:
+        con = sqlite3.connect(path)
+        for stmt in sql:
+            con.execute(stmt)
+        con.commit()
+        con.close()
     return Ledger(path)
 
 
-def test_an_untouched_chain_verifies(tmp_path: Path) -> None:
-    with _tampered(tmp_path) as led:
+def test_an_untouched_chain_verifies(ledger_at: Any) -> None:
+    with _tampered(ledger_at) as led:
         check = led.verify()
         assert check.ok and check.problems == [] and check.entries == 8
         assert check.head == led.events(kinds=ALL_KINDS)[-1]["hash"]
@@ -878,19 +988,38 @@ def test_an_untouched_chain_verifies(tmp_path: Path) -> None:
         (["DELETE FROM entries WHERE id=5"], "entry 6 is at position 5"),
         (["DELETE FROM entries WHERE id=8"], "the chain head says 8 entries"),
         (["DELETE FROM entries WHERE id IN (7, 8)"], "the chain head says 8 entries"),
-        (["UPDATE subjects SET budget_epsilon=1000 WHERE subject='a'"],
-         "subject 'a': its budget row"),
-        (["UPDATE meta SET value='7:' || substr(value, 3) WHERE key='head'"],
-         "the chain head says 7 entries"),
-        (["UPDATE entries SET id=100 WHERE id=4", "UPDATE entries SET id=4 WHERE id=5",
-          "UPDATE entries SET id=5 WHERE id=100"], "entry 4: its prev_hash does not link"),
+        (
+            ["UPDATE subjects SET budget_epsilon=1000 WHERE subject='a'"],
+            "subject 'a': its budget row",
+        ),
+        (
+            ["UPDATE meta SET value='7:' || substr(value, 3) WHERE key='head'"],
+            "the chain head says 7 entries",
+        ),
+        (
+            [
+                "UPDATE entries SET id=100 WHERE id=4",
+                "UPDATE entries SET id=4 WHERE id=5",
+                "UPDATE entries SET id=5 WHERE id=100",
+            ],
+            "entry 4: its prev_hash does not link",
+        ),
         (["UPDATE entries SET seeded=2 WHERE id=3"], "entry 3: seeded is 2"),
     ],
-    ids=["edit-epsilon", "edit-note", "delete-middle", "delete-last", "delete-last-two",
-         "edit-budget-row", "edit-head", "reorder", "edit-flag"],
+    ids=[
+        "edit-epsilon",
+        "edit-note",
+        "delete-middle",
+        "delete-last",
+        "delete-last-two",
+        "edit-budget-row",
+        "edit-head",
+        "reorder",
+        "edit-flag",
+    ],
 )
-def test_verify_catches_tampering(tmp_path: Path, sql: list[str], expected: str) -> None:
-    with _tampered(tmp_path, *sql) as led:
+def test_verify_catches_tampering(ledger_at: Any, sql: list[str], expected: str) -> None:
+    with _tampered(ledger_at, *sql) as led:
         check = led.verify()
         assert not check.ok
         assert any(re.search(expected, p) for p in check.problems), check.problems
@@ -905,9 +1034,128 @@ def test_verify_catches_tampering(tmp_path: Path, sql: list[str], expected: str)
     ],
     ids=["delete-last", "edit-head", "edit-budget-row"],
 )
-def test_a_tampered_ledger_records_nothing_more(tmp_path: Path, sql: str) -> None:
-    with _tampered(tmp_path, sql) as led:
+def test_a_tampered_ledger_records_nothing_more(ledger_at: Any, backend: str, sql: str) -> None:
+    if backend == "postgres":  # the same edits in PostgreSQL's dialect
+        sql = sql.replace("printf('%064d', 0)", "repeat('0', 64)")
+    with _tampered(ledger_at, sql) as led:
         before = len(led.events(kinds=ALL_KINDS))
         with pytest.raises(LedgerError, match="outside dpface"):
             _charge_laplace(led, "a")
         assert len(led.events(kinds=ALL_KINDS)) == before
+
+
+# ====================================================================== PostgreSQL schemas
+def _pg_tables(url: str) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(url) as con:
+        rows = con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema=current_schema()"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+@pytest.mark.parametrize("kind", ["other-tables", "foreign-meta", "another-version"])
+def test_postgres_a_schema_that_is_not_a_ledger_is_refused_and_left_untouched(
+    postgres_server: str,
+    kind: str,
+) -> None:
+    url = new_schema(postgres_server)
+    setup = {
+        "other-tables": ["CREATE TABLE patients (id INT)", "INSERT INTO patients VALUES (1)"],
+        "foreign-meta": ["CREATE TABLE meta (a INT, b INT)"],
+        "another-version": [],
+    }[kind]
+    if kind == "another-version":
+        Ledger(url).close()
+        setup = ["UPDATE meta SET value='1' WHERE key='user_version'"]
+    run_sql(url, *setup)
+    before = _pg_tables(url)
+    expected = {
+        "other-tables": "no dpface ledger",
+        "foreign-meta": "not a dpface ledger",
+        "another-version": "of schema 1",
+    }[kind]
+    with pytest.raises(NotALedgerError, match=expected):
+        Ledger(url)
+    assert _pg_tables(url) == before  # nothing added
+
+
+def test_postgres_create_false_and_a_missing_schema(postgres_server: str) -> None:
+    url = new_schema(postgres_server)
+    with pytest.raises(FileNotFoundError, match="create=False"):
+        Ledger(url, create=False)
+    assert _pg_tables(url) == set()
+    nowhere = f"{postgres_server}?options=-csearch_path%3Dno_such_schema"
+    with pytest.raises(LedgerError, match="no existing schema"):
+        Ledger(nowhere)
+
+
+def test_postgres_a_new_ledger_and_its_location(postgres_server: str) -> None:
+    url = new_schema(postgres_server)
+    with Ledger.connect(url, default_budget=PureDP(2.0)) as led:
+        assert led.backend == "postgresql"
+        assert isinstance(led.path, str) and led.path.startswith("postgresql://")
+        assert "csearch_path" in led.path  # the schema is part of the location
+        digest = led.unit_digest(b"photo")
+        _charge_laplace(led, "a")
+        shown = led.path
+    assert _pg_tables(url) == {"meta", "subjects", "entries", "pseudonyms", "face_units", "runs"}
+    # the location shown reopens it, also after a round trip through Path (which drops a slash)
+    for again in (shown, Path(shown)):
+        with Ledger(again, create=False) as led:
+            assert led.unit_digest(b"photo") == digest and led.spent("a").epsilon == 1.0
+    with Ledger(url) as led:
+        with pytest.raises(UsageError, match="NUL"):
+            led.charge("a", mechanism="m", budget=PureDP(0.1), event=_lap().event(), note="a\0b")
+        assert len(led.events(kinds=ALL_KINDS)) == 2
+
+
+def test_postgres_backup_is_a_verifiable_sqlite_ledger(
+    postgres_server: str, tmp_path: Path
+) -> None:
+    url = new_schema(postgres_server)
+    with Ledger(url, default_budget=PureDP(50.0)) as led:
+        led.record_run({"purpose": "test"})
+        for i in range(6):
+            _charge_laplace(led, f"s{i % 3}")
+        _release(led, "s0", "k", value=7.0)
+        unit = led.face_unit(led.unit_digest(b"photo"), (1, 2, 30, 40))
+        led.finish_run({"faces": 7})
+        head = led.verify().head
+        digest = led.unit_digest(b"photo")
+        dest = led.backup(tmp_path / "copy.db")
+        with pytest.raises(FileExistsError):
+            led.backup(dest)
+        runs = led.runs()
+    with Ledger(dest, create=False) as copy:
+        assert copy.backend == "sqlite"
+        check = copy.verify()
+        assert check.ok and check.head == head and check.entries == 10
+        assert copy.unit_digest(b"photo") == digest
+        assert copy.face_unit(digest, (1, 2, 30, 40)) == unit
+        stored = copy.pseudonym("s0", "k")
+        assert stored is not None and stored[0] == 7.0
+        assert copy.runs() == runs and copy.spent("s1").epsilon == 2.0
+
+
+def _open_same(url: str, barrier: Any, out: Any) -> None:
+    barrier.wait(timeout=60)
+    with Ledger(url) as led:
+        out.put(led.unit_digest(b"photo"))
+
+
+def test_postgres_processes_creating_one_new_ledger_at_once_share_it(postgres_server: str) -> None:
+    url = new_schema(postgres_server)
+    ctx = mp.get_context("spawn")
+    n = 4
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open_same, args=(url, barrier, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    assert len({out.get(timeout=5) for _ in procs}) == 1  # one ledger, one secret
+    with Ledger(url) as led:
+        assert led.verify().ok
