@@ -404,8 +404,9 @@ def anonymize(
         typer.Option(
             "--workers",
             help="Processes that anonymise photos in parallel, this one included, one compute "
-            "thread each, all charging the same ledger (default: the usable cores, at most one "
-            "per photo; 1 with --seed). 1 runs everything in this process.",
+            "thread each, all charging the same ledger (default: the usable cores, as many as "
+            "the memory holds at ~2 GB each, at most one per photo; 1 with --seed). 1 runs "
+            "everything in this process.",
         ),
     ] = None,
     swap_model: Annotated[

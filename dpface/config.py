@@ -139,8 +139,9 @@ class AnonymizeConfig:
     refused from their header, before decoding. ``strict``: withhold photos in which no face
     was found instead of writing them unchanged. ``purpose``: recorded with the run.
     ``workers``: processes that anonymise the photos in parallel, this one included, each
-    with one compute thread, all on the same ledger (None: the usable cores, at most one per
-    photo; 1 with ``seed`` or an in-memory ledger; 1: everything in this process).
+    with one compute thread, all on the same ledger (None: the usable cores, as many as the
+    available memory holds, at most one per photo; 1 with ``seed`` or an in-memory ledger; 1:
+    everything in this process).
     """
 
     mechanism: MechanismName = "identity-laplace"
@@ -239,9 +240,9 @@ class AnonymizeConfig:
             return self.workers
         if self.seed is not None or ":memory:" in (str(self.ledger), str(self.templates)):
             return 1
-        from .batch import usable_cores
+        from .batch import default_workers
 
-        return usable_cores()
+        return default_workers()
 
     def _worker_setup(self) -> Callable[[str], Anonymizer]:
         """In a worker process (:class:`dpface.batch.WorkerPool`): load the models now; the

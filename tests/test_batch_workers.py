@@ -287,7 +287,7 @@ def test_workers_and_seed_or_memory_ledger(tmp_path: Path) -> None:
         _config(Path(":memory:"), workers=2)
     assert _config(tmp_path / "l.db", seed=1).worker_count() == 1
     assert _config(Path(":memory:")).worker_count() == 1
-    assert _config(tmp_path / "l.db").worker_count() == batch.usable_cores()
+    assert _config(tmp_path / "l.db").worker_count() == batch.default_workers()
     assert _config(tmp_path / "l.db", workers=3).worker_count() == 3
 
 
@@ -323,3 +323,13 @@ def test_workers_started_early_stop_when_the_run_is_refused(tmp_path: Path) -> N
         _config(ledger, workers=2).run([photos], blocked)
     assert not multiprocessing.active_children()
     assert not ledger.exists()
+
+
+def test_the_default_is_the_cores_the_memory_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "usable_cores", lambda: 64)
+    monkeypatch.setattr(batch, "_available_memory", lambda: 9 * batch.WORKER_MEMORY)
+    assert batch.default_workers() == 9
+    monkeypatch.setattr(batch, "_available_memory", lambda: batch.WORKER_MEMORY // 2)
+    assert batch.default_workers() == 1
+    monkeypatch.setattr(batch, "_available_memory", lambda: 1 << 62)
+    assert batch.default_workers() == 64
