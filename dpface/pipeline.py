@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from .ledger import BudgetExceeded, Ledger, event_to_json
 from .linking import TemplateStore
 from .models.images import ImageError, array_to_rgb8, load_rgb
 from .steering import AttributeSteering
+
+if TYPE_CHECKING:
+    from .video import VideoResult
 
 __all__ = ["RECEIPT_SCHEMA", "AnonymizationResult", "Anonymizer", "FaceRecord"]
 
@@ -846,6 +849,56 @@ class Anonymizer:
                 "templates, trusted side) are charged to that subject instead"
             )
         return text
+
+    # ------------------------------------------------------------------ video (dpface.video)
+    def release_identity(
+        self, subject: str, embedding: np.ndarray
+    ) -> tuple[np.ndarray, int | None, str]:
+        """ONE privatised identity for ``subject`` from ``embedding`` (any vector; the
+        mechanism normalises it onto the unit sphere): charged, drawn and (with
+        ``pseudonym="reuse"``) stored in one ledger transaction. Returns (identity, ledger
+        event or None when a stored pseudonym was reused, "fresh draw" | "reused pseudonym").
+        Raises ``BudgetExceeded`` (the refusal is recorded) or ``KeyError`` (no budget)."""
+        if self.consumes != "embedding":
+            raise TypeError(f"{self.mechanism_name} does not release identities")
+        return self._privatise(_Unit(subject, subject, named=False), np.asarray(embedding))
+
+    def charge_release(self, subject: str, mechanism: Mechanism | None = None) -> int:
+        """Charge ``subject`` one release of ``mechanism`` (default: this anonymiser's) before
+        any noise is drawn; the ledger event id. Raises ``BudgetExceeded`` or ``KeyError``."""
+        return self.ledger.charge(subject, **self._release_args(mechanism)).id
+
+    def fallback_mechanism(self, region: tuple[int, int, int, int]) -> DPPixelization:
+        """The DP-Pix fallback this anonymiser uses for a face it cannot replace in
+        ``region`` (cells sized so the region is ``fallback_cells`` cells across)."""
+        return self._fallback_mechanism(region)
+
+    def spent_by(self, subject: str) -> tuple[dict[str, float], float]:
+        """({"epsilon", "delta"} spent, epsilon left) for ``subject`` in the ledger."""
+        return self._spent(subject)
+
+    def mechanism_block(self) -> dict[str, Any]:
+        """The receipt's ``mechanism`` block (name, budget per release, guarantee, unit...)."""
+        return self._mechanism_block()
+
+    def subject_shown(self, name: str) -> str:
+        """How a receipt shows the named subject ``name`` (the name, or a keyed digest with
+        ``receipt_subjects="digest"``)."""
+        if self.receipt_subjects == "name":
+            return name
+        return "subject:" + self.ledger.unit_digest(b"subject:" + name.encode())[:16]
+
+    def anonymize_video(
+        self, source: str | Path, dest: str | Path, **options: Any
+    ) -> VideoResult:
+        """De-identify every face of a video file into ``dest``: one privatised identity per
+        person-track, released once and reused on every frame. See
+        :func:`dpface.video.anonymize_video` for the options (``audio``, ``detect_every``,
+        ``subject``/``subjects``, ``link_tracks``, ``progress``...); needs PyAV
+        (``pip install 'dpface[video]'``)."""
+        from .video import anonymize_video
+
+        return anonymize_video(self, source, dest, **options)
 
     def _failed(self, source: str, error: str) -> AnonymizationResult:
         receipt = {
