@@ -888,9 +888,7 @@ class Anonymizer:
             return name
         return "subject:" + self.ledger.unit_digest(b"subject:" + name.encode())[:16]
 
-    def anonymize_video(
-        self, source: str | Path, dest: str | Path, **options: Any
-    ) -> VideoResult:
+    def anonymize_video(self, source: str | Path, dest: str | Path, **options: Any) -> VideoResult:
         """De-identify every face of a video file into ``dest``: one privatised identity per
         person-track, released once and reused on every frame. See
         :func:`dpface.video.anonymize_video` for the options (``audio``, ``detect_every``,
