@@ -340,6 +340,17 @@ def _check_box(box: Iterable[Any]) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
+def _parse_head(value: str | None) -> tuple[int, str]:
+    """The chain head ``"<entries>:<hash>"`` as (entries, hash); entries -1 when unreadable."""
+    if value is None:
+        return -1, ""
+    count, _, digest = value.partition(":")
+    try:
+        return int(count), digest
+    except ValueError:
+        return -1, digest
+
+
 def _new_meta() -> list[tuple[str, str]]:
     """The meta rows of a new ledger: its unit secret, an empty chain, when it was made."""
     return [
@@ -515,10 +526,8 @@ class Ledger:
         now: float,
     ) -> int:
         """Append one entry to the chain (inside a write transaction); its id."""
-        con = self._db
-        con.lock_head()
-        count, head = self._head()
-        last = con.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        head_value, last = self._db.chain_tip()  # locks the chain head for this transaction
+        count, head = _parse_head(head_value)
         if (last is None and count != 0) or (
             last is not None and (last[0] != count or last[1] != head)
         ):
@@ -543,23 +552,16 @@ class Ledger:
         }
         prev = head if count else GENESIS_HASH
         digest = _entry_hash(prev, fields)
-        con.execute(
-            f"INSERT INTO entries({', '.join(_ENTRY_COLUMNS)}, prev_hash, hash) "
-            f"VALUES ({', '.join('?' * (len(_ENTRY_COLUMNS) + 2))})",
+        self._db.write_entry(
+            (*_ENTRY_COLUMNS, "prev_hash", "hash"),
             (*[fields[c] for c in _ENTRY_COLUMNS], prev, digest),
+            f"{count + 1}:{digest}",
         )
-        con.execute("UPDATE meta SET value=? WHERE key='head'", (f"{count + 1}:{digest}",))
         return count + 1
 
     def _head(self) -> tuple[int, str]:
         row = self._db.execute("SELECT value FROM meta WHERE key='head'").fetchone()
-        if row is None:
-            return -1, ""
-        count, _, digest = str(row[0]).partition(":")
-        try:
-            return int(count), digest
-        except ValueError:
-            return -1, digest
+        return _parse_head(None if row is None else str(row[0]))
 
     # ------------------------------------------------------------------ budgets
     def _budget_row(self, subject: str) -> ApproxDP | None:

@@ -452,8 +452,25 @@ class Backend:
     def lock_unit(self, name: str) -> None:
         """Inside a write transaction: exclude every other writer deciding about ``name``."""
 
-    def lock_head(self) -> None:
-        """Inside a write transaction: exclude every other writer appending to the chain."""
+    def chain_tip(self) -> tuple[str | None, tuple[int, str] | None]:
+        """Inside a write transaction: lock the chain head against every other writer appending
+        to it, and read it: (the head row's value, (id, hash) of the last entry) -- None each
+        when missing."""
+        head = self.execute("SELECT value FROM meta WHERE key='head'").fetchone()
+        last = self.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        return (
+            None if head is None else str(head[0]),
+            None if last is None else (int(last[0]), str(last[1])),
+        )
+
+    def write_entry(self, columns: Sequence[str], values: Sequence[Any], head: str) -> None:
+        """Inside a write transaction, after :meth:`chain_tip`: insert the entry, move the
+        head."""
+        self.execute(
+            f"INSERT INTO entries({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            values,
+        )
+        self.execute("UPDATE meta SET value=? WHERE key='head'", (head,))
 
     def check_text(self, value: str, what: str) -> None:
         """Refuse (UsageError) a string this database cannot store as it is."""
@@ -660,8 +677,28 @@ class PostgresBackend(Backend):
             "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (_LOCK_UNIT, name)
         )
 
-    def lock_head(self) -> None:
-        self._con.execute("SELECT value FROM meta WHERE key='head' FOR UPDATE")
+    def chain_tip(self) -> tuple[str | None, tuple[int, str] | None]:
+        # the head row locked FOR UPDATE (READ COMMITTED hands back its latest committed value
+        # once the lock is granted); the last entry is read by the NEXT statement, whose
+        # snapshot is taken after the lock was granted and so sees every committed entry
+        # (both sent in one round trip: the server runs them in order)
+        with self._con.pipeline():
+            locked = self._con.execute("SELECT value FROM meta WHERE key='head' FOR UPDATE")
+            tip = self._con.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1")
+        head, last = locked.fetchone(), tip.fetchone()
+        return (
+            None if head is None else str(head[0]),
+            None if last is None else (int(last[0]), str(last[1])),
+        )
+
+    def write_entry(self, columns: Sequence[str], values: Sequence[Any], head: str) -> None:
+        # one round trip: the entry and the new head in one statement
+        self.execute(
+            f"WITH added AS (INSERT INTO entries({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))}) RETURNING id) "
+            "UPDATE meta SET value=? WHERE key='head' AND EXISTS (SELECT 1 FROM added)",
+            (*values, head),
+        )
 
     def check_text(self, value: str, what: str) -> None:
         if "\x00" in value:

@@ -1,0 +1,282 @@
+"""Ledger throughput: committed charges per second with 1-32 concurrent writers, SQLite and
+PostgreSQL, on this machine.
+
+    .venv/bin/python scripts/bench_ledger.py [--writers 1,2,4,8,16,32] [--seconds 5]
+        [--postgres URL] [--out docs/results/ledger.md | --no-write]
+
+A *writer* is a separate process with its own :class:`dpface.ledger.Ledger` (as a worker of a
+batch or of a cluster is); a *charge* is one :meth:`Ledger.charge` call that commits (one
+transaction: budget check, hash-chained entry, commit). The writer processes are started once
+and reused; for every cell of the table each of the first N writers opens a fresh ledger, all
+start at the same instant and charge as fast as they can for ``--seconds``; charges/s is the
+number committed in that window divided by its length, and latency is per charge. Two loads:
+
+* ``distinct``: each writer charges its own 100 subjects in turn (many people, the common case);
+* ``one subject``: every writer charges the same subject (the worst case: one row, one lock).
+
+PostgreSQL is a real server: ``--postgres URL`` (an empty schema is created per cell), or by
+default a server started from the ``pgserver`` wheel in a temporary folder (Unix socket, default
+settings: ``fsync`` and ``synchronous_commit`` on). SQLite is a file in a temporary folder (WAL,
+``synchronous=FULL``). Both are durable per commit. Client processes and the server share this
+machine's cores, so the numbers are for one box; the table says how many cores it had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+DEFAULT_OUT = ROOT / "docs" / "results" / "ledger.md"
+LOADS = ("distinct", "one subject")
+SUBJECTS_PER_WRITER = 100
+
+
+# ====================================================================== writers
+def _writer(inbox: Any, outbox: Any) -> None:
+    """A writer process: for each task, open the ledger, wait for the start, charge, report."""
+    from dpface.ledger import BudgetExceeded, Ledger
+    from mechanisms.budgets import PureDP
+    from mechanisms.laplace import Laplace
+
+    mech = Laplace(epsilon=0.001, sensitivity=1.0)
+    args = {"mechanism": "laplace", "budget": mech.guarantee.budget, "event": mech.event()}
+    outbox.put("ready")
+    while True:
+        task = inbox.get()
+        if task is None:
+            return
+        location, load, index, start, seconds = task
+        latencies: list[float] = []
+        refused = 0
+        with Ledger(location, default_budget=PureDP(1e6)) as led:
+            names = (
+                [f"w{index}-{k}" for k in range(SUBJECTS_PER_WRITER)]
+                if load == "distinct"
+                else ["shared"]
+            )
+            for _ in range(20):  # warm up (lazy imports, prepared statements), not counted
+                led.charge(f"warm-up-{index}", **args)
+            time.sleep(max(0.0, start - time.time()))
+            end = start + seconds
+            k = 0
+            while True:
+                t0 = time.perf_counter()
+                if time.time() >= end:
+                    break
+                try:
+                    led.charge(names[k % len(names)], **args)
+                except BudgetExceeded:
+                    refused += 1
+                latencies.append(time.perf_counter() - t0)
+                k += 1
+        outbox.put((len(latencies), refused, latencies))
+
+
+class Writers:
+    """``n`` writer processes, started once (each imports dpface once)."""
+
+    def __init__(self, n: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.inboxes = [ctx.Queue() for _ in range(n)]
+        self.outbox = ctx.Queue()
+        self.procs = [
+            ctx.Process(target=_writer, args=(q, self.outbox), daemon=True) for q in self.inboxes
+        ]
+        for p in self.procs:
+            p.start()
+        for _ in self.procs:
+            if self.outbox.get(timeout=600) != "ready":
+                raise RuntimeError("a writer did not start")
+
+    def run(self, location: str, load: str, n: int, seconds: float) -> dict[str, Any]:
+        start = time.time() + 2.0 + 0.1 * n  # time for every writer to open and warm up
+        for i in range(n):
+            self.inboxes[i].put((location, load, i, start, seconds))
+        replies = [self.outbox.get(timeout=seconds + 600) for _ in range(n)]
+        count = sum(r[0] for r in replies)
+        lat = sorted(x for r in replies for x in r[2])
+        return {
+            "writers": n,
+            "load": load,
+            "charges": count,
+            "refused": sum(r[1] for r in replies),
+            "per_s": count / seconds,
+            "p50_ms": 1000 * statistics.median(lat) if lat else float("nan"),
+            "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))] if lat else float("nan"),
+        }
+
+    def close(self) -> None:
+        for q in self.inboxes:
+            q.put(None)
+        for p in self.procs:
+            p.join(timeout=30)
+
+
+# ====================================================================== locations
+def _start_postgres() -> tuple[str, Any]:
+    """A PostgreSQL server from the pgserver wheel in a temporary folder: its admin URL."""
+    import psycopg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        srv = pgserver.get_server(
+            Path(tempfile.mkdtemp(prefix="dpface-bench-pg-")) / "data", cleanup_mode="delete"
+        )
+    params = psycopg.conninfo.conninfo_to_dict(srv.get_uri())
+    host = urllib.parse.quote(str(params["host"]), safe="")
+    return f"postgresql://{params.get('user', 'postgres')}@{host}/{params['dbname']}", srv
+
+
+def _postgres_location(server: str) -> str:
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server, autocommit=True) as con:
+        con.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in server else "?"
+    return f"{server}{sep}options=-csearch_path%3D{schema}"
+
+
+def _server_facts(server: str) -> str:
+    import psycopg
+
+    with psycopg.connect(server) as con:
+        version = con.execute("SHOW server_version").fetchone()[0]
+        fsync = con.execute("SHOW fsync").fetchone()[0]
+        sync = con.execute("SHOW synchronous_commit").fetchone()[0]
+    return f"PostgreSQL {version} (fsync={fsync}, synchronous_commit={sync})"
+
+
+# ====================================================================== report
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _table(rows: list[dict[str, Any]], writers: list[int]) -> str:
+    lines = [
+        "| writers | "
+        + " | ".join(f"{b} {load}" for b in ("SQLite", "PostgreSQL") for load in LOADS)
+        + " |",
+        "| ---: | " + " | ".join("---:" for _ in range(2 * len(LOADS))) + " |",
+    ]
+    for n in writers:
+        cells = []
+        for b in ("sqlite", "postgresql"):
+            for load in LOADS:
+                r = next(
+                    (x for x in rows if (x["backend"], x["load"], x["writers"]) == (b, load, n)),
+                    None,
+                )
+                cells.append(
+                    "-"
+                    if r is None
+                    else f"{r['per_s']:.0f}/s ({r['p50_ms']:.1f} / {r['p95_ms']:.1f} ms)"
+                )
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--writers", default="1,2,4,8,16,32")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--postgres", help="a PostgreSQL server URL (default: start one)")
+    ap.add_argument("--backends", default="sqlite,postgresql")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--no-write", action="store_true")
+    opts = ap.parse_args(argv)
+    writers = sorted({int(x) for x in opts.writers.split(",")})
+    backends = [b.strip() for b in opts.backends.split(",")]
+
+    server, handle = (opts.postgres, None) if opts.postgres else (None, None)
+    if "postgresql" in backends and server is None:
+        server, handle = _start_postgres()
+    pg_facts = _server_facts(server) if server else ""
+    tmp = Path(tempfile.mkdtemp(prefix="dpface-bench-ledger-"))
+    pool = Writers(max(writers))
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    try:
+        for backend in backends:
+            for load in LOADS:
+                for n in writers:
+                    if backend == "sqlite":
+                        location = str(tmp / f"{uuid.uuid4().hex}.db")
+                    else:
+                        assert server is not None
+                        location = _postgres_location(server)
+                    r = pool.run(location, load, n, opts.seconds) | {"backend": backend}
+                    rows.append(r)
+                    print(
+                        f"{backend:10s} {load:12s} writers={n:2d}  {r['per_s']:8.1f} charges/s  "
+                        f"p50 {r['p50_ms']:6.1f} ms  p95 {r['p95_ms']:6.1f} ms",
+                        flush=True,
+                    )
+    finally:
+        pool.close()
+        del handle  # the pgserver server is stopped and deleted at exit
+    load_after = os.getloadavg()
+    cores = os.cpu_count()
+    text = "\n".join(
+        [
+            "# Ledger throughput",
+            "",
+            "Committed charges per second (`Ledger.charge`, one durable transaction each) with "
+            "N concurrent writer processes, each with its own `Ledger`; in brackets the median "
+            "/ 95th percentile latency of one charge. Written by `scripts/bench_ledger.py` "
+            "(method in its docstring).",
+            "",
+            f"* date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, commit "
+            f"{_git_commit()}",
+            f"* machine: {platform.machine()}, {cores} cores, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}; writers, server and disk "
+            "on this one machine; 1-minute load average "
+            f"{load_before[0]:.1f} before, {load_after[0]:.1f} after (other work on the machine "
+            "shows here)",
+            f"* SQLite {__import__('sqlite3').sqlite_version} (WAL, synchronous=FULL); "
+            f"{pg_facts or 'PostgreSQL not measured'}",
+            f"* command: `.venv/bin/python scripts/bench_ledger.py --writers {opts.writers} "
+            f"--seconds {opts.seconds:g}`, {opts.seconds:g} s per cell",
+            "",
+            _table(rows, writers),
+            "",
+        ]
+    )
+    print(text)
+    if not opts.no_write:
+        opts.out.parent.mkdir(parents=True, exist_ok=True)
+        opts.out.write_text(text)
+        print(f"written to {opts.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
