@@ -53,7 +53,6 @@ __all__ = [
     "VIDEO_RECEIPT_SCHEMA",
     "VIDEO_SUFFIXES",
     "TrackRecord",
-    "VideoError",
     "VideoInfo",
     "VideoResult",
     "anonymize_video",
@@ -77,10 +76,6 @@ VIDEO_LINK_UNCOVERED = (
 )
 
 
-class VideoError(InputError):
-    """A video could not be read or written (unreadable, truncated, unsupported)."""
-
-
 def is_video(path: str | Path) -> bool:
     """True when the file name has a video suffix dpface reads."""
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
@@ -90,7 +85,7 @@ def _av() -> Any:
     try:
         import av
     except ImportError as err:  # pragma: no cover - depends on the install
-        raise VideoError(
+        raise InputError(
             "video needs PyAV: pip install 'dpface[video]' (its wheels bundle FFmpeg)"
         ) from err
     av.logging.set_level(av.logging.ERROR)
@@ -142,15 +137,15 @@ def _open(path: str | Path) -> Any:
     try:
         container = av.open(str(path), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
-        raise VideoError(f"could not read the video: {err}") from err
+        raise InputError(f"could not read the video: {err}") from err
     if not container.streams.video:
         container.close()
-        raise VideoError("the file has no video stream")
+        raise InputError("the file has no video stream")
     return container
 
 
 def probe(path: str | Path) -> VideoInfo:
-    """Read a video's header and first frame (for its rotation); raises ``VideoError``."""
+    """Read a video's header and first frame (for its rotation); raises ``InputError``."""
     av = _av()
     with _open(path) as c:
         v = c.streams.video[0]
@@ -160,7 +155,7 @@ def probe(path: str | Path) -> VideoInfo:
                 rot = _rotation_of(v, frame)
                 break
         except av.error.FFmpegError as err:
-            raise VideoError(f"could not decode the video: {err}") from err
+            raise InputError(f"could not decode the video: {err}") from err
         w, h = v.codec_context.width, v.codec_context.height
         if rot in (90, 270):
             w, h = h, w
@@ -382,7 +377,7 @@ def _analyse(
                 if size is None:
                     size = (rgb.shape[0], rgb.shape[1])
                 elif (rgb.shape[0], rgb.shape[1]) != size:
-                    raise VideoError(
+                    raise InputError(
                         f"frame {index} is {rgb.shape[1]}x{rgb.shape[0]} but the video started "
                         f"at {size[1]}x{size[0]}: resolution changes are not supported"
                     )
@@ -409,9 +404,9 @@ def _analyse(
                 if progress is not None:
                     progress("analyse", index, max(expected, index))
         except av.error.FFmpegError as err:
-            raise VideoError(f"could not decode frame {index}: {err}") from err
+            raise InputError(f"could not decode frame {index}: {err}") from err
         if index == 0 or size is None:
-            raise VideoError("the video has no decodable frame")
+            raise InputError("the video has no decodable frame")
         t = time.perf_counter()
         tracks = tracker.finish(index, size, times)
         _tick(timings, "track", t)
@@ -629,7 +624,7 @@ class _Writer:
                 try:
                     o = self.out.add_stream_from_template(a)
                 except (ValueError, av.error.FFmpegError) as err:
-                    raise VideoError(
+                    raise InputError(
                         f"cannot copy the {a.codec_context.name} audio into {dest.suffix}: "
                         f"{err}; write the same container type or drop the audio"
                     ) from err
@@ -829,7 +824,7 @@ def anonymize_video(
             detect=detect,
             timings=timings,
         )
-    except VideoError as err:
+    except InputError as err:
         return _failed(anonymizer, label, str(err), timings)
     tracks = ana.tracks
 
@@ -954,11 +949,11 @@ def anonymize_video(
             writer.close()
             _tick(timings, "encode", tt)
         if index != len(ana.times):
-            raise VideoError(f"the second decode gave {index} frames, the first {len(ana.times)}")
+            raise InputError(f"the second decode gave {index} frames, the first {len(ana.times)}")
         os.replace(tmp, out)
-    except (VideoError, av.error.FFmpegError, OSError) as err:
+    except (InputError, av.error.FFmpegError, OSError) as err:
         tmp.unlink(missing_ok=True)
-        msg = str(err) if isinstance(err, VideoError) else f"could not write the video: {err}"
+        msg = str(err) if isinstance(err, InputError) else f"could not write the video: {err}"
         res = _failed(anonymizer, label, msg, timings)
         res.receipt["charged_before_failure"] = True
         return res
@@ -1017,7 +1012,7 @@ def _face_for_steering(src: Path, ana: _Analysis, det: Detection) -> Any:
                     det.uncertain,
                     det.landmarks_ok,
                 )
-    raise VideoError("the frame of a track's best detection could not be decoded again")
+    raise InputError("the frame of a track's best detection could not be decoded again")
 
 
 def _records(anon: Anonymizer, groups: list[_Group], r: _Renderer) -> list[TrackRecord]:
