@@ -88,7 +88,7 @@ def _av() -> Any:
         raise InputError(
             "video needs PyAV: pip install 'dpface[video]' (its wheels bundle FFmpeg)"
         ) from err
-    av.logging.set_level(av.logging.ERROR)
+    av.logging.set_level(None)  # FFmpeg's messages come back in the exceptions, not stderr
     return av
 
 
@@ -825,7 +825,7 @@ def anonymize_video(
             timings=timings,
         )
     except InputError as err:
-        return _failed(anonymizer, label, str(err), timings)
+        return _failed(anonymizer, label, str(err), timings, src)
     tracks = ana.tracks
 
     def kind_of(tr: Track) -> str:
@@ -954,7 +954,7 @@ def anonymize_video(
     except (InputError, av.error.FFmpegError, OSError) as err:
         tmp.unlink(missing_ok=True)
         msg = str(err) if isinstance(err, InputError) else f"could not write the video: {err}"
-        res = _failed(anonymizer, label, msg, timings)
+        res = _failed(anonymizer, label, msg, timings, src)
         res.receipt["charged_before_failure"] = True
         return res
     except BaseException:
@@ -1221,7 +1221,12 @@ def _receipt(
     }
 
 
-def _failed(anon: Anonymizer, label: str, error: str, timings: dict[str, float]) -> VideoResult:
+def _failed(
+    anon: Anonymizer, label: str, error: str, timings: dict[str, float], src: Path | None = None
+) -> VideoResult:
+    if src is not None:  # receipts carry no path: FFmpeg's messages name the file
+        for path in sorted({str(src), str(src.absolute()), os.path.realpath(src)}, key=len)[::-1]:
+            error = error.replace(path, label)
     receipt = {
         "schema": VIDEO_RECEIPT_SCHEMA,
         "source": label,

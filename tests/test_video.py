@@ -392,6 +392,7 @@ def test_corrupt_video_is_reported_and_charges_nothing(
     anon = _pix()
     res = anon.anonymize_video(bad, tmp_path / "o.mp4")
     assert not res.ok and "video" in (res.error or "") and res.output is None
+    assert str(tmp_path) not in str(res.receipt) and res.receipt["source"] == "bad.mp4"
     assert not (tmp_path / "o.mp4").exists()
     assert anon.ledger.events() == [] or all(e["kind"] != "release" for e in anon.ledger.events())
     trunc = tmp_path / "trunc.mp4"
