@@ -15,7 +15,7 @@ from dpface.evaluation.anonymisers import Condition
 from dpface.evaluation.attacks import averaging_protected, get_attacker, rank1, tar_at_far
 from dpface.evaluation.faces import EvalFace, known_pairs
 from dpface.evaluation.measure import frechet_distance
-from dpface.evaluation.runner import SCALARS, RunConfig
+from dpface.evaluation.runner import OUTCOME_SCALARS, SCALARS, RunConfig
 from dpface.evaluation.stats import Estimate, clustered_mean_ci
 
 FARS = (0.1, 0.01)
@@ -36,6 +36,8 @@ def summarise(
     d = cfg.draws
     m: dict[str, Estimate] = {}
     for k in SCALARS:
+        if cond.family == "original" and k in OUTCOME_SCALARS:
+            continue  # nothing was released: no outcome to report
         m[k] = _est(np.stack([z[f"s_{k}"] for z in data]))
     same, known = known_pairs(faces)
     self_mask = np.array(

@@ -220,7 +220,8 @@ def register(app: typer.Typer) -> None:
             for c in conds
         ]
         refusals = sum(
-            round(s["metrics"]["refused"][0] * s["faces"] * s["draws"]) for s in summaries
+            round(s["metrics"].get("refused", [0.0])[0] * s["faces"] * s["draws"])
+            for s in summaries
         )
         if refusals:
             console.print(

@@ -88,6 +88,8 @@ PROTECTION_SCALARS = {
     "dp-fallback": "by_fallback",
     "mask": "by_mask",
 }
+# what the product did to the face: meaningless for the unprotected original
+OUTCOME_SCALARS = ("found", *PROTECTION_SCALARS.values(), "refused")
 
 
 @dataclass(frozen=True)
