@@ -339,6 +339,11 @@ def test_audio_kept_or_dropped_and_metadata_stripped(
         assert a_in == a_out  # stream copy: the same audio packets
     with av.open(str(tmp_path / "d.mp4")) as c:
         assert [s.type for s in c.streams] == ["video"]
+    # frame count, frame rate and duration kept
+    a, b = probe(clip.path), probe(tmp_path / "k.mp4")
+    assert (b.fps, b.width, b.height) == (a.fps, a.width, a.height)
+    assert b.duration == pytest.approx(a.duration, abs=1e-3)
+    assert len(_frames(tmp_path / "k.mp4")[1]) == clip.frames == kept.frames
     assert "NOT protected" in kept.receipt["video"]["audio"]
     assert dropped.receipt["video"]["audio"] == "dropped"
     assert not any("audio track" in x for x in dropped.receipt["not_protected"])
