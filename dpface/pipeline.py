@@ -569,10 +569,15 @@ class Anonymizer:
 
     def _fallback_mechanism(self, region: tuple[int, int, int, int]) -> DPPixelization:
         """DP-Pix for one region, with cells so the region is ``fallback_cells`` cells across
-        (coarse enough that no face detail survives, whatever the region's size)."""
+        (coarse enough that no face detail survives, whatever the region's size). A seeded run
+        draws its fallback noise from the same seeded stream (reproducible, and labelled NOT
+        private like the rest of the run); otherwise from a fresh CSPRNG."""
         x0, y0, x1, y1 = region
         block = max(4, min(256, math.ceil(max(x1 - x0, y1 - y0) / self.fallback_cells)))
-        return DPPixelization(epsilon=self.fallback_epsilon, block=block, m=FALLBACK_PIXELS)
+        shared = self.mechanism.randomness if self.seeded else None
+        return DPPixelization(
+            epsilon=self.fallback_epsilon, block=block, m=FALLBACK_PIXELS, randomness=shared
+        )
 
     def _protect_fallback(
         self,

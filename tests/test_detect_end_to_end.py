@@ -154,3 +154,20 @@ def test_a_face_too_small_for_the_generator_gets_the_charged_dp_fallback(
     assert face.ledger_event is not None
     assert any(e["id"] == face.ledger_event for e in led.events(face.subject))
     assert res.receipt["faces"][face.index]["channels"]["notes"][0].startswith("DP fallback")
+
+
+def test_a_seeded_run_reproduces_its_fallback_regions_too(
+    tmp_path: Path, generator: SurrogateGenerator
+) -> None:
+    """Seeded runs are for experiments (and labelled NOT private): the DP fallback of an unsure
+    detection draws from the same seeded stream, so the whole output repeats."""
+    photo = load_rgb(store.path("samples/fr-biden.jpg"))  # Biden + an unsure box in a corner
+    outs = []
+    for k in range(2):
+        mech = IdentityLaplace(epsilon=6.0, dim=generator.identity_dim, seed=5)
+        led = Ledger(tmp_path / f"l{k}.db", default_budget=PureDP(30.0))
+        res = Anonymizer(mechanism=mech, generator=generator, ledger=led).anonymize(photo)
+        assert any(f.protection == "dp-fallback" for f in res.faces)
+        assert res.receipt["seeded"] is True
+        outs.append(res.image)
+    assert outs[0] is not None and np.array_equal(outs[0], outs[1])

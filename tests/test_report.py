@@ -38,17 +38,31 @@ SEEDED = IdentityLaplace(epsilon=6.0, dim=128, seed=3)
 
 def _charge(led: Ledger, subject: str, mech: Mechanism = LAP) -> None:
     g = mech.guarantee
-    led.charge(subject, mechanism=type(mech).__name__, budget=g.budget, event=mech.event(),
-               note=g.statement(), seeded=mech.seeded, is_dp=g.is_dp)
+    led.charge(
+        subject,
+        mechanism=type(mech).__name__,
+        budget=g.budget,
+        event=mech.event(),
+        note=g.statement(),
+        seeded=mech.seeded,
+        is_dp=g.is_dp,
+    )
 
 
 def _settings(purpose: str, **extra: Any) -> dict[str, Any]:
     return {
-        "dpface_version": "0.1.0", "mechanism": "identity-laplace", "epsilon": 6.0,
-        "delta": 0.0, "budget": 12.0, "seeded": False, "purpose": purpose,
+        "dpface_version": "0.1.0",
+        "mechanism": "identity-laplace",
+        "epsilon": 6.0,
+        "delta": 0.0,
+        "budget": 12.0,
+        "seeded": False,
+        "purpose": purpose,
         "model_hashes": {"mobilefacenet": "ab" * 32},
-        "channels": {"covered": ["identity (privatised embedding)"],
-                     "uncovered": ["face outline and pose"]},
+        "channels": {
+            "covered": ["identity (privatised embedding)"],
+            "uncovered": ["face outline and pose"],
+        },
         **extra,
     }
 
@@ -64,8 +78,17 @@ def _two_runs(path: Path) -> tuple[str, str]:
         _charge(led, "bob")
         unit = led.face_unit(led.unit_digest(b"photo-1"), (10, 10, 60, 60))
         _charge(led, unit)
-        led.finish_run({"images": 3, "faces": 4, "replaced": 3, "masked": 1, "refused": 1,
-                        "no_face": 1, "failed": 0})
+        led.finish_run(
+            {
+                "images": 3,
+                "faces": 4,
+                "replaced": 3,
+                "masked": 1,
+                "refused": 1,
+                "no_face": 1,
+                "failed": 0,
+            }
+        )
         run_a = led.run_id
     with Ledger(path, default_budget=PureDP(12.0)) as led:
         led.record_run(_settings("press release", seeded=True))
@@ -88,8 +111,9 @@ def _report(path: Path, run_id: str | None = None) -> dict[str, Any]:
         return build_report(led, run_id=run_id)
 
 
-def test_run_report_lists_only_that_runs_subjects(two_runs: tuple[Path, str, str],
-                                                  tmp_path: Path) -> None:
+def test_run_report_lists_only_that_runs_subjects(
+    two_runs: tuple[Path, str, str], tmp_path: Path
+) -> None:
     path, run_a, _ = two_runs
     rep = write_report(path, tmp_path / "a.html", tmp_path / "a.json", run_id=run_a)
     names = {s["subject"] for s in rep["subjects"]}
@@ -101,8 +125,10 @@ def test_run_report_lists_only_that_runs_subjects(two_runs: tuple[Path, str, str
     assert rep["signoff"]["purpose"] == ["handbook photos"]
     page = (tmp_path / "a.html").read_text()
     assert "carol" not in page and "press release" not in page
-    assert json.loads((tmp_path / "a.json").read_text())["schema"] == REPORT_SCHEMA == (
-        "dpface.report/2"
+    assert (
+        json.loads((tmp_path / "a.json").read_text())["schema"]
+        == REPORT_SCHEMA
+        == ("dpface.report/2")
     )
     bob = next(s for s in rep["subjects"] if s["subject"] == "bob")
     assert bob["releases"] == 1 and bob["releases_all_runs"] == 2  # bob spent in run B too
@@ -193,7 +219,12 @@ def test_measured_rows_for_every_attacker(two_runs: tuple[Path, str, str]) -> No
     assert match["measured_epsilon"] == 6.0
     by_name = {a["attacker"]: a for a in match["attackers"]}
     assert set(by_name) == {"dlib", "FaceRes", "MobileFace"}
-    assert by_name["dlib"]["psr"] == 0.824  # docs/results/table51.md, dpface Laplace ε=6
+    # the numbers are docs/results/table51.md's (dpface Laplace ε=6), via dpface/data/measured.json
+    measured = json.loads((Path(__file__).parents[1] / "dpface/data/measured.json").read_text())
+    row = next(
+        r for r in measured["rows"] if r["mechanism"] == "IdentityLaplace" and r["epsilon"] == 6.0
+    )
+    assert by_name["dlib"]["psr"] == row["attackers"]["dlib"]["psr"]
     for a in by_name.values():
         assert a["reidentified"] == pytest.approx(1 - a["psr"])
     assert by_name["MobileFace"]["white_box"]
@@ -274,8 +305,17 @@ def test_signoff_pins_the_ledger_head(two_runs: tuple[Path, str, str], tmp_path:
         assert label in page
     assert "handbook photos; press release" in page
     headings = re.findall(r'<h2 id="([a-z]+)">(\d)\.', page)
-    assert [h[0] for h in headings] == ["summary", "provenance", "counts", "guarantee",
-                                        "epsilon", "measured", "subjects", "charts", "signoff"]
+    assert [h[0] for h in headings] == [
+        "summary",
+        "provenance",
+        "counts",
+        "guarantee",
+        "epsilon",
+        "measured",
+        "subjects",
+        "charts",
+        "signoff",
+    ]
     assert json.loads((tmp_path / "r.json").read_text())["signoff"] == rep["signoff"]
 
 
