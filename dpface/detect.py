@@ -339,7 +339,8 @@ def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return np.asarray(pts, dtype=np.float64) @ m[:, :2].T + m[:, 2]
+    out: np.ndarray = np.asarray(pts, dtype=np.float64) @ m[:, :2].T + m[:, 2]
+    return out
 
 
 def shape_from_points(points5: np.ndarray) -> np.ndarray:
@@ -582,13 +583,14 @@ def _fit(frame: np.ndarray, raws: list[_Raw]) -> list[tuple[np.ndarray, bool]]:
     for r in raws:
         width = float(r.box[2] - r.box[0])
         if r.detector == "hog":
-            lm = models.landmarks(frame, tuple(r.box))  # type: ignore[arg-type]
+            x0, y0, x1, y1 = (float(v) for v in r.box)
+            lm = models.landmarks(frame, (x0, y0, x1, y1))
             out.append((lm, width >= MIN_LANDMARK_PX))
             continue
         guess = (
             shape_from_points(r.points5)
             if r.points5 is not None
-            else shape_from_box(r.box, "centerface")
+            else shape_from_box([float(v) for v in r.box], "centerface")
         )
         lm = models.landmarks(frame, _hog_style_box(guess))
         agree = True
@@ -717,11 +719,11 @@ def detect_array(
         tried.append(90 * turns)
     kept = _merge(raws)
     for r in kept:
-        turns = _upright_turns(r, h, w)
-        if turns is not None:
-            if turns not in frames:
-                frames[turns] = np.ascontiguousarray(np.rot90(rgb, turns))
-            _rehome(r, frames[turns], turns, h, w, scale)
+        upright = _upright_turns(r, h, w)
+        if upright is not None:
+            if upright not in frames:
+                frames[upright] = np.ascontiguousarray(np.rot90(rgb, upright))
+            _rehome(r, frames[upright], upright, h, w, scale)
     faces: list[Face] = []
     for turns, frame in frames.items():
         mine = [r for r in kept if r.turns == turns]
@@ -732,13 +734,14 @@ def detect_array(
         for r, (lm, ok), p in zip(mine, fits, presence, strict=True):
             _low, high = THRESHOLDS[r.detector]
             unsure = bool(r.score < high or p < min_presence)
-            box = tuple(float(v) for v in r.photo_box)  # type: ignore[union-attr]
+            assert r.photo_box is not None
+            bx0, by0, bx1, by1 = (float(v) for v in r.photo_box)
             faces.append(
                 Face(
                     rgb,
-                    box,
+                    (bx0, by0, bx1, by1),
                     float(r.score),
-                    _rot_back(lm, turns, h, w),  # type: ignore[arg-type]
+                    _rot_back(lm, turns, h, w),
                     r.detector,
                     unsure,
                     bool(ok),

@@ -24,7 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import LedgerError, UsageError
-from .ledger import TEMPLATE_STORE_APPLICATION_ID, _open_file, normalize_subject
+from .ledger import normalize_subject
+from .ledger_backends import TEMPLATE_STORE_APPLICATION_ID, _open_file
 
 __all__ = ["APPLICATION_ID", "MAX_REFERENCES", "SCHEMA_VERSION", "TemplateStore"]
 

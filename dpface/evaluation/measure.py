@@ -59,7 +59,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     ry0, ry1 = max(border, y0) - y0, min(h - border, y1) - y0
     rx0, rx1 = max(border, x0) - x0, min(w - border, x1) - x0
     deficit = float((1.0 - smap[ry0:ry1, rx0:rx1]).sum())
-    return 1.0 - deficit / ((h - 2 * border) * (w - 2 * border))
+    return float(1.0 - deficit / ((h - 2 * border) * (w - 2 * border)))
 
 
 def _window(
@@ -148,8 +148,8 @@ def skin_colour_texture(inp: np.ndarray, out: np.ndarray, lm: np.ndarray) -> tup
     mask = skin_mask((y1 - y0, x1 - x0), lm - [x0, y0])
     if mask.sum() < 16:
         return float("nan"), float("nan")
-    a = rgb2lab(inp[y0:y1, x0:x1])  # type: ignore[no-untyped-call]
-    b = rgb2lab(out[y0:y1, x0:x1])  # type: ignore[no-untyped-call]
+    a = rgb2lab(inp[y0:y1, x0:x1])
+    b = rgb2lab(out[y0:y1, x0:x1])
     de = float(deltaE_ciede2000(a[mask].mean(axis=0), b[mask].mean(axis=0)))  # type: ignore[no-untyped-call]
     sigma = max(0.5, 0.02 * (x1 - x0))
 

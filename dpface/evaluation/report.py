@@ -354,8 +354,8 @@ def write_plots(
         )
         for ax, a in zip(axes[0], attackers, strict=True):
             for s in avg:
-                ys = [_metric(s, f"avg{n}_psr_{a}")[0] for n in averaging]
-                ax.plot(list(averaging), ys, marker="o", label=s["label"])
+                avg_ys = [_metric(s, f"avg{n}_psr_{a}")[0] for n in averaging]
+                ax.plot(list(averaging), avg_ys, marker="o", label=s["label"])
             ax.set_xscale("log", base=2)
             ax.set_xlabel("releases averaged (n)")
             ax.set_ylabel(f"PSR ({ATTACKER_TITLES.get(a, a)})")

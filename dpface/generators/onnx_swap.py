@@ -56,7 +56,7 @@ class OnnxFaceSwapGenerator(Generator):
         """``latent_map``: None (the latent is the unit embedding), a (d_id, d_latent)
         matrix, or ``"graph"`` to use the model's last initializer when it is a square
         matrix of the latent size (how inswapper ships its ``emap``)."""
-        import onnxruntime as ort  # type: ignore[import-untyped]
+        import onnxruntime as ort
 
         p = Path(path)
         if not p.is_file():

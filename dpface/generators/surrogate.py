@@ -126,13 +126,13 @@ def usable_texture(textures: np.ndarray, shape68: np.ndarray) -> np.ndarray:
         hull = cv2.convexHull(p).reshape(-1, 2)
         c = hull.mean(axis=0)
         core = np.maximum(core, polygon_mask((size, size), c + grow * (hull - c)))
-    core = cv2.GaussianBlur(core, (0, 0), 3.0)
+    core = np.asarray(cv2.GaussianBlur(core, (0, 0), 3.0), dtype=np.float32)
     out = np.empty(textures.shape[:3], dtype=np.float32)
     for k, tex in enumerate(textures):
         light = rgb_to_lab(tex)[..., 0]
         ref = float(np.median(light[core > 0.5]))
-        ok = np.clip((light / max(ref, 1.0) - HAIR_RATIO) / 0.15, 0.0, 1.0)
-        ok = cv2.GaussianBlur(ok, (0, 0), 2.0)
+        ok = np.clip((light / max(ref, 1.0) - HAIR_RATIO) / 0.15, 0.0, 1.0).astype(np.float32)
+        ok = np.asarray(cv2.GaussianBlur(ok, (0, 0), 2.0), dtype=np.float32)
         out[k] = np.maximum(core, ok)
     return out
 
