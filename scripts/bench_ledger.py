@@ -165,6 +165,33 @@ def _server_facts(server: str) -> str:
     return f"PostgreSQL {version} (fsync={fsync}, synchronous_commit={sync})"
 
 
+def _fsync_rate(folder: Path) -> str:
+    """fdatasync of one 8 kB write per second on ``folder``'s disk (pg_test_fsync, bundled
+    with pgserver): the ceiling of one-at-a-time durable commits."""
+    try:
+        from pgserver._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        return "not measured (pgserver missing)"
+    target = folder / "fsync-test.tmp"
+    try:
+        out = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_test_fsync"), "-s", "2", "-f", str(target)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "not measured"
+    finally:
+        target.unlink(missing_ok=True)
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:1] == ["fdatasync"] and "ops/sec" in line:
+            return f"{float(parts[1]):.0f} fdatasync/s ({float(parts[3]) / 1000:.2f} ms each)"
+    return "not measured"
+
+
 # ====================================================================== report
 def _git_commit() -> str:
     try:
@@ -191,15 +218,16 @@ def _table(rows: list[dict[str, Any]], writers: list[int]) -> str:
         cells = []
         for b in ("sqlite", "postgresql"):
             for load in LOADS:
-                r = next(
-                    (x for x in rows if (x["backend"], x["load"], x["writers"]) == (b, load, n)),
-                    None,
-                )
-                cells.append(
-                    "-"
-                    if r is None
-                    else f"{r['per_s']:.0f}/s ({r['p50_ms']:.1f} / {r['p95_ms']:.1f} ms)"
-                )
+                got = [x for x in rows if (x["backend"], x["load"], x["writers"]) == (b, load, n)]
+                if not got:
+                    cells.append("-")
+                    continue
+                rate = statistics.median(x["per_s"] for x in got)
+                p50 = statistics.median(x["p50_ms"] for x in got)
+                p95 = statistics.median(x["p95_ms"] for x in got)
+                lo, hi = min(x["per_s"] for x in got), max(x["per_s"] for x in got)
+                spread = f" [{lo:.0f}-{hi:.0f}]" if len(got) > 1 else ""
+                cells.append(f"{rate:.0f}/s{spread} ({p50:.1f} / {p95:.1f} ms)")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -208,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--writers", default="1,2,4,8,16,32")
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--repeat", type=int, default=1, help="rounds over every cell (median)")
     ap.add_argument("--postgres", help="a PostgreSQL server URL (default: start one)")
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -221,37 +250,40 @@ def main(argv: list[str] | None = None) -> int:
         server, handle = _start_postgres()
     pg_facts = _server_facts(server) if server else ""
     tmp = Path(tempfile.mkdtemp(prefix="dpface-bench-ledger-"))
+    fsync_before = _fsync_rate(tmp)
     pool = Writers(max(writers))
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
+    cells = [(b, load, n) for b in backends for load in LOADS for n in writers]
     try:
-        for backend in backends:
-            for load in LOADS:
-                for n in writers:
-                    if backend == "sqlite":
-                        location = str(tmp / f"{uuid.uuid4().hex}.db")
-                    else:
-                        assert server is not None
-                        location = _postgres_location(server)
-                    r = pool.run(location, load, n, opts.seconds) | {"backend": backend}
-                    rows.append(r)
-                    print(
-                        f"{backend:10s} {load:12s} writers={n:2d}  {r['per_s']:8.1f} charges/s  "
-                        f"p50 {r['p50_ms']:6.1f} ms  p95 {r['p95_ms']:6.1f} ms",
-                        flush=True,
-                    )
+        for round_ in range(opts.repeat):  # rounds interleaved: slow spells hit every cell
+            for backend, load, n in cells:
+                if backend == "sqlite":
+                    location = str(tmp / f"{uuid.uuid4().hex}.db")
+                else:
+                    assert server is not None
+                    location = _postgres_location(server)
+                r = pool.run(location, load, n, opts.seconds)
+                rows.append(r | {"backend": backend, "round": round_})
+                print(
+                    f"{backend:10s} {load:12s} writers={n:2d}  {r['per_s']:8.1f} charges/s  "
+                    f"p50 {r['p50_ms']:6.1f} ms  p95 {r['p95_ms']:6.1f} ms",
+                    flush=True,
+                )
     finally:
         pool.close()
         del handle  # the pgserver server is stopped and deleted at exit
     load_after = os.getloadavg()
+    fsync_after = _fsync_rate(tmp)
     cores = os.cpu_count()
     text = "\n".join(
         [
             "# Ledger throughput",
             "",
             "Committed charges per second (`Ledger.charge`, one durable transaction each) with "
-            "N concurrent writer processes, each with its own `Ledger`; in brackets the median "
-            "/ 95th percentile latency of one charge. Written by `scripts/bench_ledger.py` "
+            "N concurrent writer processes, each with its own `Ledger`: the median over the "
+            "rounds, [lowest-highest] when there are several, and in brackets the median / 95th "
+            "percentile latency of one charge. Written by `scripts/bench_ledger.py` "
             "(method in its docstring).",
             "",
             f"* date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, commit "
@@ -263,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             "shows here)",
             f"* SQLite {__import__('sqlite3').sqlite_version} (WAL, synchronous=FULL); "
             f"{pg_facts or 'PostgreSQL not measured'}",
+            f"* the disk (pg_test_fsync, one 8 kB write): {fsync_before} before, {fsync_after} "
+            "after the run",
             f"* command: `.venv/bin/python scripts/bench_ledger.py --writers {opts.writers} "
-            f"--seconds {opts.seconds:g}`, {opts.seconds:g} s per cell",
+            f"--seconds {opts.seconds:g} --repeat {opts.repeat}`, {opts.seconds:g} s per cell, "
+            f"{opts.repeat} round(s) over all cells",
             "",
             _table(rows, writers),
             "",
