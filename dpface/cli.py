@@ -69,8 +69,11 @@ def _internal_error(err: BaseException) -> typer.Exit:
     if os.environ.get("DPFACE_DEBUG") == "1":
         traceback.print_exception(err)
     detail = str(err).splitlines()[0] if str(err) else ""
-    typer.echo(f"dpface: internal error: {type(err).__name__}: {detail} -- this is a bug; "
-               "please report it (DPFACE_DEBUG=1 shows the traceback)", err=True)
+    typer.echo(
+        f"dpface: internal error: {type(err).__name__}: {detail} -- this is a bug; "
+        "please report it (DPFACE_DEBUG=1 shows the traceback)",
+        err=True,
+    )
     return typer.Exit(EXIT_INTERNAL)
 
 
@@ -201,8 +204,11 @@ def mechanisms_demo(
             "seconds": timings["exponential"],
         },
     ]
-    total = str(accounting.compose_basic(
-        [lap.guarantee.budget, gau.guarantee.budget, exp_mech.guarantee.budget]))
+    total = str(
+        accounting.compose_basic(
+            [lap.guarantee.budget, gau.guarantee.budget, exp_mech.guarantee.budget]
+        )
+    )
     receipt: dict[str, Any] = {
         "schema": RECEIPT_SCHEMA,
         "subjects": people,
@@ -255,8 +261,10 @@ def mechanisms_demo(
 
 
 # ---------------------------------------------------------------------- anonymize & demo
-_OUT_HELP = ("Output folder: the input tree is mirrored here (PNGs, receipts, this run's "
-             "report). It must not be, contain or lie inside an input folder.")
+_OUT_HELP = (
+    "Output folder: the input tree is mirrored here (PNGs, receipts, this run's "
+    "report). It must not be, contain or lie inside an input folder."
+)
 
 
 def _progress(console: Console) -> tuple[Any, Callable[[int, int, str], None]]:
@@ -275,8 +283,15 @@ def _progress(console: Console) -> tuple[Any, Callable[[int, int, str], None]]:
     return bar, update
 
 
-def _run_and_print(config: AnonymizeConfig, inputs: list[Path], out: Path, *,
-                   subject: str | None, subjects: Path | None, json_output: bool) -> None:
+def _run_and_print(
+    config: AnonymizeConfig,
+    inputs: list[Path],
+    out: Path,
+    *,
+    subject: str | None,
+    subjects: Path | None,
+    json_output: bool,
+) -> None:
     """Run a batch with ``config`` and print its summary (the JSON one with ``--json``)."""
     console = Console(stderr=True)
     bar, update = _progress(console)
@@ -295,17 +310,21 @@ def _run_and_print(config: AnonymizeConfig, inputs: list[Path], out: Path, *,
         f"budget); {c['no_face']} without a face, {c['failed']} not written"
     )
     if summary.stage_seconds:
-        split = ", ".join(f"{k} {v:.1f}s" for k, v in
-                          sorted(summary.stage_seconds.items(), key=lambda kv: -kv[1]))
+        split = ", ".join(
+            f"{k} {v:.1f}s" for k, v in sorted(summary.stage_seconds.items(), key=lambda kv: -kv[1])
+        )
         console.print(f"time by stage: {split}")
     for p in summary.problems:
-        console.print(f"  ! {p.input}: {p.reason}", markup=False, highlight=False,
-                      soft_wrap=True)
+        console.print(f"  ! {p.input}: {p.reason}", markup=False, highlight=False, soft_wrap=True)
     if summary.seeded:
         console.print("[yellow]Randomness was SEEDED: reproducible and not private.[/]")
     console.print(f"Receipts beside each image; report of this run: {summary.report}")
-    console.print(f"Ledger (budgets persist here across runs and output folders): "
-                  f"{summary.ledger}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"Ledger (budgets persist here across runs and output folders): {summary.ledger}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -314,22 +333,31 @@ def anonymize(
     out: Annotated[Path, typer.Option("-o", "--out", help=_OUT_HELP)] = Path("out/anon"),
     mechanism: Annotated[
         MechanismName,
-        typer.Option("--mechanism", "-m", help="identity-laplace, identity-gaussian, "
-                     "identity-vmf: a new face drawn from the privatised identity; dp-pix, "
-                     "dp-blur: DP cell means of the face region (no generator)."),
+        typer.Option(
+            "--mechanism",
+            "-m",
+            help="identity-laplace, identity-gaussian, "
+            "identity-vmf: a new face drawn from the privatised identity; dp-pix, "
+            "dp-blur: DP cell means of the face region (no generator).",
+        ),
     ] = "identity-laplace",
     epsilon: Annotated[float, typer.Option(help="epsilon per release (> 0).")] = 6.0,
     delta: Annotated[float, typer.Option(help="delta for identity-gaussian and dp-blur.")] = 1e-6,
     budget: Annotated[
         float | None,
-        typer.Option(help="Total epsilon of a subject seen for the first time (default: "
-                     f"{DEFAULT_RELEASES} releases' worth). An existing subject keeps its "
-                     "budget: change it with `dpface ledger set-budget`."),
+        typer.Option(
+            help="Total epsilon of a subject seen for the first time (default: "
+            f"{DEFAULT_RELEASES} releases' worth). An existing subject keeps its "
+            "budget: change it with `dpface ledger set-budget`."
+        ),
     ] = None,
     ledger_path: Annotated[
         Path | None,
-        typer.Option("--ledger", help="Ledger database (default: the per-user ledger, "
-                     "$DPFACE_LEDGER if set; budgets outlive output folders)."),
+        typer.Option(
+            "--ledger",
+            help="Ledger database (default: the per-user ledger, "
+            "$DPFACE_LEDGER if set; budgets outlive output folders).",
+        ),
     ] = None,
     subject: Annotated[
         str | None,
@@ -337,27 +365,35 @@ def anonymize(
     ] = None,
     subjects: Annotated[
         Path | None,
-        typer.Option("--subjects", help="CSV naming who is in which photo: header "
-                     "file,face,subject (face optional: a 0-based index, left to right; "
-                     "without it the photo's single face). Files as given or relative to "
-                     "their input folder. Named faces share their person's budget."),
+        typer.Option(
+            "--subjects",
+            help="CSV naming who is in which photo: header "
+            "file,face,subject (face optional: a 0-based index, left to right; "
+            "without it the photo's single face). Files as given or relative to "
+            "their input folder. Named faces share their person's budget.",
+        ),
     ] = None,
     names: Annotated[
         NamesPolicy,
-        typer.Option(help="keep: outputs mirror the input names; hash: outputs and receipts "
-                     "are named by keyed digests and receipts do not carry the input's name "
-                     "(nor subject names)."),
+        typer.Option(
+            help="keep: outputs mirror the input names; hash: outputs and receipts "
+            "are named by keyed digests and receipts do not carry the input's name "
+            "(nor subject names)."
+        ),
     ] = "keep",
     pseudonym: Annotated[
         PseudonymPolicy,
         typer.Option(help="fresh: new noise per photo; reuse: one per named subject."),
     ] = "fresh",
-    encoder: Annotated[str, typer.Option(help="Identity encoder inside the generator "
-                                              f"({', '.join(ENCODERS)}).")] = "mobileface",
-    block: Annotated[int, typer.Option(help=f"Cell size in pixels for dp-pix / dp-blur "
-                                            f"(1..{MAX_BLOCK}).")] = 16,
-    pixels: Annotated[int, typer.Option("--pixels", help="m: pixels protected (dp-pix, "
-                                                         "dp-blur).")] = 16,
+    encoder: Annotated[
+        str, typer.Option(help=f"Identity encoder inside the generator ({', '.join(ENCODERS)}).")
+    ] = "mobileface",
+    block: Annotated[
+        int, typer.Option(help=f"Cell size in pixels for dp-pix / dp-blur (1..{MAX_BLOCK}).")
+    ] = 16,
+    pixels: Annotated[
+        int, typer.Option("--pixels", help="m: pixels protected (dp-pix, dp-blur).")
+    ] = 16,
     detector: Annotated[
         DetectorName,
         typer.Option(
@@ -387,13 +423,18 @@ def anonymize(
     ] = None,
     max_megapixels: Annotated[
         float,
-        typer.Option(help="Larger images are refused from their header, before decoding "
-                     "(a per-image problem)."),
+        typer.Option(
+            help="Larger images are refused from their header, before decoding "
+            "(a per-image problem)."
+        ),
     ] = DEFAULT_MAX_MEGAPIXELS,
     strict: Annotated[
         bool,
-        typer.Option("--strict", help="Withhold photos in which no face was found (a missed "
-                     "face would be released unprotected) instead of writing them unchanged."),
+        typer.Option(
+            "--strict",
+            help="Withhold photos in which no face was found (a missed "
+            "face would be released unprotected) instead of writing them unchanged.",
+        ),
     ] = False,
     purpose: Annotated[
         str | None,
@@ -445,17 +486,29 @@ def anonymize(
     command line or input set; 3 internal error (a bug).
     """
     config = AnonymizeConfig(
-        mechanism=mechanism, epsilon=epsilon, delta=delta, budget=budget,
-        composition=composition, pseudonym=pseudonym, encoder=encoder,
-        encoder_model=encoder_model, swap_model=swap_model, swap_latent_map=swap_latent_map,
-        block=block, pixels=pixels, detector=detector, seed=seed,
+        mechanism=mechanism,
+        epsilon=epsilon,
+        delta=delta,
+        budget=budget,
+        composition=composition,
+        pseudonym=pseudonym,
+        encoder=encoder,
+        encoder_model=encoder_model,
+        swap_model=swap_model,
+        swap_latent_map=swap_latent_map,
+        block=block,
+        pixels=pixels,
+        detector=detector,
+        seed=seed,
         **({} if ledger_path is None else {"ledger": ledger_path}),
-        templates=link, names=names, max_megapixels=max_megapixels, strict=strict,
+        templates=link,
+        names=names,
+        max_megapixels=max_megapixels,
+        strict=strict,
         purpose=purpose,
         workers=workers,
     )
-    _run_and_print(config, inputs, out, subject=subject, subjects=subjects,
-                   json_output=json_output)
+    _run_and_print(config, inputs, out, subject=subject, subjects=subjects, json_output=json_output)
 
 
 @app.command()
@@ -464,8 +517,12 @@ def demo(
     epsilon: Annotated[float, typer.Option(help="epsilon per release (> 0).")] = 6.0,
     mechanism: Annotated[
         MechanismName,
-        typer.Option("--mechanism", "-m", help="identity-laplace, identity-gaussian, "
-                     "identity-vmf, dp-pix or dp-blur (see anonymize)."),
+        typer.Option(
+            "--mechanism",
+            "-m",
+            help="identity-laplace, identity-gaussian, "
+            "identity-vmf, dp-pix or dp-blur (see anonymize).",
+        ),
     ] = "identity-laplace",
     ledger_path: Annotated[
         Path | None,
@@ -484,10 +541,12 @@ def demo(
     samples = assets_dir() / "samples"
     if not samples.is_dir():
         raise UsageError(f"no sample photos at {samples}; run ./dev setup first")
-    config = AnonymizeConfig(mechanism=mechanism, epsilon=epsilon,
-                             **({} if ledger_path is None else {"ledger": ledger_path}))
-    _run_and_print(config, [samples], out, subject=None, subjects=None,
-                   json_output=json_output)
+    config = AnonymizeConfig(
+        mechanism=mechanism,
+        epsilon=epsilon,
+        **({} if ledger_path is None else {"ledger": ledger_path}),
+    )
+    _run_and_print(config, [samples], out, subject=None, subjects=None, json_output=json_output)
 
 
 @app.command("contact-sheet")
@@ -501,8 +560,9 @@ def contact_sheet(
     faces: Annotated[
         str | None, typer.Option(help="Comma-separated sample face numbers (default: 14 faces).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Noise seed (the sheet is for looking, not release).")]
-    = 7,
+    seed: Annotated[
+        int, typer.Option(help="Noise seed (the sheet is for looking, not release).")
+    ] = 7,
 ) -> None:
     """Look at the generator: sample faces (rows) and their replacements at several epsilons.
 
@@ -531,8 +591,9 @@ def contact_sheet(
     sheet = make_sheet(SurrogateGenerator(), idx, eps, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes())
-    typer.echo(f"wrote {out} ({sheet.shape[1]}×{sheet.shape[0]}: {len(idx)} faces × "
-               f"{len(eps)} epsilons)")
+    typer.echo(
+        f"wrote {out} ({sheet.shape[1]}×{sheet.shape[0]}: {len(idx)} faces × {len(eps)} epsilons)"
+    )
 
 
 @app.command()
@@ -622,8 +683,11 @@ def report(
     ] = None,
     run: Annotated[
         str | None,
-        typer.Option("--run", help="Report only this run (a run id from `dpface ledger show` "
-                     "or a summary); default: the whole ledger."),
+        typer.Option(
+            "--run",
+            help="Report only this run (a run id from `dpface ledger show` "
+            "or a summary); default: the whole ledger.",
+        ),
     ] = None,
 ) -> None:
     """Render a ledger (or one run of it) to a human HTML report and optionally versioned JSON.
@@ -641,7 +705,8 @@ def report(
     typer.echo(
         f"{totals['subjects']} subject(s), {totals['releases']} release(s)"
         + (f" in run {run}" if run else "")
-        + f": wrote {out}" + (f" and {json_out}" if json_out else "")
+        + f": wrote {out}"
+        + (f" and {json_out}" if json_out else "")
     )
 
 
@@ -681,8 +746,12 @@ def ledger_verify(
     with _open_ledger(ledger) as led:
         v = led.verify()
     if json_output:
-        typer.echo(json.dumps({"ok": v.ok, "entries": v.entries, "head": v.head,
-                               "problems": list(v.problems)}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"ok": v.ok, "entries": v.entries, "head": v.head, "problems": list(v.problems)},
+                indent=2,
+            )
+        )
     elif v.ok:
         typer.echo(f"ok: {v.entries} entries, the chain verifies (head {v.head[:16] or '-'})")
     else:
@@ -752,41 +821,71 @@ def ledger_show(
                 "budget": str(led.budget(name)),
                 "spent": str(led.spent(name)),
                 "remaining_epsilon": led.remaining(name),
-                "entries": [{k: e[k] for k in ("id", "kind", "mechanism", "epsilon", "delta",
-                                               "run_id", "note", "created_at")} for e in entries],
+                "entries": [
+                    {
+                        k: e[k]
+                        for k in (
+                            "id",
+                            "kind",
+                            "mechanism",
+                            "epsilon",
+                            "delta",
+                            "run_id",
+                            "note",
+                            "created_at",
+                        )
+                    }
+                    for e in entries
+                ],
             }
         else:
             rows = []
             for s in led.subjects():
-                rows.append({
-                    "subject": s,
-                    "budget": str(led.budget(s)),
-                    "spent": str(led.spent(s)),
-                    "remaining_epsilon": led.remaining(s),
-                    "releases": len(led.events(s)),
-                })
-            data = {"ledger": str(ledger), "subjects": rows,
-                    "runs": [{k: r[k] for k in ("run_id", "started_at", "finished_at")}
-                             for r in led.runs()]}
+                rows.append(
+                    {
+                        "subject": s,
+                        "budget": str(led.budget(s)),
+                        "spent": str(led.spent(s)),
+                        "remaining_epsilon": led.remaining(s),
+                        "releases": len(led.events(s)),
+                    }
+                )
+            data = {
+                "ledger": str(ledger),
+                "subjects": rows,
+                "runs": [
+                    {k: r[k] for k in ("run_id", "started_at", "finished_at")} for r in led.runs()
+                ],
+            }
     if json_output:
         typer.echo(json.dumps(data, indent=2, default=str))
         return
     console = Console()
     if subject is not None:
-        console.print(f"{data['subject']}: budget {data['budget']}, spent {data['spent']}, "
-                      f"{data['remaining_epsilon']:.6g} epsilon left", markup=False)
+        console.print(
+            f"{data['subject']}: budget {data['budget']}, spent {data['spent']}, "
+            f"{data['remaining_epsilon']:.6g} epsilon left",
+            markup=False,
+        )
         for e in data["entries"]:
-            console.print(f"  #{e['id']} {e['kind']} {e['mechanism']} epsilon={e['epsilon']:g} "
-                          f"delta={e['delta']:g} run {e['run_id'][:12]} {e['note'] or ''}",
-                          markup=False, highlight=False)
+            console.print(
+                f"  #{e['id']} {e['kind']} {e['mechanism']} epsilon={e['epsilon']:g} "
+                f"delta={e['delta']:g} run {e['run_id'][:12]} {e['note'] or ''}",
+                markup=False,
+                highlight=False,
+            )
         return
-    table = Table(title=f"{ledger}: {len(data['subjects'])} subject(s), "
-                        f"{len(data['runs'])} run(s)")
+    table = Table(title=f"{ledger}: {len(data['subjects'])} subject(s), {len(data['runs'])} run(s)")
     for col in ("subject", "budget", "spent", "left", "releases"):
         table.add_column(col)
     for r in data["subjects"]:
-        table.add_row(r["subject"], r["budget"], r["spent"], f"{r['remaining_epsilon']:.6g}",
-                      str(r["releases"]))
+        table.add_row(
+            r["subject"],
+            r["budget"],
+            r["spent"],
+            f"{r['remaining_epsilon']:.6g}",
+            str(r["releases"]),
+        )
     console.print(table)
     for r in data["runs"]:
         console.print(f"run {r['run_id']}", markup=False, highlight=False)

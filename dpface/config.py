@@ -111,10 +111,18 @@ def _choice(name: str, option: str, value: object, choices: Sequence[str]) -> No
 def _option_for(message: str) -> str:
     """Which command-line option a mechanism's own error message is about."""
     low = message.lower()
-    found = [(low.find(word), option) for word, option in (
-        ("delta", "--delta"), ("block", "--block"), ("epsilon", "--epsilon"),
-        ("kappa", "--epsilon"), ("m must", "--pixels"), ("dim", "--encoder"))
-        if word in low]
+    found = [
+        (low.find(word), option)
+        for word, option in (
+            ("delta", "--delta"),
+            ("block", "--block"),
+            ("epsilon", "--epsilon"),
+            ("kappa", "--epsilon"),
+            ("m must", "--pixels"),
+            ("dim", "--encoder"),
+        )
+        if word in low
+    ]
     return min(found)[1] if found else "--epsilon"
 
 
@@ -292,8 +300,9 @@ class AnonymizeConfig:
             raise UsageError("--encoder arcface-onnx needs --encoder-model PATH (encoder_model=)")
         if self.encoder_model is not None:
             if self.encoder != "arcface-onnx":
-                raise UsageError("--encoder-model (encoder_model=) is only for --encoder "
-                                 "arcface-onnx")
+                raise UsageError(
+                    "--encoder-model (encoder_model=) is only for --encoder arcface-onnx"
+                )
             if not self.encoder_model.is_file():
                 raise UsageError(
                     f"--encoder-model: ArcFace ONNX model not found at {self.encoder_model}: "
@@ -302,8 +311,9 @@ class AnonymizeConfig:
         identity = self.mechanism in IDENTITY_MECHANISMS
         if self.swap_model is not None:
             if not identity:
-                raise UsageError("--swap-model (swap_model=) needs an identity mechanism "
-                                 "(identity-*)")
+                raise UsageError(
+                    "--swap-model (swap_model=) needs an identity mechanism (identity-*)"
+                )
             if not self.swap_model.is_file():
                 raise UsageError(
                     f"--swap-model: face-swap ONNX model not found at {self.swap_model}: pass "
@@ -311,8 +321,10 @@ class AnonymizeConfig:
                 )
         elif self.swap_latent_map is not None:
             raise UsageError("--swap-latent-map (swap_latent_map=) needs --swap-model")
-        if (self.swap_latent_map not in (None, "graph")
-                and not Path(str(self.swap_latent_map)).is_file()):
+        if (
+            self.swap_latent_map not in (None, "graph")
+            and not Path(str(self.swap_latent_map)).is_file()
+        ):
             raise UsageError(f"--swap-latent-map: no such file {self.swap_latent_map}")
         if identity and self.swap_model is None and self.encoder == "dlib":
             raise UsageError(
@@ -363,10 +375,10 @@ class AnonymizeConfig:
         if m == "identity-vmf":
             return IdentityVMF(epsilon=self.epsilon, dim=dim, seed=seed)
         if m == "dp-pix":
-            return DPPixelization(epsilon=self.epsilon, block=self.block, m=self.pixels,
-                                  seed=seed)
-        return DPBlur(epsilon=self.epsilon, delta=self.delta, block=self.block, m=self.pixels,
-                      seed=seed)
+            return DPPixelization(epsilon=self.epsilon, block=self.block, m=self.pixels, seed=seed)
+        return DPBlur(
+            epsilon=self.epsilon, delta=self.delta, block=self.block, m=self.pixels, seed=seed
+        )
 
     def _probe(self, dim: int) -> None:
         """One draw of an unseeded twin of the mechanism on public dummy data (nothing about
@@ -405,8 +417,10 @@ class AnonymizeConfig:
     def build_mechanism(self, dim: int | None = None) -> Mechanism:
         """The mechanism; identity mechanisms need the generator's ``identity_dim``."""
         if self.is_identity and dim is None:
-            raise UsageError(f"{self.mechanism} needs the identity dimension (dim=) of its "
-                             "generator; use build_generator() first or build_anonymizer()")
+            raise UsageError(
+                f"{self.mechanism} needs the identity dimension (dim=) of its "
+                "generator; use build_generator() first or build_anonymizer()"
+            )
         return self._checked_mechanism(dim if dim is not None else 0, probe=True)
 
     def build_generator(self) -> tuple[Any, Any]:
@@ -418,8 +432,11 @@ class AnonymizeConfig:
         from .models.encoders import get_encoder
 
         try:
-            enc = (get_encoder(self.encoder, model_path=self.encoder_model)
-                   if self.encoder_model is not None else get_encoder(self.encoder))
+            enc = (
+                get_encoder(self.encoder, model_path=self.encoder_model)
+                if self.encoder_model is not None
+                else get_encoder(self.encoder)
+            )
         except (KeyError, FileNotFoundError, ValueError) as exc:
             raise UsageError(f"--encoder: {_reason(exc)}") from exc
         if self.swap_model is None:
@@ -428,8 +445,9 @@ class AnonymizeConfig:
             try:
                 return SurrogateGenerator(encoder=self.encoder), enc
             except (KeyError, ValueError) as exc:
-                raise UsageError(f"--encoder: the offline generator cannot use "
-                                 f"{self.encoder!r}: {_reason(exc)}") from exc
+                raise UsageError(
+                    f"--encoder: the offline generator cannot use {self.encoder!r}: {_reason(exc)}"
+                ) from exc
         import numpy as np
 
         from .generators.onnx_swap import OnnxFaceSwapGenerator
@@ -441,8 +459,9 @@ class AnonymizeConfig:
             try:
                 latent = np.load(self.swap_latent_map)
             except (OSError, ValueError) as exc:
-                raise UsageError(f"--swap-latent-map: cannot read {self.swap_latent_map}: "
-                                 f"{exc}") from exc
+                raise UsageError(
+                    f"--swap-latent-map: cannot read {self.swap_latent_map}: {exc}"
+                ) from exc
         try:
             gen = OnnxFaceSwapGenerator(self.swap_model, encoder=self.encoder, latent_map=latent)
         except (FileNotFoundError, ValueError) as exc:
@@ -451,15 +470,17 @@ class AnonymizeConfig:
             raise UsageError(
                 f"--swap-latent-map: the swap model reads {gen.identity_dim}-d identities but "
                 f"{self.encoder} gives {enc.dim}-d embeddings; pass --swap-latent-map (a "
-                f"{enc.dim}×{gen.latent_dim} matrix) or an encoder of that size")
+                f"{enc.dim}×{gen.latent_dim} matrix) or an encoder of that size"
+            )
         return gen, enc
 
     def open_ledger(self) -> Ledger:
         """The ledger (created if missing) with this configuration's default budget."""
         from .ledger import Ledger
 
-        return Ledger(self.ledger, default_budget=self.default_budget(),
-                      composition=self.composition)
+        return Ledger(
+            self.ledger, default_budget=self.default_budget(), composition=self.composition
+        )
 
     def build_anonymizer(self, ledger: Ledger | None = None) -> Anonymizer:
         """Generator, mechanism, ledger (opened last: nothing is created before every model
@@ -468,8 +489,9 @@ class AnonymizeConfig:
         mech = self.build_mechanism(None if generator is None else generator.identity_dim)
         return self._assemble(mech, generator, encoder, ledger)
 
-    def _assemble(self, mech: Mechanism, generator: Any, encoder: Any,
-                  ledger: Ledger | None) -> Anonymizer:
+    def _assemble(
+        self, mech: Mechanism, generator: Any, encoder: Any, ledger: Ledger | None
+    ) -> Anonymizer:
         """The anonymiser; the template store is opened before the ledger, so a template file
         that cannot be used leaves no new ledger behind."""
         from .pipeline import Anonymizer
@@ -528,8 +550,11 @@ class AnonymizeConfig:
 
         batch.refuse_in_worker()
         subject = batch.check_subject(subject)
-        smap = (batch.read_subject_map(subject_map)
-                if isinstance(subject_map, (str, os.PathLike)) else subject_map)
+        smap = (
+            batch.read_subject_map(subject_map)
+            if isinstance(subject_map, (str, os.PathLike))
+            else subject_map
+        )
         if subject is not None and smap is not None:
             raise UsageError("give --subject or --subjects, not both")
         planned = batch.plan(inputs, out, names=self.names)
