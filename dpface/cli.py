@@ -34,6 +34,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from mechanisms import accounting
+from mechanisms import registry as mechanism_registry
 from mechanisms.base import Mechanism
 from mechanisms.exponential import Exponential
 from mechanisms.gaussian import Gaussian
@@ -46,6 +47,7 @@ from .config import (
     DEFAULT_RELEASES,
     ENCODERS,
     MAX_BLOCK,
+    MECHANISMS,
     AnonymizeConfig,
     CompositionName,
     DetectorName,
@@ -327,6 +329,12 @@ def _run_and_print(
     )
 
 
+_MECHANISM_HELP = (
+    "; ".join(f"{s.name}: {s.summary}" for s in mechanism_registry.specs(face=True))
+    + " (mechanisms.registry)."
+)
+
+
 @app.command()
 def anonymize(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (recursive).")],
@@ -336,9 +344,7 @@ def anonymize(
         typer.Option(
             "--mechanism",
             "-m",
-            help="identity-laplace, identity-gaussian, "
-            "identity-vmf: a new face drawn from the privatised identity; dp-pix, "
-            "dp-blur: DP cell means of the face region (no generator).",
+            help=_MECHANISM_HELP,
         ),
     ] = "identity-laplace",
     epsilon: Annotated[float, typer.Option(help="epsilon per release (> 0).")] = 6.0,
@@ -520,8 +526,7 @@ def demo(
         typer.Option(
             "--mechanism",
             "-m",
-            help="identity-laplace, identity-gaussian, "
-            "identity-vmf, dp-pix or dp-blur (see anonymize).",
+            help=f"{', '.join(MECHANISMS)} (see anonymize).",
         ),
     ] = "identity-laplace",
     ledger_path: Annotated[

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from mechanisms import registry as mechanism_registry
+
 from .errors import UsageError
 
 if TYPE_CHECKING:
@@ -56,19 +58,16 @@ __all__ = [
     "PseudonymPolicy",
 ]
 
-MechanismName = Literal[
-    "identity-laplace", "identity-gaussian", "identity-vmf", "dp-pix", "dp-blur"
-]
+MechanismName = str  # a face mechanism of mechanisms.registry (validated against MECHANISMS)
 DetectorName = Literal["full", "centerface", "hog", "blazeface"]
 CompositionName = Literal["basic", "pld"]
 PseudonymPolicy = Literal["fresh", "reuse"]
 NamesPolicy = Literal["keep", "hash"]
 
-MECHANISMS: tuple[str, ...] = get_args(MechanismName)
+MECHANISMS: tuple[str, ...] = mechanism_registry.names(face=True)
 DETECTORS: tuple[str, ...] = get_args(DetectorName)
 ENCODERS = ("mobileface", "faceres", "dlib", "arcface-onnx")
-IDENTITY_MECHANISMS = ("identity-laplace", "identity-gaussian", "identity-vmf")
-DELTA_MECHANISMS = ("identity-gaussian", "dp-blur")
+IDENTITY_MECHANISMS: tuple[str, ...] = mechanism_registry.names(consumes="embedding")
 DEFAULT_RELEASES = 5  # the default budget holds this many releases at the chosen epsilon
 MAX_BLOCK = 256
 DEFAULT_MAX_MEGAPIXELS = 100.0
@@ -344,7 +343,7 @@ class AnonymizeConfig:
 
     @property
     def uses_delta(self) -> bool:
-        return self.mechanism in DELTA_MECHANISMS
+        return mechanism_registry.get(self.mechanism).uses_delta()
 
     @property
     def total_epsilon(self) -> float:
@@ -364,21 +363,15 @@ class AnonymizeConfig:
 
     # ------------------------------------------------------------------ builders
     def _mechanism(self, dim: int, seed: int | None) -> Mechanism:
-        from mechanisms.identity import IdentityGaussian, IdentityLaplace, IdentityVMF
-        from mechanisms.pixelization import DPBlur, DPPixelization
-
-        m = self.mechanism
-        if m == "identity-laplace":
-            return IdentityLaplace(epsilon=self.epsilon, dim=dim, seed=seed)
-        if m == "identity-gaussian":
-            return IdentityGaussian(epsilon=self.epsilon, delta=self.delta, dim=dim, seed=seed)
-        if m == "identity-vmf":
-            return IdentityVMF(epsilon=self.epsilon, dim=dim, seed=seed)
-        if m == "dp-pix":
-            return DPPixelization(epsilon=self.epsilon, block=self.block, m=self.pixels, seed=seed)
-        return DPBlur(
-            epsilon=self.epsilon, delta=self.delta, block=self.block, m=self.pixels, seed=seed
+        options = mechanism_registry.MechanismOptions(
+            epsilon=self.epsilon,
+            delta=self.delta,
+            dim=dim,
+            block=self.block,
+            m=self.pixels,
+            seed=seed,
         )
+        return mechanism_registry.get(self.mechanism).build(options)
 
     def _probe(self, dim: int) -> None:
         """One draw of an unseeded twin of the mechanism on public dummy data (nothing about

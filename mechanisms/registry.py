@@ -72,14 +72,15 @@ class MechanismSpec:
     build: Callable[[MechanismOptions], Mechanism]
     face: bool  # usable by ``dpface anonymize`` (consumes an embedding or a region)
 
-    def uses_delta(self, options: MechanismOptions | None = None) -> bool:
-        """Whether a release's guarantee has a delta (read from a built instance's guarantee:
-        anything but pure epsilon-DP needs one)."""
-        mech = self.build(options or MechanismOptions(epsilon=1.0))
-        return not isinstance(mech.guarantee.budget, PureDP)
+    def uses_delta(self) -> bool:
+        """Whether a release's guarantee has a delta: read once, at registration, from the
+        guarantee of an instance built with default options (anything but pure epsilon-DP
+        needs one)."""
+        return _USES_DELTA[self.name]
 
 
 _REGISTRY: dict[str, MechanismSpec] = {}
+_USES_DELTA: dict[str, bool] = {}
 
 
 def register(spec: MechanismSpec) -> MechanismSpec:
@@ -88,6 +89,10 @@ def register(spec: MechanismSpec) -> MechanismSpec:
         raise ValueError(f"mechanism {spec.name!r} is already registered")
     if spec.face and spec.consumes not in ("embedding", "region"):
         raise ValueError(f"{spec.name}: a face mechanism consumes an embedding or a region")
+    probe = spec.build(MechanismOptions(epsilon=1.0))
+    if not isinstance(probe, spec.cls):
+        raise ValueError(f"{spec.name}: build() made a {type(probe).__name__}, not {spec.cls}")
+    _USES_DELTA[spec.name] = not isinstance(probe.guarantee.budget, PureDP)
     _REGISTRY[spec.name] = spec
     return spec
 
