@@ -103,7 +103,7 @@ def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
 
 
 def one_euro(
-    times: Sequence[float],
+    times: Sequence[float] | np.ndarray,
     values: np.ndarray,
     *,
     min_cutoff: float = 1.0,
@@ -129,7 +129,9 @@ def one_euro(
     return out
 
 
-def smooth_track(times: Sequence[float], values: np.ndarray, **kwargs: float) -> np.ndarray:
+def smooth_track(
+    times: Sequence[float] | np.ndarray, values: np.ndarray, **kwargs: float
+) -> np.ndarray:
     """Zero-lag One Euro smoothing: the mean of a forward and a backward pass (offline)."""
     x = np.asarray(values, dtype=np.float64)
     if len(x) < 3:
@@ -137,7 +139,7 @@ def smooth_track(times: Sequence[float], values: np.ndarray, **kwargs: float) ->
     t = np.asarray(times, dtype=np.float64)
     fwd = one_euro(t, x, **kwargs)
     bwd = one_euro(t[-1] - t[::-1], x[::-1], **kwargs)[::-1]
-    return 0.5 * (fwd + bwd)
+    return np.asarray(0.5 * (fwd + bwd), dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------- association

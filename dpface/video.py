@@ -531,7 +531,7 @@ def mean_identity(embeddings: list[np.ndarray]) -> np.ndarray | None:
     n = float(np.linalg.norm(m))
     if not math.isfinite(n) or n < 1e-6:
         return np.asarray(embeddings[0], dtype=np.float64)
-    return m / n
+    return np.asarray(m / n, dtype=np.float64)
 
 
 def _groups(
@@ -726,7 +726,8 @@ class _Renderer:
             if g.refused is not None:
                 img, how = self._masked(img, tr, region)
             elif g.kind == "mechanism":
-                img, how = np.asarray(anon.mechanism(img, region)), "mechanism"
+                mech: Any = anon.mechanism  # an image mechanism (the registry's "region")
+                img, how = np.asarray(mech(img, region)), "mechanism"
             elif g.kind == "fallback" or not tf.landmarks_ok:
                 img, how = self._fallback(img, g, tr, region)
             else:
@@ -960,11 +961,11 @@ def anonymize_video(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    for k, val in renderer.timings.items():
-        timings[k] = timings.get(k, 0.0) + val
-    for k, val in anonymizer._timings.items():
-        if k in ("charge", "privatise"):
-            timings[k] = timings.get(k, 0.0) + val
+    for stage, sec in renderer.timings.items():
+        timings[stage] = timings.get(stage, 0.0) + sec
+    for stage, sec in anonymizer._timings.items():
+        if stage in ("charge", "privatise"):
+            timings[stage] = timings.get(stage, 0.0) + sec
     timings["total"] = time.perf_counter() - t0
     records = _records(anonymizer, groups, renderer)
     predicted = sum(
