@@ -45,10 +45,11 @@ import cv2
 import numpy as np
 
 from mechanisms.identity import IdentityLaplace
+from mechanisms.registry import names as mechanism_names
 from mechanisms.rng import Randomness
 
 REFERENCE_REGION = 192.0  # product region width around a 128-px face (1.5 face widths)
-IDENTITY_MECHANISMS = ("identity-laplace", "identity-gaussian", "identity-vmf")
+IDENTITY_MECHANISMS = mechanism_names(consumes="embedding")  # from mechanisms.registry
 PRODUCT_FAMILIES = ("dp-pix", "generator", *IDENTITY_MECHANISMS)
 GAUSSIAN_DELTA = 1e-6  # the product's default --delta
 NOISELESS_CHARGE = 1.0  # what the ledger is charged per ε = ∞ reference release
