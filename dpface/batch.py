@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 
 from .errors import UsageError
+from .video import VIDEO_SUFFIXES, is_video
 
 if TYPE_CHECKING:
     from .ledger import Ledger
@@ -123,6 +124,8 @@ class PlannedImage:
         """The receipt's path relative to the output folder."""
         if self.output is None:
             return None
+        if is_video(self.source):  # a video keeps its suffix: clip.mp4.receipt.json
+            return self.output + RECEIPT_SUFFIX
         return self.output[: -len(".png")] + RECEIPT_SUFFIX
 
 
@@ -150,7 +153,8 @@ class Plan:
         images = []
         for item in self.images:
             name = digest(item.rel.encode("utf-8"))[:HASH_CHARS]
-            images.append(replace(item, output=f"{name}.png", name=name))
+            suffix = item.source.suffix.lower() if is_video(item.source) else ".png"
+            images.append(replace(item, output=f"{name}{suffix}", name=name))
         done = replace(self, images=tuple(images))
         _check_outputs(done)
         return done
@@ -203,11 +207,15 @@ class BatchSummary:
 
 COUNT_KEYS = (
     "images",
+    "videos",
+    "frames",
     "faces",
     "replaced",
     "pixelized",
     "masked",
     "refused",
+    "uncertain",
+    "fallback",
     "no_face",
     "withheld",
     "failed",
@@ -427,7 +435,7 @@ def _unsupported(path: Path) -> Problem:
     return Problem(
         str(path),
         f"skipped: unsupported file type {path.suffix or '(no extension)'!r}; dpface reads "
-        f"{' '.join(sorted(IMAGE_SUFFIXES))}",
+        f"{' '.join(sorted(IMAGE_SUFFIXES | set(VIDEO_SUFFIXES)))}",
     )
 
 
@@ -518,7 +526,7 @@ def plan(
         else:
             pairs = [(root, Path(root.name))]
         for f, rel in pairs:
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
+            if f.suffix.lower() not in IMAGE_SUFFIXES and not is_video(f):
                 problems.append(_unsupported(f))
                 continue
             real = os.path.realpath(f)
@@ -567,6 +575,8 @@ def _keep_names(images: Iterable[PlannedImage]) -> list[PlannedImage]:
         rel = PurePosixPath(item.rel)
         clash = len(groups[str(rel.with_suffix("")).casefold()]) > 1
         output = f"{item.rel}.png" if clash else str(rel.with_suffix(".png"))
+        if is_video(item.source):  # videos keep their name and container type
+            output = item.rel
         out.append(replace(item, output=output, name=item.rel))
     return out
 
@@ -780,6 +790,8 @@ def _process(
                 f"not processed: its output {target} cannot be written ({err}); "
                 "nothing was read or charged"
             )
+        if is_video(item.source):
+            return _process_video(anonymizer, item, kwargs, ctx, charged, outcome, failed)
         try:
             check_pixels(image_size(item.source), ctx.max_megapixels * 1e6, name=where)
         except ImageTooLarge as err:
@@ -827,8 +839,12 @@ def _process(
         for f in res.faces:
             face_counts["faces"] += 1
             face_counts[f.status] += 1
-            if getattr(f, "refused", False):
+            if f.refused:
                 face_counts["refused"] += 1
+            if f.uncertain:
+                face_counts["uncertain"] += 1
+            if f.protection == "dp-fallback":
+                face_counts["fallback"] += 1
         charges = sum(1 for f in res.faces if f.ledger_event is not None)
         t = time.perf_counter()
         try:
@@ -854,6 +870,74 @@ def _process(
         return failed(
             f"{type(err).__name__}: {err} (an internal error; this is a bug, please report it)"
         )
+    return outcome
+
+
+_frame_progress: Callable[[str, str, int, int], None] | None = None  # set by run()
+
+
+def _process_video(
+    anonymizer: Anonymizer,
+    item: PlannedImage,
+    kwargs: dict[str, Any],
+    ctx: _Context,
+    charged: Callable[[], None] | None,
+    outcome: _Outcome,
+    failed: Callable[[str], _Outcome],
+) -> _Outcome:
+    """One video (:mod:`dpface.video`): the output keeps its container type; options from
+    ``anonymizer.video_options`` (audio, detect_every); a subject map's ``face`` index i names
+    track i + 1. The receipt is the video receipt."""
+    assert item.output is not None and item.receipt is not None
+    target, receipt_path = ctx.out / item.output, ctx.out / item.receipt
+    where = str(item.source)
+    opts: dict[str, Any] = dict(getattr(anonymizer, "video_options", None) or {})
+    if ctx.subject is not None:
+        opts["subject"] = ctx.subject
+    elif kwargs.get("subject") is not None:
+        opts["subject"] = kwargs["subject"]
+    elif kwargs.get("subjects"):
+        opts["subjects"] = {i + 1: s for i, s in enumerate(kwargs["subjects"]) if s}
+    tell = _frame_progress
+    name = item.name or item.rel
+    progress = None if tell is None else (lambda stage, d, n: tell(name, stage, d, n))
+    try:
+        res = anonymizer.anonymize_video(
+            item.source, target, name=item.name, progress=progress, **opts
+        )
+    finally:
+        if charged is not None:
+            charged()
+    for stage, sec in res.timings.items():
+        if stage != "total":
+            outcome.stages[stage] += sec
+    receipt = _scrub(res.receipt, _replacements(item, list(ctx.roots), ctx.names))
+    if not res.ok:
+        receipt["output"] = None
+        _try_write(receipt_path, receipt)
+        return failed(res.error or "failed")
+    counts = outcome.counts
+    if not res.tracks:
+        counts["no_face"] += 1
+        if ctx.strict:
+            target.unlink(missing_ok=True)
+            counts["withheld"] += 1
+            outcome.problems.append(Problem(where, "withheld (no face in any frame; --strict)"))
+            receipt["output"] = None
+            _try_write(receipt_path, receipt)
+            return outcome
+        outcome.problems.append(Problem(where, "written unchanged (no face in any frame)"))
+    receipt["output"] = item.output
+    if not _try_write(receipt_path, receipt):
+        outcome.problems.append(
+            Problem(where, f"the video was written but its receipt {receipt_path} could not be")
+        )
+    counts["videos"] += 1
+    counts["frames"] += res.frames
+    for t in res.tracks:
+        counts["faces"] += 1  # a face in a video is a track
+        counts[t.status] += 1
+        counts["refused"] += int(t.refused)
     return outcome
 
 
@@ -1432,6 +1516,7 @@ def run(
     progress: Progress | None = None,
     workers: int | WorkerPool = 1,
     build: Callable[[], Anonymizer] | None = None,
+    frame_progress: Callable[[str, str, int, int], None] | None = None,
 ) -> BatchSummary:
     """Anonymise every planned photo with ``anonymizer`` and write outputs and receipts.
 
@@ -1451,7 +1536,10 @@ def run(
     order, so the outputs, receipts and problems are those of one process, in input order (the
     noise aside); a worker that dies costs only the photo it was on, reported as its problem.
     ``progress`` may then be called from a helper thread.
+    ``frame_progress(name, stage, frames done, frames expected)`` follows each video this
+    process anonymises frame by frame (stages "analyse" and "render").
     """
+    global _frame_progress
     refuse_in_worker()
     ledger = anonymizer.ledger
     subject = check_subject(subject)
@@ -1483,6 +1571,7 @@ def run(
         if pool is None:
             assert build is not None
             pool = WorkerPool(workers, _BuildLater(build), len(planned.images))
+    _frame_progress = frame_progress
     try:
         return _run(
             anonymizer,
@@ -1498,6 +1587,7 @@ def run(
             progress,
         )
     finally:
+        _frame_progress = None
         if pool is not None:
             pool.close()
 

@@ -285,6 +285,28 @@ def _progress(console: Console) -> tuple[Any, Callable[[int, int, str], None]]:
     return bar, update
 
 
+def _frames(bar: Any) -> Callable[[str, str, int, int], None]:
+    """A second bar for the video being anonymised: its frames (two passes: analysing, then
+    writing) and the time left."""
+    task: list[Any] = []
+
+    def update(name: str, stage: str, done: int, total: int) -> None:
+        if not task:
+            bar.start()
+            task.append(bar.add_task("frames", total=2 * total))
+        if stage == "analyse" and done == 1:
+            bar.reset(task[0], total=2 * total)  # a new video: its own time left
+        what = "analysing" if stage == "analyse" else "writing"
+        bar.update(
+            task[0],
+            completed=done if stage == "analyse" else total + done,
+            total=2 * total,
+            description=f"{name}: {what} frame {done}/{total}",
+        )
+
+    return update
+
+
 def _run_and_print(
     config: AnonymizeConfig,
     inputs: list[Path],
@@ -298,7 +320,14 @@ def _run_and_print(
     console = Console(stderr=True)
     bar, update = _progress(console)
     try:
-        summary = config.run(inputs, out, subject=subject, subject_map=subjects, progress=update)
+        summary = config.run(
+            inputs,
+            out,
+            subject=subject,
+            subject_map=subjects,
+            progress=update,
+            frame_progress=_frames(bar),
+        )
     finally:
         bar.stop()
     if json_output:
@@ -306,11 +335,20 @@ def _run_and_print(
         return
     c = summary.counts
     console.print(
-        f"[bold]{c['images']}[/] of {summary.inputs} image(s) written to {summary.output} in "
+        f"[bold]{c['images'] + c.get('videos', 0)}[/] of {summary.inputs} input(s) written "
+        f"to {summary.output} in "
         f"{summary.seconds:.1f}s: {c['faces']} face(s) — {c['replaced']} replaced, "
         f"{c['pixelized']} pixelized, {c['masked']} masked ({c['refused']} refused by the "
         f"budget); {c['no_face']} without a face, {c['failed']} not written"
     )
+    if c.get("uncertain") or c.get("fallback"):
+        console.print(
+            f"{c.get('uncertain', 0)} detection(s) the detector was unsure of and "
+            f"{c.get('fallback', 0)} face(s) the generator could not take were protected by "
+            "the DP fallback (charged); see each receipt's detection block"
+        )
+    if c.get("videos"):
+        console.print(f"{c['videos']} video(s), {c['frames']} frames (a video's faces: tracks)")
     if summary.stage_seconds:
         split = ", ".join(
             f"{k} {v:.1f}s" for k, v in sorted(summary.stage_seconds.items(), key=lambda kv: -kv[1])
@@ -337,7 +375,7 @@ _MECHANISM_HELP = (
 
 @app.command()
 def anonymize(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders (recursive).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Photos, videos, folders (recursive).")],
     out: Annotated[Path, typer.Option("-o", "--out", help=_OUT_HELP)] = Path("out/anon"),
     mechanism: Annotated[
         MechanismName,
@@ -476,16 +514,30 @@ def anonymize(
         Path | None,
         typer.Option(help="ONNX recogniser file for --encoder arcface-onnx (your own weights)."),
     ] = None,
+    audio: Annotated[
+        str,
+        typer.Option(
+            help="Videos: keep (copy the audio unchanged; voices are NOT protected) or drop."
+        ),
+    ] = "keep",
+    detect_every: Annotated[
+        int,
+        typer.Option(
+            help="Videos: search every k-th frame for faces and track between (the frames in "
+            "between are protected by interpolation; see docs/video.md)."
+        ),
+    ] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """De-identify faces in photos under a per-subject epsilon budget.
+    """De-identify faces in photos and videos under a per-subject epsilon budget.
 
     Every face is charged to its privacy unit in the ledger before any noise is drawn; a face
     whose budget is spent (or that cannot be replaced) is masked, never left as it was. A
     named subject (--subject, --subjects) is a person; an unnamed face is a unit keyed by its
     photo (the same photo again charges the same unit; other photos of that person are other
     units). Writes one PNG (no metadata) and one JSON receipt per input under OUT, mirroring
-    the input tree, and OUT/report.html for this run. Every option is checked before anything
+    the input tree (a video keeps its container type: one person-track is released once),
+    and OUT/report.html for this run. Every option is checked before anything
     is read, charged or written.
 
     Exit codes: 0 the run completed (per-image problems are listed in the summary); 2 unusable
@@ -513,6 +565,8 @@ def anonymize(
         strict=strict,
         purpose=purpose,
         workers=workers,
+        audio=audio,
+        detect_every=detect_every,
     )
     _run_and_print(config, inputs, out, subject=subject, subjects=subjects, json_output=json_output)
 

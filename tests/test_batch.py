@@ -380,3 +380,18 @@ def test_the_sixth_demo_run_into_one_ledger_masks_every_face(tmp_path: Path) -> 
     assert runs[5].faces == runs[5].masked == runs[5].refused == 2
     with Ledger(tmp_path / "ledger.db", create=False) as led:
         assert len(led.subjects()) == 2
+
+
+def test_the_summary_counts_unsure_detections_and_dp_fallbacks(tmp_path: Path) -> None:
+    """fr-biden: Biden, and a 26 px box in a dark corner the detector is unsure of. The
+    default (identity) path replaces Biden and protects the unsure box with the charged DP
+    fallback; the summary says so."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLES / "fr-biden.jpg", src / "fr-biden.jpg")
+    config = AnonymizeConfig(ledger=tmp_path / "ledger.db", workers=1)
+    summary = config.run([src], tmp_path / "out")
+    assert summary.replaced == 1 and summary.uncertain >= 1 and summary.fallback >= 1
+    assert summary.faces == summary.replaced + summary.pixelized + summary.masked
+    data = summary.as_dict()
+    assert data["uncertain"] == summary.uncertain and data["fallback"] == summary.fallback
