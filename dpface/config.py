@@ -148,7 +148,9 @@ class AnonymizeConfig:
     ``workers``: processes that anonymise the photos in parallel, this one included, each
     with one compute thread, all on the same ledger (None: the usable cores, as many as the
     available memory holds, at most one per photo; 1 with ``seed`` or an in-memory ledger; 1:
-    everything in this process).
+    everything in this process). ``audio``: a video's audio is copied ("keep") or dropped
+    ("drop"); ``detect_every``: the detector searches every k-th frame of a video
+    (:mod:`dpface.video`).
     """
 
     mechanism: MechanismName = "identity-laplace"
@@ -172,6 +174,8 @@ class AnonymizeConfig:
     strict: bool = False
     purpose: str | None = None
     workers: int | None = None
+    audio: str = "keep"
+    detect_every: int = 1
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -218,6 +222,10 @@ class AnonymizeConfig:
         if self.purpose is not None and not isinstance(self.purpose, str):
             raise UsageError(f"purpose (--purpose) must be text, got {self.purpose!r}")
         self._check_paths()
+        _choice("audio", "--audio", self.audio, ("keep", "drop"))
+        every = _integer("detect_every", "--detect-every", self.detect_every)
+        if not 1 <= every <= 300:
+            raise UsageError(f"detect_every (--detect-every) must be 1 to 300, got {every}")
         self._check_workers()
         self._check_encoder()
         # the mechanism's own checks, and one probe draw on public dummy data: a setting the
@@ -497,7 +505,7 @@ class AnonymizeConfig:
         try:
             if ledger is None:
                 ledger = self.open_ledger()
-            return Anonymizer(
+            anonymizer = Anonymizer(
                 mechanism=mech,
                 generator=generator,
                 ledger=ledger,
@@ -507,6 +515,9 @@ class AnonymizeConfig:
                 encoder=encoder,
                 receipt_subjects="digest" if self.names == "hash" else "name",
             )
+            # read by dpface.batch for the videos of a run (dpface.video)
+            anonymizer.video_options = {"audio": self.audio, "detect_every": self.detect_every}
+            return anonymizer
         except BaseException:
             if templates is not None:
                 templates.close()
@@ -533,6 +544,7 @@ class AnonymizeConfig:
         subject: str | None = None,
         subject_map: SubjectMap | str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
+        frame_progress: Callable[[str, str, int, int], None] | None = None,
         report: bool = True,
     ) -> BatchSummary:
         """Plan the batch (refusing unsafe output folders), build the models, open the ledger,
@@ -578,6 +590,7 @@ class AnonymizeConfig:
                     report=report,
                     progress=progress,
                     workers=1 if pool is None else pool,
+                    frame_progress=frame_progress,
                 )
             finally:
                 anonymizer.ledger.close()

@@ -29,10 +29,11 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
@@ -222,6 +223,10 @@ def _model_hashes() -> dict[str, str]:
 
 class Anonymizer:
     """De-identify photos under a per-subject privacy budget, with a receipt for every face."""
+
+    # what dpface.batch passes to anonymize_video for the videos of a run (audio,
+    # detect_every; set by dpface.config from --audio/--detect-every); empty: the defaults
+    video_options: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(
         self,

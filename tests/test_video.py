@@ -446,3 +446,56 @@ def test_anonymize_video_options_are_checked(clips: dict[str, Clip], tmp_path: P
         anon.anonymize_video(clips["still"].path, tmp_path / "o.mp4", detect_every=0)
     with pytest.raises(ValueError):
         anon.anonymize_video(clips["still"].path, tmp_path / "o.png")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_folder_mixing_photos_and_videos(clips: dict[str, Clip], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from dpface.cli import app
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(clips["meta"].path, src / "clip.mp4")
+    shutil.copy(Path(__file__).parents[1] / "assets" / "samples" / "fr-obama.jpg", src / "sub")
+    (src / "broken.mov").write_bytes(b"not a video at all")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app,
+        [
+            "anonymize",
+            str(src),
+            "-o",
+            str(out),
+            "-m",
+            "dp-pix",
+            "--ledger",
+            str(tmp_path / "l.db"),
+            "--audio",
+            "drop",
+            "--detect-every",
+            "2",
+            "--workers",
+            "1",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{") :])
+    assert summary["videos"] == 1 and summary["images"] == 1
+    assert summary["frames"] == clips["meta"].frames
+    assert [p["input"].endswith("broken.mov") for p in summary["problems"]] == [True]
+    assert (out / "sub" / "fr-obama.png").is_file()
+    with av.open(str(out / "clip.mp4")) as c:
+        assert [s.type for s in c.streams] == ["video"]  # --audio drop
+        assert not {"location", "title"} & set(c.metadata)
+    receipt = json.loads((out / "clip.mp4.receipt.json").read_text())
+    assert receipt["schema"] == "dpface.video-receipt/1" and receipt["output"] == "clip.mp4"
+    assert receipt["detection"]["detect_every"] == 2
+    assert str(tmp_path) not in json.dumps(receipt)
+    assert (out / "broken.mov.receipt.json").is_file()
