@@ -35,8 +35,7 @@ def loose_crop_matrix(landmarks: np.ndarray, size: int, scale: float = 1.6) -> n
     return np.array([[s, 0.0, size / 2.0 - s * cx], [0.0, s, size / 2.0 - s * cy]])
 
 
-def loose_crop(img: np.ndarray, landmarks: np.ndarray, size: int, scale: float = 1.6
-               ) -> np.ndarray:
+def loose_crop(img: np.ndarray, landmarks: np.ndarray, size: int, scale: float = 1.6) -> np.ndarray:
     """Square (size, size) crop around the landmarks (see ``loose_crop_matrix``); pixels
     outside the image are black."""
     import cv2

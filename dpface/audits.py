@@ -74,16 +74,23 @@ def _threshold_on(statistic: Statistic | None) -> Callable[[Array, Array, AuditP
 def _laplace(eps: float, claim: float, r: Randomness) -> AuditSetup:
     mech = Laplace(epsilon=eps, sensitivity=1.0, randomness=r)
     return AuditSetup(
-        mechanism_release(mech), np.array([0.0]), np.array([1.0]), PureDP(claim),
-        _threshold_on(None), "scalar query, values 0 and 1 (L1 distance = sensitivity 1)",
+        mechanism_release(mech),
+        np.array([0.0]),
+        np.array([1.0]),
+        PureDP(claim),
+        _threshold_on(None),
+        "scalar query, values 0 and 1 (L1 distance = sensitivity 1)",
     )
 
 
 def _gaussian(eps: float, claim: float, r: Randomness) -> AuditSetup:
     mech = Gaussian(epsilon=eps, delta=AUDIT_DELTA, sensitivity=1.0, randomness=r)
     return AuditSetup(
-        mechanism_release(mech), np.array([0.0]), np.array([1.0]),
-        ApproxDP(claim, AUDIT_DELTA), _threshold_on(None),
+        mechanism_release(mech),
+        np.array([0.0]),
+        np.array([1.0]),
+        ApproxDP(claim, AUDIT_DELTA),
+        _threshold_on(None),
         "scalar query, values 0 and 1 (L2 distance = sensitivity 1)",
     )
 
@@ -96,7 +103,11 @@ def _exponential(eps: float, claim: float, r: Randomness) -> AuditSetup:
     u0 = np.array([1.0] + [0.0] * _EXP_M)
     u1 = np.array([0.0] + [1.0] * _EXP_M)
     return AuditSetup(
-        mechanism_release(mech), u0, u1, PureDP(claim), choose_set_event,
+        mechanism_release(mech),
+        u0,
+        u1,
+        PureDP(claim),
+        choose_set_event,
         f"scores of {_EXP_M + 1} candidates, every score moved by the sensitivity 1 "
         "(candidate 0 down, the rest up)",
     )
@@ -121,7 +132,11 @@ def _onto(x: Array) -> Statistic:
 def _identity_laplace(eps: float, claim: float, r: Randomness) -> AuditSetup:
     mech = IdentityLaplace(epsilon=eps, dim=_ID_DIM, randomness=r)
     return AuditSetup(
-        mechanism_release(mech), _ID_X, -_ID_X, PureDP(claim), _threshold_on(_clipped_sum),
+        mechanism_release(mech),
+        _ID_X,
+        -_ID_X,
+        PureDP(claim),
+        _threshold_on(_clipped_sum),
         f"antipodal unit embeddings x, -x in {_ID_DIM} dimensions (L1 distance 2*sqrt(d))",
     )
 
@@ -131,7 +146,10 @@ def _identity_gaussian(eps: float, claim: float, r: Randomness) -> AuditSetup:
         epsilon=eps, delta=AUDIT_DELTA, dim=_ID_DIM, renormalize=False, randomness=r
     )
     return AuditSetup(
-        mechanism_release(mech), _ID_X, -_ID_X, ApproxDP(claim, AUDIT_DELTA),
+        mechanism_release(mech),
+        _ID_X,
+        -_ID_X,
+        ApproxDP(claim, AUDIT_DELTA),
         _threshold_on(_onto(_ID_X)),
         f"antipodal unit embeddings x, -x in {_ID_DIM} dimensions (L2 distance 2)",
     )
@@ -143,7 +161,11 @@ _VMF_X = np.ones(3) / np.sqrt(3.0)
 def _identity_vmf(eps: float, claim: float, r: Randomness) -> AuditSetup:
     mech = IdentityVMF(epsilon=eps, dim=3, randomness=r)
     return AuditSetup(
-        mechanism_release(mech), _VMF_X, -_VMF_X, PureDP(claim), _threshold_on(_onto(_VMF_X)),
+        mechanism_release(mech),
+        _VMF_X,
+        -_VMF_X,
+        PureDP(claim),
+        _threshold_on(_onto(_VMF_X)),
         "antipodal unit embeddings x, -x in 3 dimensions",
     )
 
@@ -165,7 +187,11 @@ def _dp_pix(eps: float, claim: float, r: Randomness) -> AuditSetup:
         return np.asarray(noisy[:, 0, 0, 0])
 
     return AuditSetup(
-        release, x0, x1, PureDP(claim), _threshold_on(None),
+        release,
+        x0,
+        x1,
+        PureDP(claim),
+        _threshold_on(None),
         "8x8 grey images differing in one pixel, 0 vs 255 (m = 1); the noisy mean of its 4x4 cell",
     )
 
@@ -182,7 +208,11 @@ def _dp_blur(eps: float, claim: float, r: Randomness) -> AuditSetup:
         return np.asarray(noisy[:, 0, 0, 0])
 
     return AuditSetup(
-        release, x0, x1, ApproxDP(claim, AUDIT_DELTA), _threshold_on(None),
+        release,
+        x0,
+        x1,
+        ApproxDP(claim, AUDIT_DELTA),
+        _threshold_on(None),
         "8x8 grey images differing in one pixel, 0 vs 255 (m = 1); the noisy mean of its 4x4 "
         "cell (the smoothing that follows is post-processing)",
     )
@@ -226,7 +256,12 @@ def run_audit(
     r = randomness if randomness is not None else Randomness.secure()
     setup = PLANS[name](BROKEN_FACTOR * epsilon if broken else epsilon, epsilon, r)
     result = audit_calibrated(
-        setup.release, setup.x0, setup.x1, n=n, claimed=setup.claimed, chooser=setup.chooser,
+        setup.release,
+        setup.x0,
+        setup.x1,
+        n=n,
+        claimed=setup.claimed,
+        chooser=setup.chooser,
         alpha=alpha,
     )
     return setup, result

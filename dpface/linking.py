@@ -71,8 +71,13 @@ class TemplateStore:
         self._lock = threading.RLock()
         self._closed = False
         self.path, self._conn = _open_file(
-            path, application_id=APPLICATION_ID, version=SCHEMA_VERSION,
-            what="a dpface template store", create=create, timeout=timeout, init=_init,
+            path,
+            application_id=APPLICATION_ID,
+            version=SCHEMA_VERSION,
+            what="a dpface template store",
+            create=create,
+            timeout=timeout,
+            init=_init,
         )
 
     def _check_open(self) -> None:

@@ -398,14 +398,17 @@ def _display_value(key: str, value: Any) -> dict[str, Any]:
         return {"text": "cryptographically secure (not seeded)", "flag": ""}
     if key == "is_dp":
         if value is False:
-            return {"text": "NO: these releases carry no differential-privacy guarantee",
-                    "flag": "bad"}
+            return {
+                "text": "NO: these releases carry no differential-privacy guarantee",
+                "flag": "bad",
+            }
         return {"text": "yes", "flag": ""}
     if key == "linking" and value and str(value).lower() not in ("none", "off", "false", "no"):
         flag = "warn"
     if key == "model_hashes" and isinstance(value, Mapping):
-        pairs = [(str(k), f"{str(v)[:16]}…" if len(str(v)) > 16 else str(v))
-                 for k, v in value.items()]
+        pairs = [
+            (str(k), f"{str(v)[:16]}…" if len(str(v)) > 16 else str(v)) for k, v in value.items()
+        ]
         return {"pairs": pairs, "flag": flag, "compact": True}
     if isinstance(value, Mapping):
         pairs = [(str(k), _short(v)) for k, v in value.items()]
@@ -433,8 +436,14 @@ def _settings_rows(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     no_purpose = not settings.get("purpose")
     if no_purpose:
-        rows.append({"key": "purpose", "label": "Purpose", "flag": "warn",
-                     "text": "none recorded with the run: write it in the sign-off (section 9)"})
+        rows.append(
+            {
+                "key": "purpose",
+                "label": "Purpose",
+                "flag": "warn",
+                "text": "none recorded with the run: write it in the sign-off (section 9)",
+            }
+        )
     known = dict(KNOWN_SETTINGS)
     order = [k for k, _ in KNOWN_SETTINGS if k in settings and not (k == "purpose" and no_purpose)]
     order += sorted(k for k in settings if k not in known and k != "channels")
@@ -480,12 +489,16 @@ def _refusal_reason(refusal: Mapping[str, Any], history: Sequence[Mapping[str, A
     b_eps, b_delta = budget
     asked_eps, asked_delta = float(refusal["epsilon"]), float(refusal["delta"])
     if asked_delta > 0 and b_delta == 0:
-        return (f"the budget is pure ε (δ = 0) and this mechanism needs δ = {_num(asked_delta)}")
+        return f"the budget is pure ε (δ = 0) and this mechanism needs δ = {_num(asked_delta)}"
     if delta + asked_delta > b_delta * (1 + 1e-9) and eps + asked_eps <= b_eps * (1 + 1e-9):
-        return (f"δ used up: {_num(delta)} of δ = {_num(b_delta)} spent, this release needed "
-                f"{_num(asked_delta)} more")
-    return (f"ε used up: {_num(eps)} of ε = {_num(b_eps)} spent (sum of releases), this "
-            f"release needed {_num(asked_eps)} more")
+        return (
+            f"δ used up: {_num(delta)} of δ = {_num(b_delta)} spent, this release needed "
+            f"{_num(asked_delta)} more"
+        )
+    return (
+        f"ε used up: {_num(eps)} of ε = {_num(b_eps)} spent (sum of releases), this "
+        f"release needed {_num(asked_eps)} more"
+    )
 
 
 def _redact(problem: str, names: set[str]) -> str:
@@ -597,8 +610,14 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
     for e in releases:
         m = mechanisms.setdefault(
             e["mechanism"],
-            {"releases": 0, "subjects": set(), "statements": [], "per_release": set(),
-             "seeded_releases": 0, "not_dp_releases": 0},
+            {
+                "releases": 0,
+                "subjects": set(),
+                "statements": [],
+                "per_release": set(),
+                "seeded_releases": 0,
+                "not_dp_releases": 0,
+            },
         )
         m["releases"] += 1
         m["subjects"].add(e["subject"])
@@ -672,39 +691,61 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
     alerts = []
     if not verification["ok"]:
         alerts.append(
-            {"level": "bad", "text": "The ledger's hash chain does NOT verify: entries were "
-             "changed, removed or inserted after they were written. Do not sign before this is "
-             "explained.", "problems": verification["problems"]}
+            {
+                "level": "bad",
+                "text": "The ledger's hash chain does NOT verify: entries were "
+                "changed, removed or inserted after they were written. Do not sign before this is "
+                "explained.",
+                "problems": verification["problems"],
+            }
         )
     if seeded_n or seeded_runs:
         alerts.append(
-            {"level": "bad", "text": f"{seeded_n} release(s) used SEEDED randomness"
-             + (f" (run {', '.join(map(str, seeded_runs))})" if seeded_runs else "")
-             + ": their noise can be reproduced by anyone who knows the seed, so they are NOT "
-             "private, whatever ε says.", "problems": []}
+            {
+                "level": "bad",
+                "text": f"{seeded_n} release(s) used SEEDED randomness"
+                + (f" (run {', '.join(map(str, seeded_runs))})" if seeded_runs else "")
+                + ": their noise can be reproduced by anyone who knows the seed, so they are NOT "
+                "private, whatever ε says.",
+                "problems": [],
+            }
         )
     if not_dp_n:
         alerts.append(
-            {"level": "bad", "text": f"{not_dp_n} release(s) carry NO differential-privacy "
-             "guarantee (a paper-compatible or otherwise non-DP setting).", "problems": []}
+            {
+                "level": "bad",
+                "text": f"{not_dp_n} release(s) carry NO differential-privacy "
+                "guarantee (a paper-compatible or otherwise non-DP setting).",
+                "problems": [],
+            }
         )
     if counts["unchanged"]:
         alerts.append(
-            {"level": "warn", "text": f"{counts['unchanged']} photo(s) had no detected face and "
-             "were written out unchanged: check them for faces the detector missed.",
-             "problems": []}
+            {
+                "level": "warn",
+                "text": f"{counts['unchanged']} photo(s) had no detected face and "
+                "were written out unchanged: check them for faces the detector missed.",
+                "problems": [],
+            }
         )
     if refusals:
         alerts.append(
-            {"level": "warn", "text": f"{len(refusals)} release(s) were refused by the budget "
-             "check (the reasons are in section 7); those faces were masked, no noise was "
-             "drawn.", "problems": []}
+            {
+                "level": "warn",
+                "text": f"{len(refusals)} release(s) were refused by the budget "
+                "check (the reasons are in section 7); those faces were masked, no noise was "
+                "drawn.",
+                "problems": [],
+            }
         )
     if unfinished:
         alerts.append(
-            {"level": "warn", "text": f"Run {', '.join(map(str, unfinished))} has no finish "
-             "record (still running, or it stopped): its photo counts are missing.",
-             "problems": []}
+            {
+                "level": "warn",
+                "text": f"Run {', '.join(map(str, unfinished))} has no finish "
+                "record (still running, or it stopped): its photo counts are missing.",
+                "problems": [],
+            }
         )
 
     guarantee_line = "; ".join(
@@ -724,8 +765,11 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
     outcome = None
     if have_summary:
         parts = [f"{counts['images']} photo(s) with {counts['faces']} face(s)"]
-        for key, word in (("replaced", "replaced by new identities"), ("pixelized", "pixelized"),
-                          ("masked", "masked")):
+        for key, word in (
+            ("replaced", "replaced by new identities"),
+            ("pixelized", "pixelized"),
+            ("masked", "masked"),
+        ):
             if counts[key]:
                 parts.append(f"{counts[key]} face(s) {word}")
         if counts["unchanged"]:
@@ -740,85 +784,85 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
         p = (r.get("settings") or {}).get("purpose")
         if p and p not in purposes:
             purposes.append(str(p))
-    status = "bad" if any(a["level"] == "bad" for a in alerts) else (
-        "warn" if alerts else "ok"
-    )
-    report: dict[str, Any] = _json_safe({
-        "schema": REPORT_SCHEMA,
-        "generated_at": _iso(dt.datetime.now(tz=dt.UTC).timestamp()),
-        "scope": {
-            "run_id": run_id,
-            "run": run_numbers.get(run_id) if run_id is not None else None,
-            "description": (
-                f"run {run_numbers.get(run_id, '?')} only ({run_id}): other runs sharing the "
-                "ledger are not listed"
-                if run_id is not None
-                else f"the whole ledger ({len(all_runs)} run(s))"
-            ),
-        },
-        "ledger": {
-            "file": Path(str(ledger.path)).name,
+    status = "bad" if any(a["level"] == "bad" for a in alerts) else ("warn" if alerts else "ok")
+    report: dict[str, Any] = _json_safe(
+        {
+            "schema": REPORT_SCHEMA,
+            "generated_at": _iso(dt.datetime.now(tz=dt.UTC).timestamp()),
+            "scope": {
+                "run_id": run_id,
+                "run": run_numbers.get(run_id) if run_id is not None else None,
+                "description": (
+                    f"run {run_numbers.get(run_id, '?')} only ({run_id}): other runs sharing the "
+                    "ledger are not listed"
+                    if run_id is not None
+                    else f"the whole ledger ({len(all_runs)} run(s))"
+                ),
+            },
+            "ledger": {
+                "file": Path(str(ledger.path)).name,
+                "composition": ledger.composition,
+                "verification": verification,
+            },
             "composition": ledger.composition,
-            "verification": verification,
-        },
-        "composition": ledger.composition,
-        "summary": {
-            "status": status,
-            "released": (
-                f"{len(releases)} de-identified face release(s) for {people} privacy unit(s)"
-                + (f" ({unnamed} of them unnamed faces)" if unnamed else "")
-            ),
-            "guarantee": guarantee_line or "nothing was released",
-            "outcome": outcome,
-            "budgets": [{"epsilon": e, "delta": d} for e, d in budgets_seen],
-            "people": people,
-            "unnamed": unnamed,
-            "releases": len(releases),
-            "refusals": len(refusals),
-            "seeded_releases": seeded_n,
-            "not_dp_releases": not_dp_n,
-            "alerts": alerts,
-        },
-        "totals": {"subjects": people, "releases": len(releases), "refusals": len(refusals)},
-        "runs": [
-            {
-                "run": run_numbers[r["run_id"]],
-                "run_id": r["run_id"],
-                "started_at": _iso(r.get("started_at")),
-                "finished_at": _iso(r.get("finished_at")),
-                "settings": _json_safe(r.get("settings") or {}),
-                "summary": _json_safe(r.get("summary") or {}),
-            }
-            for r in runs
-        ],
-        "counts": {
-            **counts,
-            "from_run_summaries": bool(have_summary),
-            "unfinished_runs": unfinished,
-            "rows": count_rows,
-        },
-        "guarantee": {
-            "mechanisms": mech_json,
-            "channels": {"covered": covered, "uncovered": uncovered, "notes": channel_notes}
-            if covered or uncovered
-            else None,
-            "linking": linking,
-            "never_covered": [{"what": w, "why": y} for w, y in NEVER_COVERED],
-        },
-        "epsilon_plain": plain,
-        "measured": measured,
-        "subjects": subjects,
-        "events": releases,
-        "refusals": refusals,
-        "budget_changes": budget_changes,
-        "signoff": {
-            "purpose": purposes,
-            "fields": ["name", "role", "date", "signature"],
-            "ledger_head": verification["head"],
-            "chain_length": verification["entries"],
-            "chain_ok": verification["ok"],
-        },
-    })
+            "summary": {
+                "status": status,
+                "released": (
+                    f"{len(releases)} de-identified face release(s) for {people} privacy unit(s)"
+                    + (f" ({unnamed} of them unnamed faces)" if unnamed else "")
+                ),
+                "guarantee": guarantee_line or "nothing was released",
+                "outcome": outcome,
+                "budgets": [{"epsilon": e, "delta": d} for e, d in budgets_seen],
+                "people": people,
+                "unnamed": unnamed,
+                "releases": len(releases),
+                "refusals": len(refusals),
+                "seeded_releases": seeded_n,
+                "not_dp_releases": not_dp_n,
+                "alerts": alerts,
+            },
+            "totals": {"subjects": people, "releases": len(releases), "refusals": len(refusals)},
+            "runs": [
+                {
+                    "run": run_numbers[r["run_id"]],
+                    "run_id": r["run_id"],
+                    "started_at": _iso(r.get("started_at")),
+                    "finished_at": _iso(r.get("finished_at")),
+                    "settings": _json_safe(r.get("settings") or {}),
+                    "summary": _json_safe(r.get("summary") or {}),
+                }
+                for r in runs
+            ],
+            "counts": {
+                **counts,
+                "from_run_summaries": bool(have_summary),
+                "unfinished_runs": unfinished,
+                "rows": count_rows,
+            },
+            "guarantee": {
+                "mechanisms": mech_json,
+                "channels": {"covered": covered, "uncovered": uncovered, "notes": channel_notes}
+                if covered or uncovered
+                else None,
+                "linking": linking,
+                "never_covered": [{"what": w, "why": y} for w, y in NEVER_COVERED],
+            },
+            "epsilon_plain": plain,
+            "measured": measured,
+            "subjects": subjects,
+            "events": releases,
+            "refusals": refusals,
+            "budget_changes": budget_changes,
+            "signoff": {
+                "purpose": purposes,
+                "fields": ["name", "role", "date", "signature"],
+                "ledger_head": verification["head"],
+                "chain_length": verification["entries"],
+                "chain_ok": verification["ok"],
+            },
+        }
+    )
     return report
 
 
@@ -867,7 +911,11 @@ def _budget_chart(plt: Any, subjects: Sequence[Mapping[str, Any]]) -> str | None
             Patch(facecolor="#2f6db3", label="spent"),
             Patch(facecolor="#b3261e", label="spent: budget used up"),
         ],
-        frameon=False, fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3,
+        frameon=False,
+        fontsize=8,
+        loc="lower right",
+        bbox_to_anchor=(1.0, 1.0),
+        ncol=3,
     )
     out = _svg(fig)
     plt.close(fig)
@@ -917,25 +965,51 @@ def _timeline_chart(
             if share >= 0.15:  # room for the date too
                 when = dt.datetime.fromtimestamp(starts[key], tz=dt.UTC)
                 label += "\n" + when.strftime("%d %b %Y %H:%M")
-            ax.annotate(label, xy=(lo - 0.4, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(2, -4), textcoords="offset points", fontsize=7, color="#5b6673",
-                        va="top")
+            ax.annotate(
+                label,
+                xy=(lo - 0.4, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -4),
+                textcoords="offset points",
+                fontsize=7,
+                color="#5b6673",
+                va="top",
+            )
     marker = "o" if n <= 200 else None
     for name in top:
         xs, ys = series[name]
-        ax.plot([*xs, n + 0.5], [*ys, ys[-1]], drawstyle="steps-post", marker=marker,
-                markevery=list(range(1, len(xs))),  # a dot per release, none at the ends
-                markersize=3, linewidth=1.6, label=_label(name, 24), zorder=3)
+        ax.plot(
+            [*xs, n + 0.5],
+            [*ys, ys[-1]],
+            drawstyle="steps-post",
+            marker=marker,
+            markevery=list(range(1, len(xs))),  # a dot per release, none at the ends
+            markersize=3,
+            linewidth=1.6,
+            label=_label(name, 24),
+            zorder=3,
+        )
     budgets = {s["budget"]["epsilon"] for s in subjects if s["subject"] in top and s["budget"]}
     if len(budgets) == 1:
         b = budgets.pop()
         ax.axhline(b, color="#b3261e", linestyle="--", linewidth=1, zorder=2)
-        ax.annotate(f"budget ε = {_num(b)}", xy=(1.0, b), xycoords=("axes fraction", "data"),
-                    xytext=(-2, 3), textcoords="offset points", fontsize=8, color="#b3261e",
-                    ha="right")
+        ax.annotate(
+            f"budget ε = {_num(b)}",
+            xy=(1.0, b),
+            xycoords=("axes fraction", "data"),
+            xytext=(-2, 3),
+            textcoords="offset points",
+            fontsize=8,
+            color="#b3261e",
+            ha="right",
+        )
     ax.set_xlim(0.5, n + 0.5)
-    ax.set_ylim(0, max([*running.values(), *(s["spent"]["epsilon"] for s in subjects
-                                             if s["subject"] in top)]) * 1.25 + 1e-9)
+    ax.set_ylim(
+        0,
+        max([*running.values(), *(s["spent"]["epsilon"] for s in subjects if s["subject"] in top)])
+        * 1.25
+        + 1e-9,
+    )
     ax.set_ylabel("ε spent so far (sum)")
     ax.set_xlabel("releases in time order (shaded bands: runs, with their start in UTC)")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -1020,8 +1094,12 @@ def render_html(report: Mapping[str, Any]) -> str:
     settings, same_as = _provenance(report["runs"])
     summaries = {r["run_id"]: _summary_rows(r["summary"]) for r in report["runs"]}
     return _ENV.get_template("report.html.j2").render(
-        r=report, charts=_charts(report), settings=settings, same_as=same_as,
-        summaries=summaries, max_rows=MAX_ENTRY_ROWS,
+        r=report,
+        charts=_charts(report),
+        settings=settings,
+        same_as=same_as,
+        summaries=summaries,
+        max_rows=MAX_ENTRY_ROWS,
     )
 
 
@@ -1051,4 +1129,3 @@ def write_report(
     if json_out is not None:
         _write_atomic(Path(json_out), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report
-

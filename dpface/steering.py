@@ -67,8 +67,9 @@ def _generator_values(names: tuple[str, ...], values: npt.ArrayLike) -> dict[str
 
 def _charge(ledger: Ledger, subject: str, what: str, budget: Budget, note: str) -> str | None:
     try:
-        ledger.charge(subject, mechanism=what, budget=budget, event=pure_event(_eps(budget)),
-                      note=note)
+        ledger.charge(
+            subject, mechanism=what, budget=budget, event=pure_event(_eps(budget)), note=note
+        )
     except BudgetExceeded as err:
         return str(err)
     except KeyError as err:
@@ -114,14 +115,15 @@ class VotingSteering(AttributeSteering):
 
     def steer(self, *, subject: str, embedding: np.ndarray, face: Any, ledger: Ledger) -> Steered:
         g = self.voting.guarantee
-        refused = _charge(ledger, self.reference_subject, "KAnonymousVoting", g.budget,
-                          g.statement())
+        refused = _charge(
+            ledger, self.reference_subject, "KAnonymousVoting", g.budget, g.statement()
+        )
         if refused is not None:
-            return Steered(None, "attribute voting refused by the reference set's budget",
-                           refused)
+            return Steered(None, "attribute voting refused by the reference set's budget", refused)
         release = self.voting(self._features, self._labels, np.asarray(embedding, np.float64))
-        channel = AttributeChannel(_generator_values(release.attributes, release.values),
-                                   privatised=False)
+        channel = AttributeChannel(
+            _generator_values(release.attributes, release.values), privatised=False
+        )
         return Steered(
             channel,
             f"attributes by k-anonymous voting (k = {self.voting.k}): {g.budget} for each record "
@@ -168,16 +170,26 @@ class TClosenessSteering(AttributeSteering):
         eps = self.selector.face_epsilon()
         covered = math.isfinite(eps)
         if covered and eps > 0:
-            refused = _charge(ledger, subject, "TClosenessSelector", PureDP(eps),
-                              f"t-closeness attribute release, t = {self.selector.t:g}")
+            refused = _charge(
+                ledger,
+                subject,
+                "TClosenessSelector",
+                PureDP(eps),
+                f"t-closeness attribute release, t = {self.selector.t:g}",
+            )
             if refused is not None:
                 return Steered(None, "attribute release refused by the face's budget", refused)
         values = self.selector(np.asarray(self._probabilities(face), dtype=np.float64))
-        channel = AttributeChannel(_generator_values(self.selector.attributes, values),
-                                   privatised=covered)
-        how = (f"{eps:.4g}-DP for this face, charged to its subject" if covered and eps > 0
-               else "independent of this face (t = 0)" if covered
-               else "NOT DP for this face (face_epsilon is infinite at this t)")
+        channel = AttributeChannel(
+            _generator_values(self.selector.attributes, values), privatised=covered
+        )
+        how = (
+            f"{eps:.4g}-DP for this face, charged to its subject"
+            if covered and eps > 0
+            else "independent of this face (t = 0)"
+            if covered
+            else "NOT DP for this face (face_epsilon is infinite at this t)"
+        )
         return Steered(channel, f"attributes by t-closeness (t = {self.selector.t:g}): {how}")
 
     def describe(self) -> dict[str, Any]:

@@ -21,8 +21,10 @@ def main() -> None:
     t = time.perf_counter()
     bank = default_bank()
     verb = "read" if cached else "built"
-    print(f"surrogate bank {verb} in {time.perf_counter() - t:.1f} s: {len(bank)} synthetic"
-          f" identities at {bank_path()}")
+    print(
+        f"surrogate bank {verb} in {time.perf_counter() - t:.1f} s: {len(bank)} synthetic"
+        f" identities at {bank_path()}"
+    )
     summary = {k: v for k, v in bank.report.items() if k != "left_out"}
     print(json.dumps(summary, indent=1))
 

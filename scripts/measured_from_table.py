@@ -181,8 +181,7 @@ def extract(text: str) -> dict[str, Any]:
             "(Student t over faces). Re-identification rate = 1 - PSR."
         ),
         "attackers": [
-            {"key": key, "name": name, "white_box": white}
-            for _, key, name, white in ATTACKERS
+            {"key": key, "name": name, "white_box": white} for _, key, name, white in ATTACKERS
         ],
         "rows": rows,
         "averaging": {

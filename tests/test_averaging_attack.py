@@ -44,8 +44,12 @@ def test_averaging_gets_closer_and_the_ledger_charges_it(tmp_path: Path) -> None
     cosines, charged = {}, {}
     for n in (1, 4, 16):
         while len(releases) < n:
-            led.charge("alice", mechanism="identity-gaussian", budget=mech.guarantee.budget,
-                       event=mech.event())
+            led.charge(
+                "alice",
+                mechanism="identity-gaussian",
+                budget=mech.guarantee.budget,
+                event=mech.event(),
+            )
             releases.append(mech.batch(x))
         avg = np.mean(releases, axis=0)
         cos = np.sum(avg * x, axis=1) / np.linalg.norm(avg, axis=1)

@@ -32,13 +32,13 @@ def _touch(path: Path, data: bytes = b"not decoded by plan()") -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def _config(tmp_path: Path, **kw: object) -> AnonymizeConfig:
-    return AnonymizeConfig(mechanism="dp-pix", epsilon=2.0, ledger=tmp_path / "ledger.db",
-                           **kw)  # type: ignore[arg-type]
+    return AnonymizeConfig(mechanism="dp-pix", epsilon=2.0, ledger=tmp_path / "ledger.db", **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -88,8 +88,14 @@ def test_same_stem_keeps_suffixes_also_ignoring_case(tmp_path: Path) -> None:
         _touch(src / name)
     planned = batch.plan([src], tmp_path / "out")
     got = {p.rel: p.output for p in planned.images}
-    assert got == {"x.jpg": "x.jpg.png", "x.png": "x.png.png", "Y.JPG": "Y.JPG.png",
-                   "y.png": "y.png.png", "z.jpeg": "z.png", "sub/x.png": "sub/x.png"}
+    assert got == {
+        "x.jpg": "x.jpg.png",
+        "x.png": "x.png.png",
+        "Y.JPG": "Y.JPG.png",
+        "y.png": "y.png.png",
+        "z.jpeg": "z.png",
+        "sub/x.png": "sub/x.png",
+    }
     receipts = [p.receipt for p in planned.images]
     assert len({r.casefold() for r in receipts if r}) == len(receipts)
 
@@ -109,7 +115,11 @@ def test_several_inputs_go_under_their_basenames_deduplicated(tmp_path: Path) ->
     f1, f2 = _touch(tmp_path / "a" / "x.png"), _touch(tmp_path / "b" / "x.png")
     planned = batch.plan([one, two, f1, f2], tmp_path / "out")
     assert [p.output for p in planned.images] == [
-        "photos/x.png", "photos-2/x.png", "x.png", "x-2.png"]
+        "photos/x.png",
+        "photos-2/x.png",
+        "x.png",
+        "x-2.png",
+    ]
     again = batch.plan([one, two, f1, f2], tmp_path / "out")
     assert [p.output for p in again.images] == [p.output for p in planned.images]
 
@@ -179,10 +189,13 @@ def test_subject_map_assigns_by_relative_or_given_path(tmp_path: Path) -> None:
     src = tmp_path / "in"
     for name in ("a.png", "sub/b.png", "c.png"):
         _touch(src / name)
-    smap = batch.read_subject_map(_map(
-        tmp_path,
-        "\ufefffile,face,subject\n"  # a BOM, as spreadsheets write it
-        f"a.png,,Ann\n{src / 'sub' / 'b.png'},1,Bob\nsub/b.png,0, Cy \nghost.png,,Dee\n"))
+    smap = batch.read_subject_map(
+        _map(
+            tmp_path,
+            "\ufefffile,face,subject\n"  # a BOM, as spreadsheets write it
+            f"a.png,,Ann\n{src / 'sub' / 'b.png'},1,Bob\nsub/b.png,0, Cy \nghost.png,,Dee\n",
+        )
+    )
     planned = batch.plan([src], tmp_path / "out")
     assigned, problems = smap.assign(planned)
     by_rel = {planned.images[i].rel: kw for i, kw in assigned.items()}
@@ -215,8 +228,9 @@ def test_hashed_names_leak_no_file_name(tmp_path: Path) -> None:
     shutil.copy(SAMPLES / SMALL[0], src / "patient-jane-doe.png")
     shutil.copy(SAMPLES / SMALL[1], src / "patient-john-roe.jpg")
     out = tmp_path / "out"
-    summary = _config(tmp_path, names="hash").run([src], out, subject_map=_map(
-        tmp_path, "file,subject\npatient-jane-doe.png,Jane Doe\n"))
+    summary = _config(tmp_path, names="hash").run(
+        [src], out, subject_map=_map(tmp_path, "file,subject\npatient-jane-doe.png,Jane Doe\n")
+    )
     assert summary.images == 2
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len([p for p in files if p.suffix == ".png"]) == 2
@@ -281,20 +295,29 @@ def test_a_write_failing_after_the_charge_says_the_budget_was_charged(
 
 def _huge_png(path: Path, side: int = 13000) -> Path:
     """A valid 1-bit PNG whose header says side×side: ~20 KB on disk, 0.5 GB once decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     row = b"\x00" + b"\x00" * ((side + 7) // 8)
     idat = zlib.compress(row * side, 9)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n"
-                     + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
-def test_a_huge_image_is_refused_from_its_header(photos: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_huge_image_is_refused_from_its_header(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     huge = _huge_png(photos / "huge.png")
     assert huge.stat().st_size < 200_000
     from dpface.pipeline import Anonymizer
@@ -342,25 +365,32 @@ def test_a_subject_map_charges_one_budget_for_two_photos_of_one_person(
         assert len(led.events("Eileen")) == 1 and led.budget("Eileen").epsilon == 3.0
 
 
-def test_budget_for_an_existing_subject_is_reported_as_ignored(photos: Path,
-                                                               tmp_path: Path) -> None:
-    _config(tmp_path).run([photos], tmp_path / "o1", subject=None, subject_map=_map(
-        tmp_path, "file,subject\nfr-obama2.jpg,Barack\n"))
-    again = _config(tmp_path, budget=100.0).run([photos / "fr-obama2.jpg"], tmp_path / "o2",
-                                                subject="Barack")
+def test_budget_for_an_existing_subject_is_reported_as_ignored(
+    photos: Path, tmp_path: Path
+) -> None:
+    _config(tmp_path).run(
+        [photos],
+        tmp_path / "o1",
+        subject=None,
+        subject_map=_map(tmp_path, "file,subject\nfr-obama2.jpg,Barack\n"),
+    )
+    again = _config(tmp_path, budget=100.0).run(
+        [photos / "fr-obama2.jpg"], tmp_path / "o2", subject="Barack"
+    )
     notes = [p.reason for p in again.problems if p.input == "--budget"]
     assert notes
     assert "--budget 100 ignored for existing subject Barack (budget epsilon=10)" in notes[0]
     assert "dpface ledger set-budget" in notes[0]
 
 
-def test_the_report_in_the_output_folder_covers_this_run_only(photos: Path,
-                                                              tmp_path: Path) -> None:
+def test_the_report_in_the_output_folder_covers_this_run_only(photos: Path, tmp_path: Path) -> None:
     first = _config(tmp_path).run([photos / SMALL[0]], tmp_path / "o1", subject="first-person")
     second = _config(tmp_path).run([photos / SMALL[1]], tmp_path / "o2", subject="second-person")
     assert first.run_id != second.run_id
-    for out, mine, other in ((tmp_path / "o1", "first-person", "second-person"),
-                             (tmp_path / "o2", "second-person", "first-person")):
+    for out, mine, other in (
+        (tmp_path / "o1", "first-person", "second-person"),
+        (tmp_path / "o2", "second-person", "first-person"),
+    ):
         html = (out / "report.html").read_text()
         data = (out / "report.json").read_text()
         assert mine in html and mine in data

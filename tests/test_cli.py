@@ -48,8 +48,9 @@ def photos(tmp_path: Path) -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------------- mechanisms-demo
@@ -92,8 +93,9 @@ def test_main_job_anonymises_every_bundled_sample(tmp_path: Path) -> None:
     samples = sorted(SAMPLES.iterdir())
     ledger = tmp_path / "demo-ledger.db"
     out = tmp_path / "out"
-    result = runner.invoke(app, ["demo", "-o", str(out), "-m", "dp-pix", "--ledger", str(ledger),
-                                 "--json"])
+    result = runner.invoke(
+        app, ["demo", "-o", str(out), "-m", "dp-pix", "--ledger", str(ledger), "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["inputs"] == summary["images"] == len(samples) == 16
@@ -111,13 +113,17 @@ def test_main_job_anonymises_every_bundled_sample(tmp_path: Path) -> None:
     assert not (out / "ledger.db").exists()  # the ledger outlives output folders
 
 
-def test_the_summary_prints_the_ledger_path(photos: Path, tmp_path: Path,
-                                            _own_default_ledger: Path) -> None:
-    res = runner.invoke(app, ["anonymize", str(photos / SMALL[0]), "-o", str(tmp_path / "o"),
-                              "-m", "dp-pix"])
+def test_the_summary_prints_the_ledger_path(
+    photos: Path, tmp_path: Path, _own_default_ledger: Path
+) -> None:
+    res = runner.invoke(
+        app, ["anonymize", str(photos / SMALL[0]), "-o", str(tmp_path / "o"), "-m", "dp-pix"]
+    )
     assert res.exit_code == 0, res.output
-    assert f"Ledger (budgets persist here across runs and output folders): " \
-           f"{_own_default_ledger}" in res.output
+    assert (
+        f"Ledger (budgets persist here across runs and output folders): "
+        f"{_own_default_ledger}" in res.output
+    )
     assert _own_default_ledger.is_file()  # the default ledger is the per-user one
 
 
@@ -160,8 +166,9 @@ def test_a_bad_option_is_exit_2_naming_it_and_charges_nothing(
     smap.write_text("file,subject\nskimage-astronaut.png,ann\n")
     args = [str(smap) if a == "SELF" else a for a in args]
     ledger, out = tmp_path / "l.db", tmp_path / "out"
-    res = runner.invoke(app, ["anonymize", str(photos), "-o", str(out), "--ledger", str(ledger),
-                              *args])
+    res = runner.invoke(
+        app, ["anonymize", str(photos), "-o", str(out), "--ledger", str(ledger), *args]
+    )
     assert res.exit_code == 2, (args, res.output)
     assert needle in _flat(res.output), (args, res.output)
     assert "Traceback" not in res.output
@@ -175,8 +182,19 @@ def test_an_output_folder_overlapping_the_input_is_exit_2_and_inputs_unchanged(
     shutil.copy(SAMPLES / SMALL[1], photos / "fr-obama2.png")  # a.jpg's output would be a.png
     before = _snapshot(tmp_path)
     out = {"same": photos, "inside": photos / "anon", "containing": tmp_path}[where]
-    res = runner.invoke(app, ["anonymize", str(photos), "-o", str(out), "-m", "dp-pix",
-                              "--ledger", str(tmp_path / "l.db")])
+    res = runner.invoke(
+        app,
+        [
+            "anonymize",
+            str(photos),
+            "-o",
+            str(out),
+            "-m",
+            "dp-pix",
+            "--ledger",
+            str(tmp_path / "l.db"),
+        ],
+    )
     assert res.exit_code == 2 and "output folder" in _flat(res.output), res.output
     assert _snapshot(tmp_path) == before
 
@@ -189,12 +207,22 @@ def test_no_images_is_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_a_file_that_is_not_a_ledger_is_exit_2_and_untouched(photos: Path,
-                                                            tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_ledger_is_exit_2_and_untouched(photos: Path, tmp_path: Path) -> None:
     fake = tmp_path / "notes.db"
     fake.write_bytes(b"my notes, not a ledger\n" * 10)
-    res = runner.invoke(app, ["anonymize", str(photos), "-o", str(tmp_path / "o"), "-m",
-                              "dp-pix", "--ledger", str(fake)])
+    res = runner.invoke(
+        app,
+        [
+            "anonymize",
+            str(photos),
+            "-o",
+            str(tmp_path / "o"),
+            "-m",
+            "dp-pix",
+            "--ledger",
+            str(fake),
+        ],
+    )
     assert res.exit_code == 2 and "ledger" in res.output
     assert fake.read_bytes() == b"my notes, not a ledger\n" * 10
 
@@ -209,17 +237,41 @@ def test_same_names_never_share_an_output_or_a_receipt(tmp_path: Path) -> None:
     shutil.copy(SAMPLES / SMALL[1], src / "x.jpg")
     shutil.copy(SAMPLES / SMALL[0], src / "x.png")
     out = tmp_path / "out"
-    res = runner.invoke(app, ["anonymize", str(src), "-o", str(out), "-m", "dp-pix", "--json",
-                              "--ledger", str(tmp_path / "l.db")])
+    res = runner.invoke(
+        app,
+        [
+            "anonymize",
+            str(src),
+            "-o",
+            str(out),
+            "-m",
+            "dp-pix",
+            "--json",
+            "--ledger",
+            str(tmp_path / "l.db"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["images"] == 4 and summary["pixelized"] == 4
-    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()
-                     and not p.name.startswith("report."))
-    assert written == ["a/x.png", "a/x.receipt.json", "b/x.png", "b/x.receipt.json",
-                       "x.jpg.png", "x.jpg.receipt.json", "x.png.png", "x.png.receipt.json"]
-    sources = {json.loads((out / n).read_text())["source"] for n in written
-               if n.endswith(".receipt.json")}
+    written = sorted(
+        str(p.relative_to(out))
+        for p in out.rglob("*")
+        if p.is_file() and not p.name.startswith("report.")
+    )
+    assert written == [
+        "a/x.png",
+        "a/x.receipt.json",
+        "b/x.png",
+        "b/x.receipt.json",
+        "x.jpg.png",
+        "x.jpg.receipt.json",
+        "x.png.png",
+        "x.png.receipt.json",
+    ]
+    sources = {
+        json.loads((out / n).read_text())["source"] for n in written if n.endswith(".receipt.json")
+    }
     assert sources == {"a/x.png", "b/x.png", "x.jpg", "x.png"}
     with Ledger(tmp_path / "l.db", create=False) as led:
         assert len(led.events()) == 4  # four photos charged, four written
@@ -231,9 +283,21 @@ def test_an_unwritable_output_is_one_problem_and_exit_0(photos: Path, tmp_path: 
     out = tmp_path / "out"
     out.mkdir()
     (out / "sub").write_text("a file where the output subfolder must go")
-    res = runner.invoke(app, ["anonymize", str(photos / "sub"), str(photos / SMALL[1]), "-o",
-                              str(out), "-m", "dp-pix", "--json", "--ledger",
-                              str(tmp_path / "l.db")])
+    res = runner.invoke(
+        app,
+        [
+            "anonymize",
+            str(photos / "sub"),
+            str(photos / SMALL[1]),
+            "-o",
+            str(out),
+            "-m",
+            "dp-pix",
+            "--json",
+            "--ledger",
+            str(tmp_path / "l.db"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["images"] == 1 and summary["failed"] == 1
@@ -242,8 +306,20 @@ def test_an_unwritable_output_is_one_problem_and_exit_0(photos: Path, tmp_path: 
 
 
 def test_a_too_large_image_is_a_per_image_problem(photos: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["anonymize", str(photos), "-o", str(tmp_path / "o"), "-m",
-                              "dp-pix", "--max-megapixels", "0.5", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "anonymize",
+            str(photos),
+            "-o",
+            str(tmp_path / "o"),
+            "-m",
+            "dp-pix",
+            "--max-megapixels",
+            "0.5",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["images"] == 1 and summary["failed"] == 1  # 626×1200 > 0.5 MP > 512×512
@@ -252,8 +328,9 @@ def test_a_too_large_image_is_a_per_image_problem(photos: Path, tmp_path: Path) 
 
 
 # ---------------------------------------------------------------------- exit 3
-def test_an_internal_error_is_exit_3_with_one_line(photos: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_internal_error_is_exit_3_with_one_line(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dpface.batch
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -270,8 +347,9 @@ def test_an_internal_error_is_exit_3_with_one_line(photos: Path, tmp_path: Path,
     assert debug.exit_code == 3 and "Traceback" in debug.output
 
 
-def test_main_maps_exit_codes(photos: Path, tmp_path: Path,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_main_maps_exit_codes(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "argv", ["dpface", "anonymize", str(photos), "--block", "0"])
     with pytest.raises(SystemExit) as bad:
         main()
@@ -284,9 +362,23 @@ def test_main_maps_exit_codes(photos: Path, tmp_path: Path,
 
 def test_the_executable_module_exits_2_without_a_traceback(photos: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "dpface.cli", "anonymize", str(photos), "-o", str(tmp_path / "o"),
-         "--ledger", str(tmp_path / "l.db"), "--seed", "-1"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "dpface.cli",
+            "anonymize",
+            str(photos),
+            "-o",
+            str(tmp_path / "o"),
+            "--ledger",
+            str(tmp_path / "l.db"),
+            "--seed",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 2, proc.stderr
     assert "--seed" in proc.stderr and "Traceback" not in proc.stderr
@@ -301,20 +393,43 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]
     photo = base / SMALL[0]
     shutil.copy(SAMPLES / SMALL[0], photo)
     config = AnonymizeConfig(mechanism="dp-pix", epsilon=2.0, ledger=base / "l.db")
-    ids = [config.run([photo], base / f"o{i}", subject=who).run_id
-           for i, who in enumerate(("alice", "bob"))]
+    ids = [
+        config.run([photo], base / f"o{i}", subject=who).run_id
+        for i, who in enumerate(("alice", "bob"))
+    ]
     return base / "l.db", ids
 
 
-def test_report_of_one_run_and_of_the_whole_ledger(two_runs: tuple[Path, list[str]],
-                                                   tmp_path: Path) -> None:
+def test_report_of_one_run_and_of_the_whole_ledger(
+    two_runs: tuple[Path, list[str]], tmp_path: Path
+) -> None:
     ledger, (first, _) = two_runs
-    whole = runner.invoke(app, ["report", str(ledger), "-o", str(tmp_path / "all.html"),
-                                "--json", str(tmp_path / "all.json")])
+    whole = runner.invoke(
+        app,
+        [
+            "report",
+            str(ledger),
+            "-o",
+            str(tmp_path / "all.html"),
+            "--json",
+            str(tmp_path / "all.json"),
+        ],
+    )
     assert whole.exit_code == 0, whole.output
     assert "2 subject(s)" in whole.output
-    one = runner.invoke(app, ["report", str(ledger), "-o", str(tmp_path / "one.html"),
-                              "--json", str(tmp_path / "one.json"), "--run", first])
+    one = runner.invoke(
+        app,
+        [
+            "report",
+            str(ledger),
+            "-o",
+            str(tmp_path / "one.html"),
+            "--json",
+            str(tmp_path / "one.json"),
+            "--run",
+            first,
+        ],
+    )
     assert one.exit_code == 0, one.output
     text = (tmp_path / "one.json").read_text()
     assert "alice" in text and "bob" not in text
@@ -323,8 +438,9 @@ def test_report_of_one_run_and_of_the_whole_ledger(two_runs: tuple[Path, list[st
 
 
 def test_report_refuses_missing_and_foreign_files_untouched(tmp_path: Path) -> None:
-    missing = runner.invoke(app, ["report", str(tmp_path / "nope.db"), "-o",
-                                  str(tmp_path / "r.html")])
+    missing = runner.invoke(
+        app, ["report", str(tmp_path / "nope.db"), "-o", str(tmp_path / "r.html")]
+    )
     assert missing.exit_code == 2 and "no ledger" in missing.output
     assert not (tmp_path / "nope.db").exists() and not (tmp_path / "r.html").exists()
     fake = tmp_path / "fake.db"
@@ -356,8 +472,9 @@ def test_ledger_show_verify_backup(two_runs: tuple[Path, list[str]], tmp_path: P
         assert led.subjects() == ["alice", "bob"]
 
 
-def test_ledger_verify_exit_1_on_a_tampered_chain(two_runs: tuple[Path, list[str]],
-                                                  tmp_path: Path) -> None:
+def test_ledger_verify_exit_1_on_a_tampered_chain(
+    two_runs: tuple[Path, list[str]], tmp_path: Path
+) -> None:
     ledger = tmp_path / "t.db"
     shutil.copy(two_runs[0], ledger)
     con = sqlite3.connect(ledger)
@@ -375,8 +492,19 @@ def test_ledger_set_budget_changes_on_purpose_never_below_spent(
 ) -> None:
     ledger = tmp_path / "b.db"
     shutil.copy(two_runs[0], ledger)
-    res = runner.invoke(app, ["ledger", "set-budget", str(ledger), "alice", "--epsilon", "50",
-                              "--reason", "consent renewed"])
+    res = runner.invoke(
+        app,
+        [
+            "ledger",
+            "set-budget",
+            str(ledger),
+            "alice",
+            "--epsilon",
+            "50",
+            "--reason",
+            "consent renewed",
+        ],
+    )
     assert res.exit_code == 0, res.output
     with Ledger(ledger, create=False) as led:
         assert led.budget("alice").epsilon == 50.0
@@ -393,8 +521,9 @@ def test_contact_sheet_command_writes_the_grid_and_refuses_bad_faces(tmp_path: P
     import cv2
 
     out = tmp_path / "sheet.png"
-    res = runner.invoke(app, ["contact-sheet", "-o", str(out), "--faces", "21,26",
-                              "--epsilons", "inf,1"])
+    res = runner.invoke(
+        app, ["contact-sheet", "-o", str(out), "--faces", "21,26", "--epsilons", "inf,1"]
+    )
     assert res.exit_code == 0, res.output
     sheet = cv2.imread(str(out))
     assert sheet.shape == (2 * 256, 3 * 256, 3)  # 2 faces × (input + 2 epsilons)
@@ -407,17 +536,29 @@ def test_contact_sheet_command_writes_the_grid_and_refuses_bad_faces(tmp_path: P
 def test_help_documents_the_exit_codes() -> None:
     res = runner.invoke(app, ["--help"])
     text = _flat(res.output)
-    for words in ("0 the run completed", "1 an audit refuted", "2 unusable command line",
-                  "3 internal error"):
+    for words in (
+        "0 the run completed",
+        "1 an audit refuted",
+        "2 unusable command line",
+        "3 internal error",
+    ):
         assert words in text, words
 
 
-def test_link_charges_an_unnamed_face_to_the_enrolled_subject(photos: Path,
-                                                               tmp_path: Path) -> None:
+def test_link_charges_an_unnamed_face_to_the_enrolled_subject(photos: Path, tmp_path: Path) -> None:
     ledger, templates = tmp_path / "l.db", tmp_path / "templates.db"
     photo = photos / SMALL[0]
-    base = ["anonymize", str(photo), "-m", "dp-pix", "--ledger", str(ledger), "--link",
-            str(templates), "--json"]
+    base = [
+        "anonymize",
+        str(photo),
+        "-m",
+        "dp-pix",
+        "--ledger",
+        str(ledger),
+        "--link",
+        str(templates),
+        "--json",
+    ]
     named = runner.invoke(app, [*base, "-o", str(tmp_path / "o1"), "--subject", "Annabel-Q"])
     assert named.exit_code == 0, named.output
     unnamed = runner.invoke(app, [*base, "-o", str(tmp_path / "o2")])
@@ -426,6 +567,19 @@ def test_link_charges_an_unnamed_face_to_the_enrolled_subject(photos: Path,
         assert len(led.events("Annabel-Q")) == 2 and led.subjects() == ["Annabel-Q"]
     receipt = (tmp_path / "o2" / "skimage-astronaut.receipt.json").read_text()
     assert "Annabel" not in receipt  # a linked face's subject is not shown beside the output
-    same = runner.invoke(app, ["anonymize", str(photo), "-m", "dp-pix", "--ledger", str(ledger),
-                               "--link", str(ledger), "-o", str(tmp_path / "o3")])
+    same = runner.invoke(
+        app,
+        [
+            "anonymize",
+            str(photo),
+            "-m",
+            "dp-pix",
+            "--ledger",
+            str(ledger),
+            "--link",
+            str(ledger),
+            "-o",
+            str(tmp_path / "o3"),
+        ],
+    )
     assert same.exit_code == 2 and "different file" in _flat(same.output)

@@ -22,7 +22,12 @@ def _own_default_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_defaults_are_the_command_lines(tmp_path: Path) -> None:
     c = AnonymizeConfig()
     assert (c.mechanism, c.epsilon, c.detector, c.block, c.pixels) == (
-        "identity-laplace", 6.0, "full", 16, 16)
+        "identity-laplace",
+        6.0,
+        "full",
+        16,
+        16,
+    )
     assert c.names == "keep" and c.pseudonym == "fresh" and c.composition == "basic"
     assert c.max_megapixels == 100.0 and c.strict is False and c.seed is None
     assert c.ledger == default_ledger_path() == tmp_path / "default-ledger.db"
@@ -103,8 +108,14 @@ def test_a_folder_as_ledger_and_ledger_as_templates_are_refused(tmp_path: Path) 
 
 
 def test_build_anonymizer_uses_the_settings(tmp_path: Path) -> None:
-    c = AnonymizeConfig(mechanism="dp-pix", epsilon=2.0, block=8, detector="blazeface",
-                        ledger=tmp_path / "l.db", seed=3)
+    c = AnonymizeConfig(
+        mechanism="dp-pix",
+        epsilon=2.0,
+        block=8,
+        detector="blazeface",
+        ledger=tmp_path / "l.db",
+        seed=3,
+    )
     anon = c.build_anonymizer()
     try:
         assert anon.detector == "blazeface" and anon.mechanism.block == 8  # type: ignore[attr-defined]

@@ -48,8 +48,9 @@ def _noise(seed: int, dim: int = 256) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(dim)
 
 
-def test_same_privatised_embedding_gives_the_same_output(gen: SurrogateGenerator,
-                                                         faces: tuple[SampleFace, ...]) -> None:
+def test_same_privatised_embedding_gives_the_same_output(
+    gen: SurrogateGenerator, faces: tuple[SampleFace, ...]
+) -> None:
     f = _face(faces, "fr-obama.jpg")
     before = f.image.copy()
     ident = _noise(1)
@@ -61,9 +62,9 @@ def test_same_privatised_embedding_gives_the_same_output(gen: SurrogateGenerator
     assert a.details["surrogates"] == b.details["surrogates"]
 
 
-def test_different_embeddings_give_different_surrogates(gen: SurrogateGenerator,
-                                                        bank: SurrogateBank,
-                                                        faces: tuple[SampleFace, ...]) -> None:
+def test_different_embeddings_give_different_surrogates(
+    gen: SurrogateGenerator, bank: SurrogateBank, faces: tuple[SampleFace, ...]
+) -> None:
     f = _face(faces, "skimage-astronaut.png")
     emb = bank.embedding("mobileface")
     outs: list[GeneratedFace] = []
@@ -81,8 +82,8 @@ def test_different_embeddings_give_different_surrogates(gen: SurrogateGenerator,
 
 
 def test_identity_comes_only_from_the_privatised_embedding(
-        gen: SurrogateGenerator, faces: tuple[SampleFace, ...],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    gen: SurrogateGenerator, faces: tuple[SampleFace, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Generation never runs an identity encoder or dlib on the photo, and two different
     people given the same privatised embedding get the same surrogate identity."""
     from dpface.models import dlib_models, encoders
@@ -96,16 +97,21 @@ def test_identity_comes_only_from_the_privatised_embedding(
     monkeypatch.setattr(dlib_models.DlibFaceModels, "descriptor", refuse)
     monkeypatch.setattr(dlib_models.DlibFaceModels, "detect", refuse)
     ident = _noise(7)
-    a = gen.generate(_face(faces, "fr-biden.jpg").image,
-                     FaceInput.of(_face(faces, "fr-biden.jpg")), ident)
-    b = gen.generate(_face(faces, "skimage-astronaut.png").image,
-                     FaceInput.of(_face(faces, "skimage-astronaut.png")), ident)
+    a = gen.generate(
+        _face(faces, "fr-biden.jpg").image, FaceInput.of(_face(faces, "fr-biden.jpg")), ident
+    )
+    b = gen.generate(
+        _face(faces, "skimage-astronaut.png").image,
+        FaceInput.of(_face(faces, "skimage-astronaut.png")),
+        ident,
+    )
     assert a.replaced and b.replaced
     assert a.details["surrogates"] == b.details["surrogates"]
 
 
-def test_channel_record_names_covered_and_uncovered(gen: SurrogateGenerator,
-                                                    faces: tuple[SampleFace, ...]) -> None:
+def test_channel_record_names_covered_and_uncovered(
+    gen: SurrogateGenerator, faces: tuple[SampleFace, ...]
+) -> None:
     f = _face(faces, "fr-obama.jpg")
     rec = gen.generate(f.image, FaceInput.of(f), _noise(2)).channels.as_dict()
     assert any("privatised" in c for c in rec["covered"])
@@ -118,8 +124,9 @@ def test_channel_record_names_covered_and_uncovered(gen: SurrogateGenerator,
     assert any("attribute channel" in c for c in priv["covered"])
 
 
-def test_attribute_channel_restricts_the_surrogate_sex(gen: SurrogateGenerator,
-                                                       bank: SurrogateBank) -> None:
+def test_attribute_channel_restricts_the_surrogate_sex(
+    gen: SurrogateGenerator, bank: SurrogateBank
+) -> None:
     for want in (0.9, 0.1):
         attr = AttributeChannel({"male": want}, privatised=True)
         for s in range(10):
@@ -154,16 +161,19 @@ def test_face_at_the_image_border(gen: SurrogateGenerator, faces: tuple[SampleFa
     x_cut = int(lm[:, 0].min() + 0.3 * np.ptp(lm[:, 0]))
     y_cut = int(lm[:, 1].min() - 0.05 * np.ptp(lm[:, 1]))
     img = np.ascontiguousarray(f.image[y_cut:, x_cut:])
-    face = FaceInput((f.box[0] - x_cut, f.box[1] - y_cut, f.box[2] - x_cut, f.box[3] - y_cut),
-                     lm - [x_cut, y_cut])
+    face = FaceInput(
+        (f.box[0] - x_cut, f.box[1] - y_cut, f.box[2] - x_cut, f.box[3] - y_cut),
+        lm - [x_cut, y_cut],
+    )
     res = gen.generate(img, face, _noise(3))
     assert res.image.shape == img.shape
     assert res.replaced
     assert np.any(res.image != img)
 
 
-def test_tiny_face_is_left_untouched_with_a_reason(gen: SurrogateGenerator,
-                                                   faces: tuple[SampleFace, ...]) -> None:
+def test_tiny_face_is_left_untouched_with_a_reason(
+    gen: SurrogateGenerator, faces: tuple[SampleFace, ...]
+) -> None:
     f = _face(faces, "fr-obama.jpg")
     s = 0.07  # the face becomes ~17 px wide
     small = cv2.resize(f.image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
@@ -174,8 +184,9 @@ def test_tiny_face_is_left_untouched_with_a_reason(gen: SurrogateGenerator,
     np.testing.assert_array_equal(res.image, small)
 
 
-def test_small_but_workable_face_is_replaced(gen: SurrogateGenerator,
-                                             faces: tuple[SampleFace, ...]) -> None:
+def test_small_but_workable_face_is_replaced(
+    gen: SurrogateGenerator, faces: tuple[SampleFace, ...]
+) -> None:
     f = _face(faces, "fr-obama.jpg")
     s = 0.15  # ~36 px wide
     small = cv2.resize(f.image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
@@ -184,8 +195,9 @@ def test_small_but_workable_face_is_replaced(gen: SurrogateGenerator,
     assert res.replaced and np.any(res.image != small)
 
 
-def test_bad_inputs_are_refused(gen: SurrogateGenerator, faces: tuple[SampleFace, ...],
-                                bank: SurrogateBank) -> None:
+def test_bad_inputs_are_refused(
+    gen: SurrogateGenerator, faces: tuple[SampleFace, ...], bank: SurrogateBank
+) -> None:
     f = _face(faces, "fr-obama.jpg")
     with pytest.raises(ValueError, match="256"):
         gen.generate(f.image, FaceInput.of(f), np.ones(128))
@@ -198,7 +210,8 @@ def test_bad_inputs_are_refused(gen: SurrogateGenerator, faces: tuple[SampleFace
 
 
 def test_every_synthetic_identity_is_verified_against_its_contributors(
-        bank: SurrogateBank, faces: tuple[SampleFace, ...]) -> None:
+    bank: SurrogateBank, faces: tuple[SampleFace, ...]
+) -> None:
     """No synthetic identity matches any photo of any of its contributors under any encoder
     available offline (dlib included), at the encoders' calibrated thresholds."""
     from dpface.models.encoders import get_encoder
@@ -259,7 +272,8 @@ def test_bank_build_does_not_depend_on_the_thread_count(bank: SurrogateBank) -> 
 
 
 def test_excluding_contributors_removes_their_synthetic_identities(
-        gen: SurrogateGenerator, bank: SurrogateBank) -> None:
+    gen: SurrogateGenerator, bank: SurrogateBank
+) -> None:
     label = bank.contributors[0][0]
     sub = gen.excluding({label})
     assert 0 < len(sub.bank) < len(bank)
@@ -313,9 +327,9 @@ def test_dark_hair_outside_the_features_is_not_used(bank: SurrogateBank) -> None
     tex = np.full((1, *bank.textures.shape[1:]), 200, dtype=np.uint8)
     cheek = bank.shape68[3] * 0.7 + bank.shape68[31] * 0.3
     x, y = (int(v) for v in cheek)
-    tex[0, y - 10:y + 10, x - 4:x + 4] = 40  # a dark strand
+    tex[0, y - 10 : y + 10, x - 4 : x + 4] = 40  # a dark strand
     eye = bank.shape68[36:42].mean(axis=0).astype(int)
-    tex[0, eye[1] - 3:eye[1] + 3, eye[0] - 3:eye[0] + 3] = 20  # a dark pupil
+    tex[0, eye[1] - 3 : eye[1] + 3, eye[0] - 3 : eye[0] + 3] = 20  # a dark pupil
     usable = usable_texture(tex, bank.shape68)[0]
     assert usable[y, x] < 0.1
     assert usable[eye[1], eye[0]] > 0.9

@@ -32,8 +32,14 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     net = TinySwapper().eval()
     path = tmp_path_factory.mktemp("onnx") / "tiny_swap.onnx"
-    torch.onnx.export(net, (torch.rand(1, 3, 128, 128), torch.randn(1, 512)), str(path),
-                      input_names=["target", "source"], output_names=["output"], dynamo=False)
+    torch.onnx.export(
+        net,
+        (torch.rand(1, 3, 128, 128), torch.randn(1, 512)),
+        str(path),
+        input_names=["target", "source"],
+        output_names=["output"],
+        dynamo=False,
+    )
     return path
 
 
@@ -62,15 +68,17 @@ def test_adapter_swaps_the_face_only(model_path: Path, face: SampleFace) -> None
     assert not outside.any()
     # the face centre is fully replaced by the network's output for the aligned crop
     m = swap_template_matrix(face.points5, 128)
-    crop = cv2.warpAffine(face.image, m, (128, 128), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+    crop = cv2.warpAffine(
+        face.image, m, (128, 128), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     ref = gen.swap_crop(crop, gen.latent(_unit(1)))
     centre = cv2.warpAffine(res.image, m, (128, 128), flags=cv2.INTER_LINEAR)[54:74, 54:74]
     assert np.abs(centre.astype(np.float32) - ref[54:74, 54:74]).mean() < 6.0
 
 
-def test_adapter_is_a_deterministic_function_of_the_latent(model_path: Path,
-                                                          face: SampleFace) -> None:
+def test_adapter_is_a_deterministic_function_of_the_latent(
+    model_path: Path, face: SampleFace
+) -> None:
     gen = OnnxFaceSwapGenerator(model_path)
     a = gen.generate(face.image, FaceInput.of(face), _unit(1)).image
     b = gen.generate(face.image.copy(), FaceInput.of(face), _unit(1).copy()).image
@@ -96,8 +104,14 @@ def test_adapter_latent_map_from_the_graph(tmp_path: Path, face: SampleFace) -> 
     torch.manual_seed(1)
     net = WithEmap().eval()
     path = tmp_path / "emap.onnx"
-    torch.onnx.export(net, (torch.rand(1, 3, 128, 128), torch.randn(1, 512)), str(path),
-                      input_names=["target", "source"], output_names=["output"], dynamo=False)
+    torch.onnx.export(
+        net,
+        (torch.rand(1, 3, 128, 128), torch.randn(1, 512)),
+        str(path),
+        input_names=["target", "source"],
+        output_names=["output"],
+        dynamo=False,
+    )
     # the unused buffer is not exported: 'graph' then finds a non-square initializer
     with pytest.raises(ValueError, match="initializer"):
         OnnxFaceSwapGenerator(path, latent_map="graph")
@@ -124,8 +138,9 @@ def test_adapter_leaves_tiny_faces_with_a_reason(model_path: Path, face: SampleF
     np.testing.assert_array_equal(res.image, small)
 
 
-def test_adapter_runs_in_the_anonymiser_with_an_encoder_instance(model_path: Path,
-                                                                 tmp_path: Path) -> None:
+def test_adapter_runs_in_the_anonymiser_with_an_encoder_instance(
+    model_path: Path, tmp_path: Path
+) -> None:
     """A learned swapper plugged into the full pipeline: the privatised 256-d MobileFace
     embedding reaches the model through a fixed latent map, the ledger is charged and the
     receipt names the raw crop as not covered. An encoder of another name is refused."""
@@ -140,16 +155,23 @@ def test_adapter_runs_in_the_anonymiser_with_an_encoder_instance(model_path: Pat
     gen = OnnxFaceSwapGenerator(model_path, encoder="mobileface", latent_map=latent_map)
     assert gen.identity_dim == 256
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(12.0))
-    anon = Anonymizer(mechanism=IdentityLaplace(epsilon=6.0, dim=256), generator=gen,
-                      ledger=led, encoder=get_encoder("mobileface"))
+    anon = Anonymizer(
+        mechanism=IdentityLaplace(epsilon=6.0, dim=256),
+        generator=gen,
+        ledger=led,
+        encoder=get_encoder("mobileface"),
+    )
     res = anon.anonymize(store.path("samples/fr-obama.jpg"), subject="o")
     assert res.ok and [f.status for f in res.faces] == ["replaced"]
     assert led.spent("o").epsilon == pytest.approx(6.0)
     uncovered = " ".join(res.faces[0].channels["uncovered"])  # type: ignore[index]
     assert "crop" in uncovered
     with pytest.raises(ValueError, match="faceres"):
-        Anonymizer(mechanism=IdentityLaplace(epsilon=6.0, dim=256), generator=gen,
-                   encoder=get_encoder("faceres"))
+        Anonymizer(
+            mechanism=IdentityLaplace(epsilon=6.0, dim=256),
+            generator=gen,
+            encoder=get_encoder("faceres"),
+        )
 
 
 def test_cli_anonymize_with_a_swap_model(model_path: Path, tmp_path: Path) -> None:
@@ -167,16 +189,40 @@ def test_cli_anonymize_with_a_swap_model(model_path: Path, tmp_path: Path) -> No
     latent = tmp_path / "map.npy"
     np.save(latent, np.random.default_rng(2).standard_normal((256, 512)) / 16.0)
     out = tmp_path / "out"
-    res = runner.invoke(app, ["anonymize", str(photo), "-o", str(out), "--swap-model",
-                              str(model_path), "--swap-latent-map", str(latent), "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "anonymize",
+            str(photo),
+            "-o",
+            str(out),
+            "--swap-model",
+            str(model_path),
+            "--swap-latent-map",
+            str(latent),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     receipt = json.loads((out / "fr-obama.receipt.json").read_text())
     face = receipt["faces"][0]
     assert face["status"] == "replaced"
     assert "crop" in " ".join(face["channels"]["uncovered"])
-    bad = runner.invoke(app, ["anonymize", str(photo), "-o", str(tmp_path / "o2"),
-                              "--swap-model", str(model_path)])
+    bad = runner.invoke(
+        app, ["anonymize", str(photo), "-o", str(tmp_path / "o2"), "--swap-model", str(model_path)]
+    )
     assert bad.exit_code == 2 and "256-d" in bad.output
-    nopix = runner.invoke(app, ["anonymize", str(photo), "-o", str(tmp_path / "o3"), "-m",
-                                "dp-pix", "--swap-model", str(model_path)])
+    nopix = runner.invoke(
+        app,
+        [
+            "anonymize",
+            str(photo),
+            "-o",
+            str(tmp_path / "o3"),
+            "-m",
+            "dp-pix",
+            "--swap-model",
+            str(model_path),
+        ],
+    )
     assert nopix.exit_code == 2 and "identity mechanism" in nopix.output

@@ -64,8 +64,12 @@ def test_group_photo_every_detector() -> None:
     for f in hog.faces + sure:
         assert f.landmarks68.shape == (68, 2)
         x0, y0, x1, y1 = f.box
-        inside = ((f.landmarks68[:, 0] > x0 - 20) & (f.landmarks68[:, 0] < x1 + 20)
-                  & (f.landmarks68[:, 1] > y0 - 20) & (f.landmarks68[:, 1] < y1 + 40))
+        inside = (
+            (f.landmarks68[:, 0] > x0 - 20)
+            & (f.landmarks68[:, 0] < x1 + 20)
+            & (f.landmarks68[:, 1] > y0 - 20)
+            & (f.landmarks68[:, 1] < y1 + 40)
+        )
         assert inside.mean() > 0.9
 
 
@@ -162,8 +166,9 @@ def test_bad_inputs_give_per_image_errors(obama_small: np.ndarray, tmp_path: Pat
     text.write_text("not an image")
     tiny = np.zeros((12, 12, 3), np.uint8)
     weird = np.zeros((40, 40, 2), np.uint8)
-    results = detect_batch([good, truncated, tmp_path / "missing.png", text, tiny, weird,
-                            obama_small])
+    results = detect_batch(
+        [good, truncated, tmp_path / "missing.png", text, tiny, weird, obama_small]
+    )
     assert len(results) == 7
     assert [r.ok for r in results] == [True, False, False, False, False, False, True]
     assert len(_sure(results[0].faces)) == 1 and len(_sure(results[6].faces)) == 1
@@ -193,8 +198,12 @@ def test_facemesh_468_landmarks_agree_with_dlib() -> None:
     assert mesh.shape == (6, 468, 3)
     # FaceMesh index -> dlib index: eye outer corners, nose tip, mouth corners, chin
     pairs = [(33, 36), (263, 45), (1, 30), (61, 48), (291, 54), (152, 8)]
-    errs = np.array([[np.linalg.norm(m[a, :2] - f.landmarks68[b]) / (f.box[2] - f.box[0])
-                      for a, b in pairs] for f, m in zip(faces, mesh, strict=True)])
+    errs = np.array(
+        [
+            [np.linalg.norm(m[a, :2] - f.landmarks68[b]) / (f.box[2] - f.box[0]) for a, b in pairs]
+            for f, m in zip(faces, mesh, strict=True)
+        ]
+    )
     assert np.median(errs) < 0.06
     assert errs.max() < 0.2
 

@@ -53,8 +53,9 @@ def test_sample_set_has_known_pairs(faces: tuple[SampleFace, ...]) -> None:
 
 
 @pytest.mark.parametrize("name", ENCODERS)
-def test_encoder_separates_identities(name: str, faces: tuple[SampleFace, ...],
-                                      embeddings: dict[str, np.ndarray]) -> None:
+def test_encoder_separates_identities(
+    name: str, faces: tuple[SampleFace, ...], embeddings: dict[str, np.ndarray]
+) -> None:
     enc = get_encoder(name)
     e = embeddings[name]
     assert e.shape == (len(faces), enc.dim)
@@ -79,20 +80,28 @@ def _mirrored(face: SampleFace, models: DlibFaceModels) -> SampleFace:
 
 
 @pytest.mark.parametrize("name", ENCODERS)
-def test_mirror_image_stays_matched(name: str, faces: tuple[SampleFace, ...],
-                                    embeddings: dict[str, np.ndarray]) -> None:
+def test_mirror_image_stays_matched(
+    name: str, faces: tuple[SampleFace, ...], embeddings: dict[str, np.ndarray]
+) -> None:
     models = DlibFaceModels()
-    idx = [k for k, f in enumerate(faces)
-           if f.photo in ("fr-obama.jpg", "fr-biden.jpg", "skimage-astronaut.png",
-                          "insightface-Tom_Hanks_54745.png")]
+    idx = [
+        k
+        for k, f in enumerate(faces)
+        if f.photo
+        in (
+            "fr-obama.jpg",
+            "fr-biden.jpg",
+            "skimage-astronaut.png",
+            "insightface-Tom_Hanks_54745.png",
+        )
+    ]
     enc: IdentityEncoder = get_encoder(name)
     mirrored = enc.embed([_mirrored(faces[k], models) for k in idx])
     sims = np.sum(embeddings[name][idx] * mirrored, axis=1)
     assert (sims >= enc.threshold).all(), (name, sims)
 
 
-def test_differentiable_embedding_matches_and_has_gradient(faces: tuple[SampleFace, ...]
-                                                           ) -> None:
+def test_differentiable_embedding_matches_and_has_gradient(faces: tuple[SampleFace, ...]) -> None:
     enc = MobileFaceEncoder()
     crops = enc.crops(faces[:2])
     x = torch.from_numpy(crops.astype(np.float32)).requires_grad_(True)
@@ -104,8 +113,7 @@ def test_differentiable_embedding_matches_and_has_gradient(faces: tuple[SampleFa
 
 def test_attributes_on_sample_faces(faces: tuple[SampleFace, ...]) -> None:
     known_male = {"obama", "biden", "tom-hanks"}
-    known_female = {"eileen-collins"} | {f.identity for f in faces
-                                         if f.collection == "face-api"}
+    known_female = {"eileen-collins"} | {f.identity for f in faces if f.collection == "face-api"}
     age, male = age_gender(faces)
     for f, p in zip(faces, male, strict=True):
         if f.identity in known_male:
@@ -128,18 +136,29 @@ def _export_tiny_arcface(path: Path) -> torch.nn.Module:
     """A small untrained ArcFace-shaped network (NCHW 112×112 RGB -> 64-d), as ONNX."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.PReLU(8),
-        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.PReLU(16),
-        torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(256, 64),
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        torch.nn.PReLU(8),
+        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        torch.nn.PReLU(16),
+        torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(256, 64),
     ).eval()
-    torch.onnx.export(net, (torch.zeros(1, 3, 112, 112),), str(path), input_names=["data"],
-                      output_names=["fc1"], dynamic_axes={"data": {0: "n"}, "fc1": {0: "n"}},
-                      dynamo=False)
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 3, 112, 112),),
+        str(path),
+        input_names=["data"],
+        output_names=["fc1"],
+        dynamic_axes={"data": {0: "n"}, "fc1": {0: "n"}},
+        dynamo=False,
+    )
     return net
 
 
-def test_arcface_onnx_encoder_runs_a_local_model(tmp_path: Path,
-                                                 faces: tuple[SampleFace, ...]) -> None:
+def test_arcface_onnx_encoder_runs_a_local_model(
+    tmp_path: Path, faces: tuple[SampleFace, ...]
+) -> None:
     net = _export_tiny_arcface(tmp_path / "tiny.onnx")
     enc = get_encoder("arcface-onnx", model_path=tmp_path / "tiny.onnx")
     assert isinstance(enc, ArcFaceOnnxEncoder) and enc.dim == 64
@@ -162,8 +181,9 @@ def test_arcface_onnx_missing_file_says_what_to_do(tmp_path: Path) -> None:
 REAL_ARCFACE = Path.home() / ".insightface" / "models" / "buffalo_l" / "w600k_r50.onnx"
 
 
-@pytest.mark.skipif(not REAL_ARCFACE.is_file(),
-                    reason=f"no user-supplied ArcFace weights at {REAL_ARCFACE}")
+@pytest.mark.skipif(
+    not REAL_ARCFACE.is_file(), reason=f"no user-supplied ArcFace weights at {REAL_ARCFACE}"
+)
 def test_arcface_onnx_real_weights_separate(faces: tuple[SampleFace, ...]) -> None:
     enc = ArcFaceOnnxEncoder(REAL_ARCFACE)
     i, j, same = labelled_pairs(faces)

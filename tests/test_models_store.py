@@ -29,8 +29,11 @@ def isolated_assets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 def test_manifest_entries_are_complete() -> None:
     m = store.manifest()
-    assert {"tfjs/mobileface.json", "tfjs/mobileface.bin",
-            "dlib/dlib_face_recognition_resnet_model_v1.dat"} <= set(m)
+    assert {
+        "tfjs/mobileface.json",
+        "tfjs/mobileface.bin",
+        "dlib/dlib_face_recognition_resnet_model_v1.dat",
+    } <= set(m)
     raw = json.loads(store.MANIFEST_PATH.read_text())
     for name, f in m.items():
         assert len(f.sha256) == 64 and int(f.sha256, 16) >= 0, name
@@ -74,10 +77,15 @@ def test_unknown_name_is_a_key_error() -> None:
 def test_extract_checks_hashes_and_installs_atomically(isolated_assets: Path) -> None:
     payload = b"model bytes\n"
     src = store.Source("t", "npm", "@x/y@1.0.0", "1.0.0", "MIT")
-    good = store.AssetFile("x/good.bin", src, "package/good.bin",
-                           hashlib.sha256(payload).hexdigest(), len(payload), "x/good.bin")
-    bad = store.AssetFile("x/bad.bin", src, "package/good.bin", "0" * 64, len(payload),
-                          "x/bad.bin")
+    good = store.AssetFile(
+        "x/good.bin",
+        src,
+        "package/good.bin",
+        hashlib.sha256(payload).hexdigest(),
+        len(payload),
+        "x/good.bin",
+    )
+    bad = store.AssetFile("x/bad.bin", src, "package/good.bin", "0" * 64, len(payload), "x/bad.bin")
     tgz = isolated_assets / "pkg.tgz"
     with tarfile.open(tgz, "w:gz") as tar:
         info = tarfile.TarInfo("package/good.bin")

@@ -108,9 +108,14 @@ def _node(op: str, k: int, s: int, padding: str) -> dict[str, object]:
     def enc(v: str) -> str:
         return base64.b64encode(v.encode()).decode()
 
-    return {"op": op, "attr": {"ksize": {"list": {"i": ["1", str(k), str(k), "1"]}},
-                               "strides": {"list": {"i": ["1", str(s), str(s), "1"]}},
-                               "padding": {"s": enc(padding)}}}
+    return {
+        "op": op,
+        "attr": {
+            "ksize": {"list": {"i": ["1", str(k), str(k), "1"]}},
+            "strides": {"list": {"i": ["1", str(s), str(s), "1"]}},
+            "padding": {"s": enc(padding)},
+        },
+    }
 
 
 @pytest.mark.parametrize(("size", "k", "s"), [(5, 2, 2), (5, 3, 2), (6, 3, 1), (7, 3, 3)])
@@ -133,7 +138,7 @@ def test_pooling_matches_tf_semantics(size: int, k: int, s: int, padding: str) -
     for i in range(out):
         for j in range(out):
             r0, c0 = i * s - before, j * s - before
-            win = x[:, max(r0, 0):min(r0 + k, size), max(c0, 0):min(c0 + k, size)]
+            win = x[:, max(r0, 0) : min(r0 + k, size), max(c0, 0) : min(c0 + k, size)]
             ref_max[:, i, j] = win.max(axis=(1, 2))
             ref_avg[:, i, j] = win.mean(axis=(1, 2))
     t = torch.from_numpy(x)

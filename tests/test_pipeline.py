@@ -176,8 +176,21 @@ def test_a_killed_batch_leaves_only_complete_outputs_and_its_charges(tmp_path: P
     from dpface.models.store import assets_dir
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "dpface.cli", "anonymize", str(assets_dir() / "samples"),
-           "-o", str(out), "-m", "dp-pix", "--epsilon", "1", "--ledger", str(tmp_path / "l.db")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dpface.cli",
+        "anonymize",
+        str(assets_dir() / "samples"),
+        "-o",
+        str(out),
+        "-m",
+        "dp-pix",
+        "--epsilon",
+        "1",
+        "--ledger",
+        str(tmp_path / "l.db"),
+    ]
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while len(list(out.glob("*.receipt.json"))) < 3 and time.monotonic() < deadline:

@@ -46,9 +46,7 @@ def test_faces_are_replaced_charged_and_timed(
     assert all(v >= 0 for v in res.timings.values())
 
 
-def test_n_runs_spend_n_releases_then_refuse(
-    tmp_path: Path, generator: SurrogateGenerator
-) -> None:
+def test_n_runs_spend_n_releases_then_refuse(tmp_path: Path, generator: SurrogateGenerator) -> None:
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(12.0))
     anon = _anon(generator, led)
     photo = store.path("samples/fr-obama2.jpg")

@@ -62,8 +62,13 @@ class SpyGenerator(Generator):
     def channels(self, attributes: AttributeChannel | None = None) -> ChannelRecord:
         return self.inner.channels(attributes)
 
-    def generate(self, image: np.ndarray, face: FaceInput, identity: np.ndarray,
-                 attributes: AttributeChannel | None = None) -> GeneratedFace:
+    def generate(
+        self,
+        image: np.ndarray,
+        face: FaceInput,
+        identity: np.ndarray,
+        attributes: AttributeChannel | None = None,
+    ) -> GeneratedFace:
         self.seen.append(np.array(identity, dtype=np.float64, copy=True))
         return self.inner.generate(image, face, identity, attributes)
 
@@ -151,7 +156,7 @@ def _cells_are_flat(img: np.ndarray, region: tuple[int, ...], block: int) -> boo
     x0, y0, x1, y1 = region
     for y in range(y0, y1 - block + 1, block):
         for x in range(x0, x1 - block + 1, block):
-            cell = img[y:y + block, x:x + block].reshape(-1, 3)
+            cell = img[y : y + block, x : x + block].reshape(-1, 3)
             if not np.all(cell == cell[0]):
                 return False
     return True
@@ -277,10 +282,12 @@ def test_a_seeded_run_is_labelled_everywhere_and_never_reused(
 
 def test_a_non_dp_release_is_never_reused_by_a_dp_run(tmp_path: Path, spy: SpyGenerator) -> None:
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
-    paper = IdentityLaplace.paper_compatible(epsilon=6.0, dim=spy.identity_dim,
-                                             measured_sensitivity=1.0)
+    paper = IdentityLaplace.paper_compatible(
+        epsilon=6.0, dim=spy.identity_dim, measured_sensitivity=1.0
+    )
     Anonymizer(mechanism=paper, generator=spy, ledger=led, pseudonym="reuse").anonymize(
-        store.path(OBAMA), subject="obama")
+        store.path(OBAMA), subject="obama"
+    )
     nondp = spy.seen[-1].copy()
     dp, mech = _identity(spy, led, pseudonym="reuse")
     res = dp.anonymize(store.path(OBAMA), subject="obama")

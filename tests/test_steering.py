@@ -104,9 +104,11 @@ def test_t_closeness_charges_the_face_its_own_loss(
 
 def test_steering_needs_a_fitted_selector_and_matching_reference() -> None:
     with pytest.raises(ValueError, match="fit"):
-        TClosenessSteering(selector=TClosenessSelector(t=0.1, epsilon_population=1.0,
-                                                       attributes=["male"]))
+        TClosenessSteering(
+            selector=TClosenessSelector(t=0.1, epsilon_population=1.0, attributes=["male"])
+        )
     voting = KAnonymousVoting(epsilon=1.0, k=2, rate=0.5, tau=1.0, attributes=["Male", "Young"])
     with pytest.raises(ValueError, match="columns"):
-        VotingSteering(voting=voting, reference_features=np.zeros((3, 4)),
-                       reference_labels=np.zeros((3, 1)))
+        VotingSteering(
+            voting=voting, reference_features=np.zeros((3, 4)), reference_labels=np.zeros((3, 1))
+        )

@@ -10,11 +10,11 @@ Submodules are imported on demand (``from dpface.generators.surrogate import ...
 """
 
 from dpface.generators.base import (
-                                    AttributeChannel,
-                                    ChannelRecord,
-                                    FaceInput,
-                                    GeneratedFace,
-                                    Generator,
+    AttributeChannel,
+    ChannelRecord,
+    FaceInput,
+    GeneratedFace,
+    Generator,
 )
 
 __all__ = ["AttributeChannel", "ChannelRecord", "FaceInput", "GeneratedFace", "Generator"]

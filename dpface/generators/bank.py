@@ -72,8 +72,16 @@ EXCLUDED = {
     "fr-obama_partial_face.jpg#0": "face cut by the photo border",
     "fr-obama_partial_face2.jpg#0": "face cut by the photo border",
 }
-_ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                         [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+_ARCFACE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
 
 
 def canonical_template(size: int = CANON) -> np.ndarray:
@@ -86,8 +94,9 @@ def canonical_template(size: int = CANON) -> np.ndarray:
 
 def similarity_to_template(points5: np.ndarray, size: int = CANON) -> np.ndarray:
     """2×3 similarity transform (photo -> canonical frame), least squares on five points."""
-    return fit_similarity(np.asarray(points5, dtype=np.float64).reshape(5, 2),
-                          canonical_template(size))
+    return fit_similarity(
+        np.asarray(points5, dtype=np.float64).reshape(5, 2), canonical_template(size)
+    )
 
 
 def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -154,16 +163,21 @@ class SurrogateBank:
         if not keep:
             raise ValueError("no synthetic identity is left without these contributors")
         ix = np.array(keep)
-        return replace(self, textures=self.textures[ix], shapes=self.shapes[ix],
-                       embeddings={k: v[ix] for k, v in self.embeddings.items()},
-                       male=self.male[ix],
-                       contributors=tuple(self.contributors[k] for k in keep))
+        return replace(
+            self,
+            textures=self.textures[ix],
+            shapes=self.shapes[ix],
+            embeddings={k: v[ix] for k, v in self.embeddings.items()},
+            male=self.male[ix],
+            contributors=tuple(self.contributors[k] for k in keep),
+        )
 
     def embedding(self, encoder: str) -> np.ndarray:
         """Selection embeddings under ``encoder`` (stored for mobileface and faceres)."""
         if encoder not in self.embeddings:
-            raise KeyError(f"the surrogate bank has embeddings for {sorted(self.embeddings)},"
-                           f" not {encoder!r}")
+            raise KeyError(
+                f"the surrogate bank has embeddings for {sorted(self.embeddings)}, not {encoder!r}"
+            )
         return self.embeddings[encoder]
 
 
@@ -190,8 +204,14 @@ def face_mesh(img: np.ndarray, lm68: np.ndarray) -> np.ndarray:
     m = np.zeros((2, 3))
     m[:, :2] = scale * rot
     m[:, 2] = 96.0 - scale * (rot @ centre + mid)
-    crop = cv2.warpAffine(img, m, (192, 192), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    crop = cv2.warpAffine(
+        img,
+        m,
+        (192, 192),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
     with torch.no_grad():
         mesh = run("facemesh", prepare("facemesh", crop[None]))["mesh"].numpy()
     pts = mesh.reshape(468, 3)[:, :2].astype(np.float64)
@@ -199,13 +219,15 @@ def face_mesh(img: np.ndarray, lm68: np.ndarray) -> np.ndarray:
     return np.asarray(pts @ inv[:, :2].T + inv[:, 2])
 
 
-def _canonical(img: np.ndarray, lm68: np.ndarray, mesh: np.ndarray, mean_mesh: np.ndarray,
-               tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _canonical(
+    img: np.ndarray, lm68: np.ndarray, mesh: np.ndarray, mean_mesh: np.ndarray, tri: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(float32 canonical texture, inside-mesh mask): the FaceMesh part warped piecewise
     onto the mean mesh; outside it, the similarity-aligned photo."""
     m = similarity_to_template(arcface_points(lm68))
-    base = cv2.warpAffine(img, m, (CANON, CANON), flags=cv2.INTER_AREA,
-                          borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    base = cv2.warpAffine(
+        img, m, (CANON, CANON), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+    ).astype(np.float32)
     warped, inside = warp_piecewise(img, mesh, mean_mesh, tri, (CANON, CANON))
     out = np.where(inside[..., None], warped, base)
     return out.astype(np.float32), inside
@@ -226,8 +248,9 @@ def skin_weight(shape68: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(np.clip(w, 0.0, 1.0))
 
 
-def _standardise(tex: np.ndarray, weight: np.ndarray, target: tuple[np.ndarray, np.ndarray]
-                 ) -> np.ndarray:
+def _standardise(
+    tex: np.ndarray, weight: np.ndarray, target: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
     """Reinhard colour standardisation in Lab on the skin weight."""
     lab = rgb_to_lab(tex)
     w = weight.reshape(-1) > 0.5
@@ -241,11 +264,25 @@ def _source_key() -> str:
     from dpface.models import store
 
     m = store.manifest()
-    names = [*store.names("samples/"), "tfjs/mobileface.bin", "tfjs/faceres.bin",
-             "dlib/dlib_face_recognition_resnet_model_v1.dat",
-             "dlib/shape_predictor_68_face_landmarks.dat"]
-    payload = json.dumps([BANK_VERSION, CANON, MIN_CONTRIBUTOR_WIDTH, MAX_YAW, VERIFY_MARGIN,
-                          MAX_PER_GROUP, sorted(EXCLUDED), [(n, m[n].sha256) for n in names]])
+    names = [
+        *store.names("samples/"),
+        "tfjs/mobileface.bin",
+        "tfjs/faceres.bin",
+        "dlib/dlib_face_recognition_resnet_model_v1.dat",
+        "dlib/shape_predictor_68_face_landmarks.dat",
+    ]
+    payload = json.dumps(
+        [
+            BANK_VERSION,
+            CANON,
+            MIN_CONTRIBUTOR_WIDTH,
+            MAX_YAW,
+            VERIFY_MARGIN,
+            MAX_PER_GROUP,
+            sorted(EXCLUDED),
+            [(n, m[n].sha256) for n in names],
+        ]
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -260,8 +297,9 @@ def _label(f: object) -> str:
     return f"{f.photo}#{f.index}"  # type: ignore[attr-defined]
 
 
-def select_contributors(faces: Sequence[object], sims: dict[str, np.ndarray],
-                        thresholds: dict[str, float]) -> tuple[list[int], dict[str, str]]:
+def select_contributors(
+    faces: Sequence[object], sims: dict[str, np.ndarray], thresholds: dict[str, float]
+) -> tuple[list[int], dict[str, str]]:
     """Indices of one representative photo per person, and why the others were left out."""
     why: dict[str, str] = {}
     ok: list[int] = []
@@ -277,7 +315,7 @@ def select_contributors(faces: Sequence[object], sims: dict[str, np.ndarray],
             why[lab] = f"face {width:.0f} px wide < {MIN_CONTRIBUTOR_WIDTH:.0f}"
         elif abs(yaw_ratio(lm)) > MAX_YAW:
             why[lab] = f"turned (yaw ratio {yaw_ratio(lm):+.2f})"
-        elif (lm.min() < 0.0 or lm[:, 0].max() >= w or lm[:, 1].max() >= h):
+        elif lm.min() < 0.0 or lm[:, 0].max() >= w or lm[:, 1].max() >= h:
             why[lab] = "face cut by the photo border"
         else:
             ok.append(i)
@@ -285,24 +323,32 @@ def select_contributors(faces: Sequence[object], sims: dict[str, np.ndarray],
     ok.sort(key=lambda i: abs(yaw_ratio(faces[i].landmarks68)))  # type: ignore[attr-defined]
     chosen: list[int] = []
     for i in ok:
-        dup = [j for j in chosen
-               if faces[i].identity == faces[j].identity  # type: ignore[attr-defined]
-               or (faces[i].photo != faces[j].photo  # type: ignore[attr-defined]
-                   and any(sims[e][i, j] >= thresholds[e] for e in sims))]
+        dup = [
+            j
+            for j in chosen
+            if faces[i].identity == faces[j].identity  # type: ignore[attr-defined]
+            or (
+                faces[i].photo != faces[j].photo  # type: ignore[attr-defined]
+                and any(sims[e][i, j] >= thresholds[e] for e in sims)
+            )
+        ]
         if dup:
-            why[_label(faces[i])] = (f"same person as {_label(faces[dup[0]])}"
-                                     " (kept the more frontal)")
+            why[_label(faces[i])] = (
+                f"same person as {_label(faces[dup[0]])} (kept the more frontal)"
+            )
         else:
             chosen.append(i)
     return sorted(chosen), why
 
 
-def balanced_triples(combos: Sequence[tuple[int, ...]], names: Sequence[str], limit: int
-                     ) -> list[tuple[int, ...]]:
+def balanced_triples(
+    combos: Sequence[tuple[int, ...]], names: Sequence[str], limit: int
+) -> list[tuple[int, ...]]:
     """Up to ``limit`` of ``combos`` in which every member is used about equally often:
     greedily the combination whose members have been used least so far, ties broken by a
     hash of the members' names (a fixed order that needs no random seed and does not depend
     on the order of ``combos``)."""
+
     def key(c: tuple[int, ...]) -> str:
         return hashlib.sha256("+".join(sorted(names[m] for m in c)).encode()).hexdigest()
 
@@ -310,8 +356,14 @@ def balanced_triples(combos: Sequence[tuple[int, ...]], names: Sequence[str], li
     used: dict[int, int] = {}
     out: list[tuple[int, ...]] = []
     while left and len(out) < limit:
-        best = min(range(len(left)), key=lambda j: (
-            max(used.get(m, 0) for m in left[j]), sum(used.get(m, 0) for m in left[j]), j))
+        best = min(
+            range(len(left)),
+            key=lambda j: (
+                max(used.get(m, 0) for m in left[j]),
+                sum(used.get(m, 0) for m in left[j]),
+                j,
+            ),
+        )
         c = left.pop(best)
         out.append(c)
         for m in c:
@@ -322,12 +374,14 @@ def balanced_triples(combos: Sequence[tuple[int, ...]], names: Sequence[str], li
 def majority_triples(is_male: Sequence[bool], male: bool) -> list[tuple[int, int, int]]:
     """Triples of different contributors with at least two of apparent sex ``male``
     (mixing in one of the other sex gives the smaller group many more distinct averages)."""
-    return [c for c in itertools.combinations(range(len(is_male)), 3)
-            if sum(is_male[k] == male for k in c) >= 2]
+    return [
+        c
+        for c in itertools.combinations(range(len(is_male)), 3)
+        if sum(is_male[k] == male for k in c) >= 2
+    ]
 
 
-def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib")
-               ) -> SurrogateBank:
+def build_bank(verify_encoders: Sequence[str] = ("mobileface", "faceres", "dlib")) -> SurrogateBank:
     """Build the bank from the sample faces (see the module docstring); ~1-2 minutes.
 
     Torch runs on one thread meanwhile: the refinement's gradient steps amplify the
@@ -352,26 +406,37 @@ def _build_bank(verify_encoders: Sequence[str]) -> SurrogateBank:
     faces = sample_faces()
     encoders = {name: get_encoder(name) for name in verify_encoders}
     emb = {name: enc.embed(faces) for name, enc in encoders.items()}
-    internal: dict[str, np.ndarray] = {n: emb[n] @ emb[n].T for n in ("mobileface", "faceres")
-                                       if n in emb}
+    internal: dict[str, np.ndarray] = {
+        n: emb[n] @ emb[n].T for n in ("mobileface", "faceres") if n in emb
+    }
     thresholds = {n: encoders[n].threshold for n in encoders}
     chosen, why = select_contributors(faces, internal, thresholds)
     _, p_male = age_gender([faces[i] for i in chosen])
 
     # mean shape in the canonical frame
-    aligned = [apply_affine(similarity_to_template(faces[i].points5), faces[i].landmarks68)
-               for i in chosen]
+    aligned = [
+        apply_affine(similarity_to_template(faces[i].points5), faces[i].landmarks68) for i in chosen
+    ]
     shape68 = np.mean(aligned, axis=0)
     meshes = [face_mesh(faces[i].image, faces[i].landmarks68) for i in chosen]
-    mean_mesh = np.mean([apply_affine(similarity_to_template(faces[i].points5), m)
-                         for i, m in zip(chosen, meshes, strict=True)], axis=0)
+    mean_mesh = np.mean(
+        [
+            apply_affine(similarity_to_template(faces[i].points5), m)
+            for i, m in zip(chosen, meshes, strict=True)
+        ],
+        axis=0,
+    )
     tri = triangulate(mean_mesh)
     weight = skin_weight(shape68, CANON)
-    textures = [_canonical(faces[i].image, faces[i].landmarks68, m, mean_mesh, tri)[0]
-                for i, m in zip(chosen, meshes, strict=True)]
+    textures = [
+        _canonical(faces[i].image, faces[i].landmarks68, m, mean_mesh, tri)[0]
+        for i, m in zip(chosen, meshes, strict=True)
+    ]
     labs = [rgb_to_lab(t).reshape(-1, 3)[weight.reshape(-1) > 0.5] for t in textures]
-    target = (np.mean([x.mean(axis=0) for x in labs], axis=0),
-              np.mean([x.std(axis=0) for x in labs], axis=0))
+    target = (
+        np.mean([x.mean(axis=0) for x in labs], axis=0),
+        np.mean([x.std(axis=0) for x in labs], axis=0),
+    )
     textures = [_standardise(t, weight, target) for t in textures]
 
     is_male = [bool(p >= 0.5) for p in p_male]
@@ -395,15 +460,19 @@ def _build_bank(verify_encoders: Sequence[str]) -> SurrogateBank:
             render: np.ndarray = np.asarray(np.clip(np.round(avg), 0, 255), dtype=np.uint8)
             internal_ok = all(
                 float(np.max(emb[n][photos] @ encoders[n].embed([_Face(render, shape68)])[0]))
-                < encoders[n].threshold - VERIFY_MARGIN for n in ("mobileface", "faceres"))
+                < encoders[n].threshold - VERIFY_MARGIN
+                for n in ("mobileface", "faceres")
+            )
             if not internal_ok:
                 refined += 1
-                render, _ = push_away(avg, inner, {n: emb[n][photos]
-                                                   for n in ("mobileface", "faceres")},
-                                      thresholds)
+                render, _ = push_away(
+                    avg, inner, {n: emb[n][photos] for n in ("mobileface", "faceres")}, thresholds
+                )
             synth = _Face(render, shape68)
-            sim = {name: float(np.max(emb[name][photos] @ enc.embed([synth])[0]))
-                   for name, enc in encoders.items()}
+            sim = {
+                name: float(np.max(emb[name][photos] @ enc.embed([synth])[0]))
+                for name, enc in encoders.items()
+            }
             bad = False
             for name, enc in encoders.items():
                 if sim[name] >= enc.threshold - VERIFY_MARGIN:
@@ -434,9 +503,17 @@ def _build_bank(verify_encoders: Sequence[str]) -> SurrogateBank:
         "thresholds": thresholds,
         "verify_margin": VERIFY_MARGIN,
     }
-    return SurrogateBank(tex, np.stack(kept_shape), shape68, mean_mesh, tri, selection,
-                         np.array(kept_male),
-                         tuple(kept_contrib), report)
+    return SurrogateBank(
+        tex,
+        np.stack(kept_shape),
+        shape68,
+        mean_mesh,
+        tri,
+        selection,
+        np.array(kept_male),
+        tuple(kept_contrib),
+        report,
+    )
 
 
 def save_bank(bank: SurrogateBank, path: Path) -> None:
@@ -444,14 +521,19 @@ def save_bank(bank: SurrogateBank, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part.npz")
     arrays: dict[str, np.ndarray] = {
-        "textures": bank.textures, "shapes": bank.shapes, "shape68": bank.shape68,
-        "mesh": bank.mesh, "tri": bank.tri, "male": bank.male,
+        "textures": bank.textures,
+        "shapes": bank.shapes,
+        "shape68": bank.shape68,
+        "mesh": bank.mesh,
+        "tri": bank.tri,
+        "male": bank.male,
         "contributors": np.array(json.dumps(bank.contributors)),
         "report": np.array(json.dumps(bank.report)),
         **{f"emb_{k}": v for k, v in bank.embeddings.items()},
     }
     np.savez_compressed(
-        tmp, **arrays,  # type: ignore[arg-type]
+        tmp,
+        **arrays,  # type: ignore[arg-type]
     )
     tmp.replace(path)
 
@@ -460,10 +542,17 @@ def load_bank_file(path: Path) -> SurrogateBank:
     """Read a bank written by ``save_bank``."""
     with np.load(path, allow_pickle=False) as z:
         emb = {k.removeprefix("emb_"): z[k] for k in z.files if k.startswith("emb_")}
-        return SurrogateBank(z["textures"], z["shapes"], z["shape68"], z["mesh"], z["tri"], emb,
-                             z["male"],
-                             tuple(tuple(c) for c in json.loads(str(z["contributors"]))),
-                             json.loads(str(z["report"])))
+        return SurrogateBank(
+            z["textures"],
+            z["shapes"],
+            z["shape68"],
+            z["mesh"],
+            z["tri"],
+            emb,
+            z["male"],
+            tuple(tuple(c) for c in json.loads(str(z["contributors"]))),
+            json.loads(str(z["report"])),
+        )
 
 
 @cache

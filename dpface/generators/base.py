@@ -72,8 +72,11 @@ class ChannelRecord:
 
     def as_dict(self) -> dict[str, list[str]]:
         """JSON-ready form for a receipt."""
-        return {"covered": list(self.covered), "uncovered": list(self.uncovered),
-                "notes": list(self.notes)}
+        return {
+            "covered": list(self.covered),
+            "uncovered": list(self.uncovered),
+            "notes": list(self.notes),
+        }
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,13 @@ class Generator(ABC):
     identity_dim: int
 
     @abstractmethod
-    def generate(self, image: np.ndarray, face: FaceInput, identity: np.ndarray,
-                 attributes: AttributeChannel | None = None) -> GeneratedFace:
+    def generate(
+        self,
+        image: np.ndarray,
+        face: FaceInput,
+        identity: np.ndarray,
+        attributes: AttributeChannel | None = None,
+    ) -> GeneratedFace:
         """Replace one face. ``image``: RGB uint8 (H, W, 3), never modified in place;
         ``identity``: the PRIVATISED embedding (``identity_dim``,)."""
 
@@ -120,16 +128,21 @@ class Generator(ABC):
         """The privatised embedding as a finite float64 vector of the right size."""
         v = np.asarray(identity, dtype=np.float64).reshape(-1)
         if v.shape != (self.identity_dim,):
-            raise ValueError(f"{self.name} reads {self.identity_dim}-d {self.encoder}"
-                             f" identities; got shape {np.shape(identity)}")
+            raise ValueError(
+                f"{self.name} reads {self.identity_dim}-d {self.encoder}"
+                f" identities; got shape {np.shape(identity)}"
+            )
         if not np.all(np.isfinite(v)):
             raise ValueError("the privatised identity has non-finite values")
         return v
 
-    def generate_all(self, image: np.ndarray, faces: Sequence[FaceInput],
-                     identities: np.ndarray,
-                     attributes: Sequence[AttributeChannel | None] | None = None
-                     ) -> tuple[np.ndarray, list[GeneratedFace]]:
+    def generate_all(
+        self,
+        image: np.ndarray,
+        faces: Sequence[FaceInput],
+        identities: np.ndarray,
+        attributes: Sequence[AttributeChannel | None] | None = None,
+    ) -> tuple[np.ndarray, list[GeneratedFace]]:
         """Replace every face of one photo in turn (left to right as given); returns the
         final photo and one result per face (none is skipped silently)."""
         ids = np.asarray(identities, dtype=np.float64).reshape(len(faces), -1)
@@ -149,6 +162,8 @@ def check_image(image: np.ndarray) -> np.ndarray:
     """The photo as a contiguous RGB uint8 (H, W, 3) array (not copied when already so)."""
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"generators take RGB uint8 (H, W, 3) photos, got {a.dtype} {a.shape}"
-                         " (convert with dpface.models.images.array_to_rgb8)")
+        raise ValueError(
+            f"generators take RGB uint8 (H, W, 3) photos, got {a.dtype} {a.shape}"
+            " (convert with dpface.models.images.array_to_rgb8)"
+        )
     return np.ascontiguousarray(a)

@@ -56,9 +56,14 @@ class _Out:
         return arcface_points(self.landmarks68)
 
 
-def skin_delta_e(inp: np.ndarray, out: np.ndarray, alpha: np.ndarray | None,
-                 region: tuple[int, int, int, int] | None, lm: np.ndarray,
-                 lm_out: np.ndarray | None = None) -> tuple[float, float]:
+def skin_delta_e(
+    inp: np.ndarray,
+    out: np.ndarray,
+    alpha: np.ndarray | None,
+    region: tuple[int, int, int, int] | None,
+    lm: np.ndarray,
+    lm_out: np.ndarray | None = None,
+) -> tuple[float, float]:
     """Skin colour change as ΔE2000 between mean CIE Lab colours of the same skin pixels in
     the input and the output: (outside: face-hull skin not in the replaced region, inside:
     skin in the replaced region). Region means, so a geometric shift is not a colour change.
@@ -72,25 +77,31 @@ def skin_delta_e(inp: np.ndarray, out: np.ndarray, alpha: np.ndarray | None,
     a = rgb2lab(inp[y0:y1, x0:x1])
     b = rgb2lab(out[y0:y1, x0:x1])
     face = np.zeros(alpha.shape, np.uint8)
-    cv2.fillConvexPoly(face, cv2.convexHull((lm - [x0, y0]).astype(np.float32))
-                       .astype(np.int32), 1)
+    cv2.fillConvexPoly(face, cv2.convexHull((lm - [x0, y0]).astype(np.float32)).astype(np.int32), 1)
     if lm_out is not None:
         other = np.zeros_like(face)
-        cv2.fillConvexPoly(other, cv2.convexHull((lm_out - [x0, y0]).astype(np.float32))
-                           .astype(np.int32), 1)
+        cv2.fillConvexPoly(
+            other, cv2.convexHull((lm_out - [x0, y0]).astype(np.float32)).astype(np.int32), 1
+        )
         face &= other
     for part in (range(36, 42), range(42, 48), range(48, 60), range(17, 27)):
         p = lm[list(part)] - [x0, y0]
         c = p.mean(axis=0)
-        cv2.fillConvexPoly(face, cv2.convexHull((c + 1.6 * (p - c)).astype(np.float32))
-                           .astype(np.int32), 0)
+        cv2.fillConvexPoly(
+            face, cv2.convexHull((c + 1.6 * (p - c)).astype(np.float32)).astype(np.int32), 0
+        )
     res = []
     for sel in ((face > 0) & (alpha < 0.05), (face > 0) & (alpha > 0.9)):
         if not sel.any():
             res.append(0.0)
             continue
-        res.append(float(deltaE_ciede2000(  # type: ignore[no-untyped-call]
-            a[sel].mean(axis=0), b[sel].mean(axis=0))))
+        res.append(
+            float(
+                deltaE_ciede2000(  # type: ignore[no-untyped-call]
+                    a[sel].mean(axis=0), b[sel].mean(axis=0)
+                )
+            )
+        )
     return res[0], res[1]
 
 
@@ -107,10 +118,16 @@ def sex_attributes(faces: Sequence[object], mode: str) -> list[AttributeChannel 
     return [AttributeChannel({"male": float(p)}, privatised=False) for p in male]
 
 
-def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 1,
-             seed: int = 2024, faces_idx: Sequence[int] | None = None,
-             verbose: bool = True, sex_channel: str = "raw",
-             exclude_own: bool = False) -> dict[str, object]:
+def evaluate(
+    gen: Generator,
+    epsilons: Sequence[float] = EPSILONS,
+    draws: int = 1,
+    seed: int = 2024,
+    faces_idx: Sequence[int] | None = None,
+    verbose: bool = True,
+    sex_channel: str = "raw",
+    exclude_own: bool = False,
+) -> dict[str, object]:
     """Run the protocol (module docstring); returns per-epsilon summaries.
 
     ``sex_channel="raw"`` passes FaceRes's P(male) of the input face as a raw (NOT
@@ -159,8 +176,7 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
             else:
                 # a separate seed per epsilon: one seed for all would draw the same noise
                 # shape at every scale (the surrogate choices would then barely differ)
-                mech = IdentityLaplace(epsilon=eps, dim=emb.shape[1],
-                                       seed=seed + 1000 * j + d)
+                mech = IdentityLaplace(epsilon=eps, dim=emb.shape[1], seed=seed + 1000 * j + d)
                 priv = mech.batch(emb)
             for k, i in enumerate(idx):
                 f = faces[i]
@@ -174,48 +190,77 @@ def evaluate(gen: Generator, epsilons: Sequence[float] = EPSILONS, draws: int = 
                 dist = float(np.linalg.norm(desc - desc_in[i]))
                 same = [j for j, g in enumerate(faces) if g.identity == f.identity]
                 gal = min(float(np.linalg.norm(desc - desc_in[j])) for j in same)
-                ssim = float(structural_similarity(  # type: ignore[no-untyped-call]
-                    arcface_crop(f.image, f.points5, 256), arcface_crop(out, f.points5, 256),
-                    channel_axis=2, data_range=255))
+                ssim = float(
+                    structural_similarity(  # type: ignore[no-untyped-call]
+                        arcface_crop(f.image, f.points5, 256),
+                        arcface_crop(out, f.points5, 256),
+                        channel_axis=2,
+                        data_range=255,
+                    )
+                )
                 emo = int(emotion_probs([_Out(out, f.landmarks68)])[0].argmax())
                 flips[(EMOTIONS[int(emo_in[k])], EMOTIONS[emo])] += emo != int(emo_in[k])
                 tl = res.details.get("target_landmarks")
-                de_out, de_tone = skin_delta_e(f.image, out, res.alpha, res.region,
-                                               f.landmarks68,
-                                               None if tl is None else np.asarray(tl))
-                rows.append({"face": i, "draw": d, "replaced": res.replaced,
-                             "dlib_distance": dist, "protected": dist >= 0.6,
-                             "protected_gallery": gal >= 0.6, "detected": found,
-                             "ssim": ssim, "emotion_agrees": emo == int(emo_in[k]),
-                             "emotion_confident": bool(confident[k]),
-                             "delta_e_outside": de_out, "delta_e_tone": de_tone,
-                             "seconds": dt})
+                de_out, de_tone = skin_delta_e(
+                    f.image,
+                    out,
+                    res.alpha,
+                    res.region,
+                    f.landmarks68,
+                    None if tl is None else np.asarray(tl),
+                )
+                rows.append(
+                    {
+                        "face": i,
+                        "draw": d,
+                        "replaced": res.replaced,
+                        "dlib_distance": dist,
+                        "protected": dist >= 0.6,
+                        "protected_gallery": gal >= 0.6,
+                        "detected": found,
+                        "ssim": ssim,
+                        "emotion_agrees": emo == int(emo_in[k]),
+                        "emotion_confident": bool(confident[k]),
+                        "delta_e_outside": de_out,
+                        "delta_e_tone": de_tone,
+                        "seconds": dt,
+                    }
+                )
         s = {
             "n": len(rows),
             "psr": float(np.mean([r["protected"] for r in rows])),
-            "psr_ci95": clustered_mean_ci(np.array(
-                [[r["protected"] for r in rows if r["face"] == i] for i in idx],
-                dtype=np.float64)).half_width,
+            "psr_ci95": clustered_mean_ci(
+                np.array(
+                    [[r["protected"] for r in rows if r["face"] == i] for i in idx],
+                    dtype=np.float64,
+                )
+            ).half_width,
             "psr_gallery": float(np.mean([r["protected_gallery"] for r in rows])),
             "dlib_distance_mean": float(np.mean([r["dlib_distance"] for r in rows])),
             "dlib_distance_min": float(np.min([r["dlib_distance"] for r in rows])),
             "detection": float(np.mean([r["detected"] for r in rows])),
             "ssim": float(np.mean([r["ssim"] for r in rows])),
             "emotion_agreement": float(np.mean([r["emotion_agrees"] for r in rows])),
-            "emotion_agreement_confident": float(np.mean(
-                [r["emotion_agrees"] for r in rows if r["emotion_confident"]] or [np.nan])),
+            "emotion_agreement_confident": float(
+                np.mean([r["emotion_agrees"] for r in rows if r["emotion_confident"]] or [np.nan])
+            ),
             "delta_e_outside": float(np.mean([r["delta_e_outside"] for r in rows])),
             "delta_e_tone": float(np.mean([r["delta_e_tone"] for r in rows])),
             "seconds_per_face": float(np.median([r["seconds"] for r in rows])),
-            "unprotected_faces": dict(sorted(Counter(
-                int(r["face"]) for r in rows if not r["protected"]).items())),
+            "unprotected_faces": dict(
+                sorted(Counter(int(r["face"]) for r in rows if not r["protected"]).items())
+            ),
             "emotion_flips": {f"{a}->{b}": n for (a, b), n in flips.most_common() if n},
         }
         summary["inf" if math.isinf(eps) else f"{eps:g}"] = s
         if verbose:
-            print(f"eps={eps:g}: " + ", ".join(
-                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()),
-                flush=True)
+            print(
+                f"eps={eps:g}: "
+                + ", ".join(
+                    f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()
+                ),
+                flush=True,
+            )
     return summary
 
 
@@ -225,21 +270,35 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from dpface.generators.surrogate import SurrogateGenerator
 
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--eps", type=float, nargs="+", default=list(EPSILONS))
     ap.add_argument("--draws", type=int, default=1)
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--json", help="write the summary here")
-    ap.add_argument("--sex-channel", choices=["raw", "none"], default="raw",
-                    help="pass the input's raw apparent sex as an (uncovered) attribute")
-    ap.add_argument("--exclude-own", action="store_true",
-                    help="deployment case: no face is given a synthetic identity its own"
-                         " person contributed to (the bank is built from these samples)")
+    ap.add_argument(
+        "--sex-channel",
+        choices=["raw", "none"],
+        default="raw",
+        help="pass the input's raw apparent sex as an (uncovered) attribute",
+    )
+    ap.add_argument(
+        "--exclude-own",
+        action="store_true",
+        help="deployment case: no face is given a synthetic identity its own"
+        " person contributed to (the bank is built from these samples)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    summary = evaluate(SurrogateGenerator(), args.eps, args.draws, args.seed,
-                       sex_channel=args.sex_channel, exclude_own=args.exclude_own)
+    summary = evaluate(
+        SurrogateGenerator(),
+        args.eps,
+        args.draws,
+        args.seed,
+        sex_channel=args.sex_channel,
+        exclude_own=args.exclude_own,
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=1)

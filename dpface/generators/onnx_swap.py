@@ -42,8 +42,9 @@ def swap_template_matrix(points5: np.ndarray, size: int = 128) -> np.ndarray:
     128-multiples (template scaled by size/128 and shifted 8·size/128 px right)."""
     from dpface.generators.bank import canonical_template
 
-    return fit_similarity(np.asarray(points5, dtype=np.float64).reshape(5, 2),
-                          canonical_template(size))
+    return fit_similarity(
+        np.asarray(points5, dtype=np.float64).reshape(5, 2), canonical_template(size)
+    )
 
 
 class OnnxFaceSwapGenerator(Generator):
@@ -51,8 +52,14 @@ class OnnxFaceSwapGenerator(Generator):
 
     name = "onnx-faceswap"
 
-    def __init__(self, path: str | Path, *, encoder: str = "arcface-onnx",
-                 latent_map: np.ndarray | str | None = None, threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        encoder: str = "arcface-onnx",
+        latent_map: np.ndarray | str | None = None,
+        threads: int = 1,
+    ) -> None:
         """``latent_map``: None (the latent is the unit embedding), a (d_id, d_latent)
         matrix, or ``"graph"`` to use the model's last initializer when it is a square
         matrix of the latent size (how inswapper ships its ``emap``)."""
@@ -60,8 +67,10 @@ class OnnxFaceSwapGenerator(Generator):
 
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"face-swap ONNX model not found at {p}: pass the path of a"
-                                    " local .onnx file; dpface never downloads weights")
+            raise FileNotFoundError(
+                f"face-swap ONNX model not found at {p}: pass the path of a"
+                " local .onnx file; dpface never downloads weights"
+            )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -70,8 +79,10 @@ class OnnxFaceSwapGenerator(Generator):
         img_in = [i for i in inputs if len(i.shape) == 4]
         lat_in = [i for i in inputs if len(i.shape) == 2]
         if len(img_in) != 1 or len(lat_in) != 1:
-            raise ValueError("expected one 4-D image input and one 2-D latent input, got "
-                             + ", ".join(f"{i.name}{i.shape}" for i in inputs))
+            raise ValueError(
+                "expected one 4-D image input and one 2-D latent input, got "
+                + ", ".join(f"{i.name}{i.shape}" for i in inputs)
+            )
         self.target_name = img_in[0].name
         self.latent_name = lat_in[0].name
         side = img_in[0].shape[2]
@@ -116,40 +127,56 @@ class OnnxFaceSwapGenerator(Generator):
     def swap_crop(self, crop: np.ndarray, latent: np.ndarray) -> np.ndarray:
         """Run the network: (S, S, 3) uint8 RGB crop + latent -> (S, S, 3) float RGB 0..255."""
         blob = (crop.astype(np.float32) / np.float32(255.0)).transpose(2, 0, 1)[None]
-        out: Any = self.session.run(None, {self.target_name: np.ascontiguousarray(blob),
-                                           self.latent_name: latent})[0]
+        out: Any = self.session.run(
+            None, {self.target_name: np.ascontiguousarray(blob), self.latent_name: latent}
+        )[0]
         img = np.asarray(out, dtype=np.float32)[0].transpose(1, 2, 0)
         return np.asarray(np.clip(img, 0.0, 1.0) * np.float32(255.0))
 
     def channels(self, attributes: AttributeChannel | None = None) -> ChannelRecord:
         """What the output derives from."""
-        covered = [f"identity latent: the privatised {self.encoder} embedding (through the"
-                   " fixed latent map)"]
-        uncovered = ["the raw aligned target crop the network reads: pose, expression,"
-                     " lighting, skin, hair, background, and any identity the network lets"
-                     " through from it (a learned swapper is not guaranteed to discard it)",
-                     "face geometry: the five alignment points (crop placement)",
-                     "everything outside the soft paste-back mask"]
+        covered = [
+            f"identity latent: the privatised {self.encoder} embedding (through the"
+            " fixed latent map)"
+        ]
+        uncovered = [
+            "the raw aligned target crop the network reads: pose, expression,"
+            " lighting, skin, hair, background, and any identity the network lets"
+            " through from it (a learned swapper is not guaranteed to discard it)",
+            "face geometry: the five alignment points (crop placement)",
+            "everything outside the soft paste-back mask",
+        ]
         if attributes is not None:
             uncovered.append("attribute channel: ignored by this generator")
-        return ChannelRecord(tuple(covered), tuple(uncovered),
-                             (f"model: {self.path.name}",))
+        return ChannelRecord(tuple(covered), tuple(uncovered), (f"model: {self.path.name}",))
 
-    def generate(self, image: np.ndarray, face: FaceInput, identity: np.ndarray,
-                 attributes: AttributeChannel | None = None) -> GeneratedFace:
+    def generate(
+        self,
+        image: np.ndarray,
+        face: FaceInput,
+        identity: np.ndarray,
+        attributes: AttributeChannel | None = None,
+    ) -> GeneratedFace:
         """Align, swap, paste back with a soft mask."""
         img = check_image(image)
         record = self.channels(attributes)
         lat = self.latent(identity)
         fw = face_width(face.landmarks68)
         if fw < MIN_FACE_WIDTH:
-            return GeneratedFace(img, "untouched", record, reason=(
-                f"face is {fw:.0f} px wide (< {MIN_FACE_WIDTH:.0f}); NOT de-identified,"
-                " protect it another way (e.g. DP-Pix)"))
+            return GeneratedFace(
+                img,
+                "untouched",
+                record,
+                reason=(
+                    f"face is {fw:.0f} px wide (< {MIN_FACE_WIDTH:.0f}); NOT de-identified,"
+                    " protect it another way (e.g. DP-Pix)"
+                ),
+            )
         s = self.crop_size
         m = swap_template_matrix(face.points5, s)
-        crop = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
+        crop = cv2.warpAffine(
+            img, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
         swapped = self.swap_crop(crop, lat)
         inv = cv2.invertAffineTransform(m)
         # paste back inside the crop's footprint only
@@ -160,13 +187,15 @@ class OnnxFaceSwapGenerator(Generator):
         x1 = min(w, int(np.ceil(foot[:, 0].max())))
         y1 = min(h, int(np.ceil(foot[:, 1].max())))
         if x1 - x0 < 2 or y1 - y0 < 2:
-            return GeneratedFace(img, "untouched", record,
-                                 reason="face lies outside the photo; NOT de-identified")
+            return GeneratedFace(
+                img, "untouched", record, reason="face lies outside the photo; NOT de-identified"
+            )
         shift = inv.copy()
         shift[:, 2] -= [x0, y0]
         size = (x1 - x0, y1 - y0)
-        back = cv2.warpAffine(swapped, shift, size, flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
+        back = cv2.warpAffine(
+            swapped, shift, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
         square = np.zeros((s, s), np.float32)
         edge = max(2, s // 16)
         square[edge:-edge, edge:-edge] = 1.0

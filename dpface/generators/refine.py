@@ -36,17 +36,19 @@ def _crops(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ArcFace 112 frame is its [0:7S/8, S/16:15S/16] window."""
     size = img.shape[1]
     x0, side = size // 16, size * 7 // 8
-    win = img[:, 0:side, x0:x0 + side, :].permute(0, 3, 1, 2)
-    fr = F.interpolate(win, size=(224, 224), mode="bilinear", antialias=True,
-                       align_corners=False)
-    mf = F.interpolate(win, size=(112, 112), mode="bilinear", antialias=True,
-                       align_corners=False)
+    win = img[:, 0:side, x0 : x0 + side, :].permute(0, 3, 1, 2)
+    fr = F.interpolate(win, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    mf = F.interpolate(win, size=(112, 112), mode="bilinear", antialias=True, align_corners=False)
     return mf.permute(0, 2, 3, 1), fr.permute(0, 2, 3, 1)
 
 
-def push_away(texture: np.ndarray, mask: np.ndarray, avoid: dict[str, np.ndarray],
-              thresholds: dict[str, float], settings: RefineSettings | None = None
-              ) -> tuple[np.ndarray, dict[str, float]]:
+def push_away(
+    texture: np.ndarray,
+    mask: np.ndarray,
+    avoid: dict[str, np.ndarray],
+    thresholds: dict[str, float],
+    settings: RefineSettings | None = None,
+) -> tuple[np.ndarray, dict[str, float]]:
     """Refine an (S, S, 3) float canonical texture so that its MobileFace and FaceRes embeddings
     stay below ``threshold - margin`` against every row of ``avoid[encoder]``.
     Returns (uint8 texture, final max similarities)."""
@@ -64,17 +66,20 @@ def push_away(texture: np.ndarray, mask: np.ndarray, avoid: dict[str, np.ndarray
     size = base.shape[1]
     ctrl = torch.zeros(1, 3, s.grid, s.grid, requires_grad=True)  # dx, dy, lightness
     opt = torch.optim.Adam([ctrl], lr=s.lr)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     ident = torch.stack([xs, ys], dim=-1)[None]
     best: tuple[float, torch.Tensor] | None = None
 
     def render(c: torch.Tensor) -> torch.Tensor:
-        f = F.interpolate(torch.tanh(c), size=(size, size), mode="bicubic",
-                          align_corners=True) * m
+        f = F.interpolate(torch.tanh(c), size=(size, size), mode="bicubic", align_corners=True) * m
         shift = f[:, :2].permute(0, 2, 3, 1) * (2.0 * s.max_shift / size)
-        img = F.grid_sample(base.permute(0, 3, 1, 2), ident + shift, mode="bilinear",
-                            padding_mode="border", align_corners=True)
+        img = F.grid_sample(
+            base.permute(0, 3, 1, 2),
+            ident + shift,
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )
         # lightness: the same offset on R, G and B (no hue change)
         img = img + f[:, 2:3] * s.max_light
         return img.permute(0, 2, 3, 1).clamp(0, 255)
@@ -88,8 +93,7 @@ def push_away(texture: np.ndarray, mask: np.ndarray, avoid: dict[str, np.ndarray
         worst = max(float(s_mf.max().detach()) - t_mf, float(s_fr.max().detach()) - t_fr)
         if best is None or worst < best[0]:
             best = (worst, ctrl.detach().clone())
-            sims = {"mobileface": float(s_mf.max().detach()),
-                    "faceres": float(s_fr.max().detach())}
+            sims = {"mobileface": float(s_mf.max().detach()), "faceres": float(s_fr.max().detach())}
         if worst < -0.02:
             break
         loss = F.relu(s_mf - t_mf + 0.02).sum() + F.relu(s_fr - t_fr + 0.02).sum()

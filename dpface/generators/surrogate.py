@@ -77,8 +77,7 @@ GREY_CHROMA = 8.0  # median skin chroma (Lab a*b* radius) below which a photo co
 # (partly) grey: the surrogate's colour detail is scaled down in proportion
 HAIR_RATIO = 0.8  # outside the features, texture darker than this share of its skin is hair
 MIN_FACE_WIDTH = 24.0  # px; below this the 68 landmarks are too unreliable to warp onto
-EXPRESSIVE_PARTS = (np.arange(17, 22), np.arange(22, 27), LEFT_EYE, RIGHT_EYE,
-                    np.arange(48, 68))
+EXPRESSIVE_PARTS = (np.arange(17, 22), np.arange(22, 27), LEFT_EYE, RIGHT_EYE, np.arange(48, 68))
 
 
 @dataclass(frozen=True)
@@ -119,9 +118,14 @@ def usable_texture(textures: np.ndarray, shape68: np.ndarray) -> np.ndarray:
     nose and mouth, each grown a little (not their hull: hair reaches the outer eye corners)."""
     size = textures.shape[1]
     core = np.zeros((size, size), dtype=np.float32)
-    for part, grow in ((LEFT_EYE, 1.6), (RIGHT_EYE, 1.6), (OUTER_LIPS, 1.3),
-                       (np.arange(27, 36), 1.3), (np.arange(17, 22), 1.3),
-                       (np.arange(22, 27), 1.3)):
+    for part, grow in (
+        (LEFT_EYE, 1.6),
+        (RIGHT_EYE, 1.6),
+        (OUTER_LIPS, 1.3),
+        (np.arange(27, 36), 1.3),
+        (np.arange(17, 22), 1.3),
+        (np.arange(22, 27), 1.3),
+    ):
         p = np.asarray(shape68[part], dtype=np.float32)
         hull = cv2.convexHull(p).reshape(-1, 2)
         c = hull.mean(axis=0)
@@ -152,8 +156,7 @@ def poisson_blend(src: np.ndarray, dst: np.ndarray, region: np.ndarray) -> np.nd
     src8 = np.clip(np.round(src), 0, 255).astype(np.uint8)
     dst8 = np.ascontiguousarray(dst, dtype=np.uint8)
     # OpenCV 5's seamlessClone writes into its mask argument: always pass a copy
-    out = cv2.seamlessClone(src8, dst8, mask.copy(), (x + bw // 2, y + bh // 2),
-                            cv2.NORMAL_CLONE)
+    out = cv2.seamlessClone(src8, dst8, mask.copy(), (x + bw // 2, y + bh // 2), cv2.NORMAL_CLONE)
     return np.asarray(out, dtype=np.float32)
 
 
@@ -162,11 +165,17 @@ class SurrogateGenerator(Generator):
 
     name = "surrogate"
 
-    def __init__(self, encoder: str = "mobileface", bank: SurrogateBank | None = None,
-                 settings: SurrogateSettings | None = None) -> None:
+    def __init__(
+        self,
+        encoder: str = "mobileface",
+        bank: SurrogateBank | None = None,
+        settings: SurrogateSettings | None = None,
+    ) -> None:
         if encoder == "dlib":
-            raise ValueError("dlib is the evaluation attacker and must not drive the generator;"
-                             " use mobileface or faceres")
+            raise ValueError(
+                "dlib is the evaluation attacker and must not drive the generator;"
+                " use mobileface or faceres"
+            )
         self.bank = bank if bank is not None else default_bank()
         self.encoder = encoder
         self._emb = self.bank.embedding(encoder).astype(np.float64)
@@ -189,8 +198,9 @@ class SurrogateGenerator(Generator):
 
     # ------------------------------------------------------------------ identity -> surrogate
 
-    def choose(self, identity: np.ndarray, attributes: AttributeChannel | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def choose(
+        self, identity: np.ndarray, attributes: AttributeChannel | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(bank indices, mixing weights, cosine similarities) for a privatised embedding."""
         v = self.check_identity(identity)
         n = float(np.linalg.norm(v))
@@ -225,8 +235,7 @@ class SurrogateGenerator(Generator):
             out = out + np.float32(k) * diff
         return np.asarray(out, dtype=np.float32)
 
-    def target_landmarks(self, lm: np.ndarray, idx: np.ndarray, weights: np.ndarray
-                         ) -> np.ndarray:
+    def target_landmarks(self, lm: np.ndarray, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The face geometry to render: the input's landmarks plus ``geometry`` × the
         surrogate's own offset from the mean shape, minus ``shrink`` × the input's offset
         (both mapped into the face's pose by the least-squares similarity that fits the mean
@@ -251,45 +260,57 @@ class SurrogateGenerator(Generator):
     def channels(self, attributes: AttributeChannel | None = None) -> ChannelRecord:
         """What the output derives from."""
         s = self.settings
-        covered = ["choice and mix of the synthetic surrogate identity (from the privatised"
-                   f" {self.encoder} embedding only)",
-                   "inner-face identity detail (the surrogate's lightness and colour detail"
-                   " above the low band)",
-                   "the surrogate's shape offset added to the landmarks"]
-        uncovered = ["face geometry: the input's 68 landmarks (face shape, pose, expression),"
-                     f" of which {1 - s.shrink:.0%} of the inner features' offset from the"
-                     " mean shape is kept",
-                     "lighting and skin colour: low frequencies of the input face",
-                     "hair, ears, face outline, neck, background, clothing (outside the mask)",
-                     "the input's own pixels inside the mask where the surrogate texture ends"
-                     " (upper forehead) or would show hair"]
+        covered = [
+            "choice and mix of the synthetic surrogate identity (from the privatised"
+            f" {self.encoder} embedding only)",
+            "inner-face identity detail (the surrogate's lightness and colour detail"
+            " above the low band)",
+            "the surrogate's shape offset added to the landmarks",
+        ]
+        uncovered = [
+            "face geometry: the input's 68 landmarks (face shape, pose, expression),"
+            f" of which {1 - s.shrink:.0%} of the inner features' offset from the"
+            " mean shape is kept",
+            "lighting and skin colour: low frequencies of the input face",
+            "hair, ears, face outline, neck, background, clothing (outside the mask)",
+            "the input's own pixels inside the mask where the surrogate texture ends"
+            " (upper forehead) or would show hair",
+        ]
         if s.fine_sigma > 0:
             uncovered.append("fine skin texture and image grain (finest band of the input)")
         if s.keep_eyes:
             uncovered.append("eye interiors: iris, sclera, gaze, eye state")
         else:
-            uncovered.append("eye interiors' colour (iris, sclera; the shading is the"
-                             " surrogate's)")
+            uncovered.append("eye interiors' colour (iris, sclera; the shading is the surrogate's)")
         if s.keep_mouth:
             uncovered.append("mouth interior: teeth, tongue")
         if s.keep_lips:
-            uncovered.append("lips: the input's lip pixels (expression), placed at the"
-                             " target geometry")
+            uncovered.append(
+                "lips: the input's lip pixels (expression), placed at the target geometry"
+            )
         if attributes is not None:
             names = ", ".join(sorted(attributes.values))
             (covered if attributes.privatised else uncovered).append(
                 f"attribute channel ({names}) used to restrict the surrogate choice"
-                + ("" if attributes.privatised else " (raw, not privatised)"))
-        notes = ("synthetic identities are pixel averages of three different sample people,"
-                 " checked against their contributors; see dpface.generators.bank",
-                 "the raw channels can still carry identity: the evaluation measures what"
-                 " an attacker recovers from them")
+                + ("" if attributes.privatised else " (raw, not privatised)")
+            )
+        notes = (
+            "synthetic identities are pixel averages of three different sample people,"
+            " checked against their contributors; see dpface.generators.bank",
+            "the raw channels can still carry identity: the evaluation measures what"
+            " an attacker recovers from them",
+        )
         return ChannelRecord(tuple(covered), tuple(uncovered), notes)
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, image: np.ndarray, face: FaceInput, identity: np.ndarray,
-                 attributes: AttributeChannel | None = None) -> GeneratedFace:
+    def generate(
+        self,
+        image: np.ndarray,
+        face: FaceInput,
+        identity: np.ndarray,
+        attributes: AttributeChannel | None = None,
+    ) -> GeneratedFace:
         """Replace one face (see the module docstring)."""
         img = check_image(image)
         record = self.channels(attributes)
@@ -298,9 +319,16 @@ class SurrogateGenerator(Generator):
         idx, w, sims = self.choose(identity, attributes)
         h_img, w_img = img.shape[:2]
         if fw < MIN_FACE_WIDTH:
-            return GeneratedFace(img, "untouched", record, reason=(
-                f"face is {fw:.0f} px wide (< {MIN_FACE_WIDTH:.0f}): landmarks too unreliable to"
-                " synthesise a face; NOT de-identified, protect it another way (e.g. DP-Pix)"))
+            return GeneratedFace(
+                img,
+                "untouched",
+                record,
+                reason=(
+                    f"face is {fw:.0f} px wide (< {MIN_FACE_WIDTH:.0f}): landmarks too "
+                    "unreliable to synthesise a face; NOT de-identified, protect it another way "
+                    "(e.g. DP-Pix)"
+                ),
+            )
         target = self.target_landmarks(lm, idx, w)
         anchors = ring(lm)
         pts = np.concatenate([extend(lm), extend(target), anchors])
@@ -310,23 +338,36 @@ class SurrogateGenerator(Generator):
         x1 = int(min(w_img, np.ceil(pts[:, 0].max() + pad)))
         y1 = int(min(h_img, np.ceil(pts[:, 1].max() + pad)))
         if x1 - x0 < 8 or y1 - y0 < 8:
-            return GeneratedFace(img, "untouched", record, reason=(
-                "face lies (almost) entirely outside the photo; NOT de-identified"))
+            return GeneratedFace(
+                img,
+                "untouched",
+                record,
+                reason=("face lies (almost) entirely outside the photo; NOT de-identified"),
+            )
         crop = img[y0:y1, x0:x1]
         off = np.array([x0, y0], dtype=np.float64)
         usable = np.tensordot(w.astype(np.float32), self._usable[idx], axes=1)
         texture = np.dstack([self.surrogate_texture(idx, w), usable])
-        out_crop, alpha = self._replace(crop, lm - off, target - off, anchors - off, fw,
-                                        texture)
+        out_crop, alpha = self._replace(crop, lm - off, target - off, anchors - off, fw, texture)
         out = img.copy()
         out[y0:y1, x0:x1] = out_crop
-        return GeneratedFace(out, "replaced", record, region=(x0, y0, x1, y1), alpha=alpha,
-                             details={"surrogates": idx.tolist(), "weights": w.tolist(),
-                                      "similarities": sims.tolist(),
-                                      "target_landmarks": target})
+        return GeneratedFace(
+            out,
+            "replaced",
+            record,
+            region=(x0, y0, x1, y1),
+            alpha=alpha,
+            details={
+                "surrogates": idx.tolist(),
+                "weights": w.tolist(),
+                "similarities": sims.tolist(),
+                "target_landmarks": target,
+            },
+        )
 
-    def _masks(self, shape: tuple[int, int], lm: np.ndarray, pts: np.ndarray, fw: float
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _masks(
+        self, shape: tuple[int, int], lm: np.ndarray, pts: np.ndarray, fw: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(replaced-region hard mask, skin weight for colour statistics, keep-input mask)."""
         s = self.settings
         centre = lm[30]
@@ -343,9 +384,15 @@ class SurrogateGenerator(Generator):
             holes = np.maximum(holes, polygon_mask(shape, c + grow * (p - c)))
         for part in (np.arange(17, 22), np.arange(22, 27)):
             p = lm[part]
-            holes = np.maximum(holes, polygon_mask(
-                shape, np.concatenate([p - np.array([0.0, 0.03 * fw]),
-                                       p[::-1] + np.array([0.0, 0.03 * fw])])))
+            holes = np.maximum(
+                holes,
+                polygon_mask(
+                    shape,
+                    np.concatenate(
+                        [p - np.array([0.0, 0.03 * fw]), p[::-1] + np.array([0.0, 0.03 * fw])]
+                    ),
+                ),
+            )
         skin = np.clip(region - holes, 0.0, 1.0)
         keep = np.zeros(shape, dtype=np.float32)
         if s.keep_eyes:
@@ -360,13 +407,20 @@ class SurrogateGenerator(Generator):
             c = inner.mean(axis=0)
             keep = np.maximum(keep, polygon_mask(shape, c + 1.05 * (inner - c)))
         if keep.any():
-            keep = np.asarray(cv2.GaussianBlur(keep, (0, 0), max(0.6, 0.006 * fw)),
-                              dtype=np.float32)
+            keep = np.asarray(
+                cv2.GaussianBlur(keep, (0, 0), max(0.6, 0.006 * fw)), dtype=np.float32
+            )
         return region, skin, keep
 
-    def _replace(self, crop: np.ndarray, lm_in: np.ndarray, lm: np.ndarray,
-                 anchors: np.ndarray, fw: float, texture: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def _replace(
+        self,
+        crop: np.ndarray,
+        lm_in: np.ndarray,
+        lm: np.ndarray,
+        anchors: np.ndarray,
+        fw: float,
+        texture: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         s = self.settings
         shape = (crop.shape[0], crop.shape[1])
         pts_in = extend(lm_in)
@@ -374,11 +428,16 @@ class SurrogateGenerator(Generator):
         if not np.array_equal(lm, lm_in):
             # move the input's features (and, smoothly, its surroundings) to the target
             # geometry; the anchor ring and everything outside it stay put
-            moved, inside_in = warp_piecewise(crop, np.concatenate([pts_in, anchors]),
-                                              np.concatenate([pts, anchors]), self._outer_tri,
-                                              shape)
-            crop = np.where(inside_in[..., None], np.clip(np.round(moved), 0, 255),
-                            crop).astype(np.uint8)
+            moved, inside_in = warp_piecewise(
+                crop,
+                np.concatenate([pts_in, anchors]),
+                np.concatenate([pts, anchors]),
+                self._outer_tri,
+                shape,
+            )
+            crop = np.where(inside_in[..., None], np.clip(np.round(moved), 0, 255), crop).astype(
+                np.uint8
+            )
         mesh = face_mesh(crop, lm)
         warped4, inside = warp_piecewise(texture, self.bank.mesh, mesh, self.bank.tri, shape)
         warped, usable = warped4[..., :3], warped4[..., 3] * inside
@@ -389,8 +448,9 @@ class SurrogateGenerator(Generator):
         # input's own pixels continue, with a narrow soft edge; the blend region itself
         # reaches higher, so its feathered edge never crosses the brows
         valid = feather(inside.astype(np.float32), max(0.6, s.texture_edge * fw))
-        valid *= np.asarray(cv2.GaussianBlur(usable, (0, 0), max(0.6, s.texture_edge * fw)),
-                            dtype=np.float32)
+        valid *= np.asarray(
+            cv2.GaussianBlur(usable, (0, 0), max(0.6, s.texture_edge * fw)), dtype=np.float32
+        )
         lab_in = rgb_to_lab(crop)
         lab_sur = rgb_to_lab(warped)
         sig = max(1.0, s.light_sigma * fw)
@@ -406,8 +466,11 @@ class SurrogateGenerator(Generator):
         # its own features (make-up edges, highlights) into the new face as ghosts. A grey
         # photo (skin chroma near 0) gets no colour detail.
         sel = skin > 0.5
-        colourful = float(np.median(np.hypot(lab_in[..., 1][sel], lab_in[..., 2][sel]))
-                          ) if sel.any() else 0.0
+        colourful = (
+            float(np.median(np.hypot(lab_in[..., 1][sel], lab_in[..., 2][sel])))
+            if sel.any()
+            else 0.0
+        )
         cw = np.float32(s.chroma_detail * float(np.clip(colourful / GREY_CHROMA, 0.0, 1.0)))
         lab[..., 1:] = low_in[..., 1:] + cw * (lab_sur[..., 1:] - low_sur[..., 1:])
         if not s.keep_eyes:
@@ -416,8 +479,9 @@ class SurrogateGenerator(Generator):
             eyes = np.zeros(shape, dtype=np.float32)
             for part in (LEFT_EYE, RIGHT_EYE):
                 eyes = np.maximum(eyes, polygon_mask(shape, lm[part]))
-            soft = np.asarray(cv2.GaussianBlur(eyes, (0, 0), max(0.6, 0.006 * fw)),
-                              dtype=np.float32)[..., None]
+            soft = np.asarray(
+                cv2.GaussianBlur(eyes, (0, 0), max(0.6, 0.006 * fw)), dtype=np.float32
+            )[..., None]
             lab[..., 1:] = lab[..., 1:] * (1.0 - soft) + lab_in[..., 1:] * soft
         if s.fine_sigma > 0:
             fs = max(0.5, s.fine_sigma * fw)

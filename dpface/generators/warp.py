@@ -50,8 +50,9 @@ def triangulate(points: np.ndarray) -> np.ndarray:
     pts = np.asarray(points, dtype=np.float64)
     tri = Delaunay(pts).simplices
     a, b, c = pts[tri[:, 0]], pts[tri[:, 1]], pts[tri[:, 2]]
-    area = 0.5 * np.abs((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1])
-                        - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+    area = 0.5 * np.abs(
+        (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    )
     return np.asarray(tri[area > 1e-3], dtype=np.int64)
 
 
@@ -59,12 +60,15 @@ def signed_areas(points: np.ndarray, tri: np.ndarray) -> np.ndarray:
     """Signed area of each triangle (the sign flips when a warp folds a triangle over)."""
     p = np.asarray(points, dtype=np.float64)
     a, b, c = p[tri[:, 0]], p[tri[:, 1]], p[tri[:, 2]]
-    return np.asarray(0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1])
-                             - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])))
+    return np.asarray(
+        0.5
+        * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+    )
 
 
-def piecewise_affine_maps(dst_pts: np.ndarray, src_pts: np.ndarray, tri: np.ndarray,
-                          shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def piecewise_affine_maps(
+    dst_pts: np.ndarray, src_pts: np.ndarray, tri: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Remap tables for a piecewise-affine warp: for every pixel of a (H, W) destination
     inside the mesh drawn at ``dst_pts``, the source coordinates from the same triangle
     placed at ``src_pts``. Returns (map_x, map_y, inside) with map = -1 outside the mesh.
@@ -79,11 +83,12 @@ def piecewise_affine_maps(dst_pts: np.ndarray, src_pts: np.ndarray, tri: np.ndar
     for t in order:
         d = dst[tri[t]].astype(np.float32)
         s = src[tri[t]].astype(np.float32)
-        if abs(float(signed_areas(dst, tri[t:t + 1])[0])) < 1e-6:
+        if abs(float(signed_areas(dst, tri[t : t + 1])[0])) < 1e-6:
             continue
         mats[t] = cv2.getAffineTransform(d, s)
-        cv2.fillConvexPoly(index, np.round(d * 16).astype(np.int32), int(t), lineType=cv2.LINE_8,
-                           shift=4)
+        cv2.fillConvexPoly(
+            index, np.round(d * 16).astype(np.int32), int(t), lineType=cv2.LINE_8, shift=4
+        )
     inside = index >= 0
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     m = mats[np.maximum(index, 0)].astype(np.float32)
@@ -94,13 +99,23 @@ def piecewise_affine_maps(dst_pts: np.ndarray, src_pts: np.ndarray, tri: np.ndar
     return map_x, map_y, inside
 
 
-def warp_piecewise(src_img: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray,
-                   tri: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def warp_piecewise(
+    src_img: np.ndarray,
+    src_pts: np.ndarray,
+    dst_pts: np.ndarray,
+    tri: np.ndarray,
+    shape: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
     """Warp ``src_img`` so that its mesh at ``src_pts`` lands on ``dst_pts`` in a (H, W)
     output; returns (warped float32 image, inside mask)."""
     mx, my, inside = piecewise_affine_maps(dst_pts, src_pts, tri, shape)
-    out = cv2.remap(np.asarray(src_img, dtype=np.float32), mx, my, cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.remap(
+        np.asarray(src_img, dtype=np.float32),
+        mx,
+        my,
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     return out, inside
 
 

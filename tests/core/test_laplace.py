@@ -186,9 +186,7 @@ def _map_exact(eps: float, sens: float, d: float) -> Fraction:
     r2=st.floats(min_value=0.0, max_value=100.0),
     coords=st.integers(min_value=1, max_value=10**6),
 )
-def test_privacy_map_properties(
-    eps: float, sens: float, r1: float, r2: float, coords: int
-) -> None:
+def test_privacy_map_properties(eps: float, sens: float, r1: float, r2: float, coords: int) -> None:
     """Monotone in d, = ε at Δ, the exact P2 bound rounded up (and tight), and never below the
     realised loss (d + n g)/(t g) of an n-coordinate query at distance d (P2, exact)."""
     mech = Laplace(epsilon=eps, sensitivity=sens)
