@@ -27,6 +27,20 @@ def test_ruff_is_clean() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+FORMATTED = ("mechanisms", "dpface", "tests", "scripts", "notebooks", "docs/_hooks.py")
+
+
+def test_ruff_format_is_clean() -> None:
+    """The code is as ``ruff format`` writes it (``./dev lint`` checks the same)."""
+    proc = subprocess.run(
+        [_tool("ruff"), "format", "--check", *FORMATTED],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_mypy_strict_on_mechanisms() -> None:
     proc = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
