@@ -282,10 +282,10 @@ class SubjectMap:
                 )
                 continue
             if len(hits) > 1:
-                names = ", ".join(str(planned.images[i].source) for i in hits[:4])
+                matched = ", ".join(str(planned.images[i].source) for i in hits[:4])
                 raise UsageError(
                     f"{self.path}, line {row.line}: {row.file!r} matches several inputs "
-                    f"({names}); write the path as given on the command line"
+                    f"({matched}); write the path as given on the command line"
                 )
             i = hits[0]
             if row.face is None:
@@ -529,13 +529,13 @@ def plan(
             if f.suffix.lower() not in IMAGE_SUFFIXES and not is_video(f):
                 problems.append(_unsupported(f))
                 continue
-            real = os.path.realpath(f)
-            if real in by_real:
+            resolved = str(os.path.realpath(f))
+            if resolved in by_real:
                 problems.append(
-                    Problem(str(f), f"the same file as {by_real[real]}: processed once")
+                    Problem(str(f), f"the same file as {by_real[resolved]}: processed once")
                 )
                 continue
-            by_real[real] = f
+            by_real[resolved] = f
             if root.is_dir():
                 tree = rel.as_posix() if top is None else f"{top}/{rel.as_posix()}"
                 keys = {rel.as_posix(), _key(f), tree}

@@ -600,11 +600,10 @@ def demo(
     samples = assets_dir() / "samples"
     if not samples.is_dir():
         raise UsageError(f"no sample photos at {samples}; run ./dev setup first")
-    config = AnonymizeConfig(
-        mechanism=mechanism,
-        epsilon=epsilon,
-        **({} if ledger_path is None else {"ledger": ledger_path}),
-    )
+    if ledger_path is None:
+        config = AnonymizeConfig(mechanism=mechanism, epsilon=epsilon)
+    else:
+        config = AnonymizeConfig(mechanism=mechanism, epsilon=epsilon, ledger=ledger_path)
     _run_and_print(config, [samples], out, subject=None, subjects=None, json_output=json_output)
 
 

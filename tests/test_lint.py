@@ -1,4 +1,4 @@
-"""Static checks that CI enforces: ruff on the tree, mypy strict on the DP core."""
+"""Static checks CI enforces: ruff lint and format; mypy strict on mechanisms/ and dpface/."""
 
 from __future__ import annotations
 
@@ -41,6 +41,6 @@ def test_ruff_format_is_clean() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_mypy_strict_on_mechanisms() -> None:
+def test_mypy_strict_on_mechanisms_and_dpface() -> None:
     proc = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

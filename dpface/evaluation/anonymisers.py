@@ -175,7 +175,7 @@ def product_config(cond: Condition, seed: int, ledger: str | Path) -> Any:
         )
     if cond.family in IDENTITY_MECHANISMS:
         return AnonymizeConfig(
-            mechanism=cond.family,  # type: ignore[arg-type]  # checked: an identity mechanism
+            mechanism=cond.family,  # checked: an identity mechanism
             epsilon=cond.epsilon,
             delta=GAUSSIAN_DELTA,
             seed=seed,
