@@ -1,6 +1,6 @@
 """Throughput benchmark of the secure samplers, with baselines measured in the same run.
 
-    python -m mechanisms.bench [--rows 10000] [--dim 512] [--repeat 3]
+    python -m scripts.bench_mechanisms [--rows 10000] [--dim 512] [--repeat 3]
 
 Reports values/second for
 * our grid Laplace mechanism on a (rows, dim) batch of embeddings (each row its own query),
@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .gaussian import Gaussian
-from .laplace import Laplace
+from mechanisms.gaussian import Gaussian
+from mechanisms.laplace import Laplace
 
 
 def _best_of(repeat: int, fn: Callable[[], object]) -> float:
