@@ -1,6 +1,6 @@
 """Benchmark of the evaluation harness: faces × ε × attackers with 1 and with 2 workers.
 
-    python -m dpface.evaluation.bench [--faces 100] [--epsilons 0.5,1,2,6,50] [--workers 1 2]
+    python -m scripts.bench_evaluation [--faces 100] [--epsilons 0.5,1,2,6,50] [--workers 1 2]
 
 The sample faces are cycled up to ``--faces`` (each copy is a separate face with its own
 random stream); every face is released once per ε with ``IdentityLaplace`` + the surrogate
