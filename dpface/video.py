@@ -84,9 +84,10 @@ def is_video(path: str | Path) -> bool:
 def _av() -> Any:
     try:
         import av
+        import motpy  # noqa: F401  (the tracker: checked here, imported where it is used)
     except ImportError as err:  # pragma: no cover - depends on the install
         raise InputError(
-            "video needs PyAV: pip install 'dpface[video]' (its wheels bundle FFmpeg)"
+            f"video needs PyAV and motpy ({err.name} is missing): pip install 'dpface[video]'"
         ) from err
     av.logging.set_level(None)  # FFmpeg's messages come back in the exceptions, not stderr
     return av
@@ -786,10 +787,13 @@ def anonymize_video(
     from .detect import DEFAULT_DETECTOR
     from .ledger import BudgetExceeded, normalize_subject
 
-    av = _av()
     src = Path(source)
     out = Path(dest)
     label = name if name is not None else src.name
+    try:
+        av = _av()
+    except InputError as err:  # not installed: this video is a problem, not a crash
+        return _failed(anonymizer, label, str(err), {})
     if audio not in ("keep", "drop"):
         raise ValueError("audio must be 'keep' or 'drop'")
     _check_every(detect_every)

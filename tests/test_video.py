@@ -499,3 +499,17 @@ def test_cli_folder_mixing_photos_and_videos(clips: dict[str, Clip], tmp_path: P
     assert receipt["detection"]["detect_every"] == 2
     assert str(tmp_path) not in json.dumps(receipt)
     assert (out / "broken.mov.receipt.json").is_file()
+
+
+def test_missing_pyav_is_a_problem_of_the_video(
+    clips: dict[str, Clip], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dpface.video as video
+    from dpface.errors import InputError
+
+    def missing() -> None:
+        raise InputError("video needs PyAV and motpy (av is missing): pip install 'dpface[video]'")
+
+    monkeypatch.setattr(video, "_av", missing)
+    res = _pix().anonymize_video(clips["still"].path, tmp_path / "o.mp4")
+    assert not res.ok and "dpface[video]" in (res.error or "")
