@@ -302,12 +302,12 @@ def test_grey_photo_stays_grey(gen: SurrogateGenerator, faces: tuple[SampleFace,
 
 @pytest.mark.slow
 def test_evaluation_on_the_sample_faces_at_eps_6() -> None:
-    """Regression floor for the protocol of ``python -m dpface.generators.evaluate`` (dlib is
+    """Regression floor for the protocol of ``python -m scripts.eval_generator`` (dlib is
     the attacker; it never runs inside the generator). Measured values are in the closing
     note of issue 5; these floors are below them so that only real regressions fail. Three
     draws: one draw of 34 faces is too few for a PSR floor (with bank v9 draw 0 alone gave
     0.74 where ten draws give 0.88 ± 0.06)."""
-    from dpface.generators.evaluate import evaluate
+    from scripts.eval_generator import evaluate
 
     s = evaluate(SurrogateGenerator(), [6.0], draws=3, verbose=False, exclude_own=True)["6"]
     assert isinstance(s, dict)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from dpface.generators.base import FaceInput, Generator
+from dpface.generators.base import AttributeChannel, FaceInput, Generator
 
 DEFAULT_FACES = (2, 5, 6, 10, 12, 15, 17, 19, 20, 21, 26, 27, 29, 33)
 DEFAULT_EPS = (math.inf, 6.0, 2.0, 0.5)
@@ -32,6 +32,19 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
+def sex_attributes(faces: Sequence[object], mode: str) -> list[AttributeChannel | None]:
+    """Per face: None (``mode="none"``) or FaceRes's raw P(male) as a NOT privatised
+    attribute channel (``mode="raw"``)."""
+    if mode == "none":
+        return [None] * len(faces)
+    if mode != "raw":
+        raise ValueError("sex channel must be 'raw' or 'none'")
+    from dpface.models.attributes import age_gender
+
+    _, male = age_gender(faces)  # type: ignore[arg-type]
+    return [AttributeChannel({"male": float(p)}, privatised=False) for p in male]
+
+
 def contact_sheet(
     gen: Generator,
     faces_idx: Sequence[int] = DEFAULT_FACES,
@@ -41,7 +54,6 @@ def contact_sheet(
 ) -> np.ndarray:
     """The sheet as an RGB uint8 array."""
     from dpface.align import loose_crop
-    from dpface.generators.evaluate import sex_attributes
     from dpface.models.encoders import get_encoder
     from dpface.models.samples import sample_faces
     from mechanisms.identity import IdentityLaplace

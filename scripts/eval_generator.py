@@ -1,7 +1,7 @@
 """Evaluate a generator on the sample faces: privacy against an attacker that never runs
 inside the generator (dlib ResNet), and utility.
 
-    python -m dpface.generators.evaluate [--eps inf 6 2 1] [--draws 2] [--json out.json]
+    python -m scripts.eval_generator [--eps inf 6 2 1] [--draws 2] [--json out.json]
 
 Per face and epsilon: the face's MobileFace embedding is privatised with ``IdentityLaplace``
 (seeded, so the run is reproducible; seeded randomness is for evaluation only), the
@@ -39,7 +39,8 @@ import numpy as np
 
 from dpface.evaluation.measure import detect_near
 from dpface.evaluation.stats import clustered_mean_ci
-from dpface.generators.base import AttributeChannel, FaceInput, Generator
+from dpface.generators.base import FaceInput, Generator
+from dpface.generators.contact_sheet import sex_attributes
 
 EPSILONS = (math.inf, 6.0, 2.0, 1.0)
 
@@ -103,19 +104,6 @@ def skin_delta_e(
             )
         )
     return res[0], res[1]
-
-
-def sex_attributes(faces: Sequence[object], mode: str) -> list[AttributeChannel | None]:
-    """Per face: None (``mode="none"``) or FaceRes's raw P(male) as a NOT privatised
-    attribute channel (``mode="raw"``)."""
-    if mode == "none":
-        return [None] * len(faces)
-    if mode != "raw":
-        raise ValueError("sex channel must be 'raw' or 'none'")
-    from dpface.models.attributes import age_gender
-
-    _, male = age_gender(faces)  # type: ignore[arg-type]
-    return [AttributeChannel({"male": float(p)}, privatised=False) for p in male]
 
 
 def evaluate(
