@@ -113,7 +113,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Clip]:
         return (160 + 3 * i, 120, 80 - 2 * i)
 
     return {
-        "cross": make_clip(d / "cross.mp4", frames=n, people=people, audio=True, cover={4: 0}),
+        "cross": make_clip(
+            d / "cross.mp4", frames=n, people=people, audio=True, cover={4: 0}, blur=(7,)
+        ),
         "meta": make_clip(
             d / "meta.mp4", frames=4, people=[(obama, still)], audio=True, metadata=METADATA
         ),
@@ -131,7 +133,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Clip]:
 
 @pytest.fixture(scope="module")
 def identity_run(clips: dict[str, Clip], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """Two people crossing, one covered for a frame: default detector, identity-laplace."""
+    """Two people crossing, one covered for a frame, a frame with motion blur: default
+    detector, identity-laplace."""
     gen = SurrogateGenerator()
     ledger = Ledger(":memory:", default_budget=PureDP(100.0))
     anon = Anonymizer(
