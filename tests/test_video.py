@@ -252,6 +252,19 @@ def test_rerun_charges_the_same_units(clips: dict[str, Clip], tmp_path: Path) ->
     assert a.tracks[0].status == "pixelized" and _unprotected(clip, a, tmp_path / "a.mp4") == []
 
 
+def test_rerun_with_the_default_detector_charges_the_same_units(
+    clips: dict[str, Clip], tmp_path: Path
+) -> None:
+    clip = clips["still"]
+    anon = _pix()
+    a = anon.anonymize_video(clip.path, tmp_path / "a.mp4", detect_every=2)
+    b = anon.anonymize_video(clip.path, tmp_path / "b.mp4", detect_every=2)
+    assert a.tracks and [t.subject for t in a.tracks] == [t.subject for t in b.tracks]
+    for t in a.tracks:  # each unit charged once per run
+        assert anon.ledger.spent(t.subject).epsilon == pytest.approx(12.0, rel=1e-3)
+    assert _unprotected(clip, a, tmp_path / "a.mp4") == []
+
+
 def test_dp_blur_track_charged_once(clips: dict[str, Clip], tmp_path: Path) -> None:
     clip = clips["still"]
     anon = Anonymizer(
