@@ -400,7 +400,8 @@ def anonymize(
         typer.Option(
             "--ledger",
             help="Ledger database (default: the per-user ledger, "
-            "$DPFACE_LEDGER if set; budgets outlive output folders).",
+            "$DPFACE_LEDGER if set; budgets outlive output folders), or a "
+            "postgresql://user@host/db URL: one ledger shared by several machines.",
         ),
     ] = None,
     subject: Annotated[
@@ -721,8 +722,14 @@ def audit(
 def _open_ledger(path: Path) -> Any:
     """An existing ledger, opened without creating or changing anything (exit 2 if missing or
     not a dpface ledger)."""
-    from .ledger import Ledger
+    from .ledger import Ledger, postgres_url
 
+    url = postgres_url(path)
+    if url is not None:  # a ledger on a PostgreSQL server
+        try:
+            return Ledger(url, create=False)
+        except FileNotFoundError as err:
+            raise UsageError(str(err.strerror)) from None
     if not path.exists():
         raise UsageError(f"no ledger at {path}")
     if path.is_dir():

@@ -283,11 +283,18 @@ class AnonymizeConfig:
                 continue
             if not isinstance(value, (str, os.PathLike)):
                 raise UsageError(f"{name} ({option}) must be a path, got {value!r}")
+            if name == "ledger":
+                from .ledger_backends import postgres_url
+
+                url = postgres_url(value)  # a ledger on a PostgreSQL server: kept as its URL
+                if url is not None:
+                    object.__setattr__(self, name, url)
+                    continue
             path = Path(value)
             object.__setattr__(self, name, path)
             if str(path) != ":memory:" and path.is_dir():
                 raise UsageError(f"{name} ({option}) {path} is a folder; give a database file")
-        if self.ledger is not None and self.templates is not None:
+        if self.ledger is not None and self.templates is not None and isinstance(self.ledger, Path):
             if Path(self.ledger).resolve() == Path(self.templates).resolve():
                 raise UsageError(
                     "the template store (--link) must be a different file from the ledger "

@@ -1159,3 +1159,22 @@ def test_postgres_processes_creating_one_new_ledger_at_once_share_it(postgres_se
     assert len({out.get(timeout=5) for _ in procs}) == 1  # one ledger, one secret
     with Ledger(url) as led:
         assert led.verify().ok
+
+
+def test_postgres_the_command_line_takes_a_ledger_url(postgres_server: str) -> None:
+    from typer.testing import CliRunner
+
+    from dpface.cli import app
+    from dpface.config import AnonymizeConfig
+
+    url = new_schema(postgres_server)
+    with Ledger(url, default_budget=PureDP(5.0)) as led:
+        _charge_laplace(led, "alice")
+    # options typed as Path lose a slash of the URL: the configuration restores it
+    for given in (url, Path(url)):
+        assert AnonymizeConfig(ledger=given).ledger == url  # type: ignore[arg-type]
+    runner = CliRunner()
+    res = runner.invoke(app, ["ledger", "verify", url])
+    assert res.exit_code == 0 and "the chain verifies" in res.output, res.output
+    res = runner.invoke(app, ["ledger", "verify", new_schema(postgres_server)])
+    assert res.exit_code == 2 and "no dpface ledger" in res.output, res.output
