@@ -1,9 +1,14 @@
-"""The privacy ledger: every release is an entry charged to a privacy unit, in SQLite.
+"""The privacy ledger: every release is an entry charged to a privacy unit.
+
+One :class:`Ledger`, two backends (:mod:`dpface.ledger_backends`): an SQLite file, the default,
+or a PostgreSQL server shared by several machines (a ``postgresql://`` URL). Everything below
+holds for both; what differs is how a write transaction excludes the other writers.
 
 What each part guarantees:
 
 * **Budgets bind.** A release is *charged before any noise is drawn*: :meth:`Ledger.charge` and
-  :meth:`Ledger.release` open an ``IMMEDIATE`` transaction (the database write lock), compose
+  :meth:`Ledger.release` open a write transaction (SQLite: ``IMMEDIATE``, the database write
+  lock; PostgreSQL: a lock on the subject, then on the chain head), compose
   the subject's committed releases with the new one, and either record the release or record a
   *refusal* and raise :class:`BudgetExceeded`. The check and the write are one transaction, so
   concurrent writers (threads sharing a :class:`Ledger`, other ``Ledger`` objects, other
@@ -36,10 +41,11 @@ dp-accounting privacy-loss distributions and reports epsilon at the budget's del
 repeated Gaussian/Laplace releases of one person -- the averaging attack is exactly what it
 charges for). Only releases are composed; refusals cost nothing.
 
-Storage: WAL journal, ``synchronous=FULL`` (a committed entry survives a power cut), foreign keys
-on. While a ledger is open, committed entries may sit in the ``-wal`` file beside it: copy a
-ledger with :meth:`Ledger.backup` (SQLite's online backup), never by copying ``ledger.db`` alone.
-:meth:`Ledger.close` checkpoints the WAL into the main file.
+SQLite storage: WAL journal, ``synchronous=FULL`` (a committed entry survives a power cut),
+foreign keys on. While a ledger is open, committed entries may sit in the ``-wal`` file beside
+it: copy a ledger with :meth:`Ledger.backup` (SQLite's online backup), never by copying
+``ledger.db`` alone. :meth:`Ledger.close` checkpoints the WAL into the main file. A PostgreSQL
+ledger's :meth:`Ledger.backup` writes the same kind of SQLite file, from one snapshot.
 """
 
 from __future__ import annotations
