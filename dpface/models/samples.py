@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpface.detect import detect_array
+from dpface.detect import MIN_PRESENCE, detect_array, face_presence
 from dpface.models import store
 from dpface.models.dlib_models import arcface_points
 from dpface.models.images import load_rgb
@@ -62,6 +62,10 @@ class SampleFace:
 
 _CACHE_VERSION = 1
 _DEPENDS = ("dlib/shape_predictor_68_face_landmarks.dat", "tfjs/facemesh.bin")
+SAMPLE_DETECTOR = "hog"
+"""The sample set is a fixed dataset (its faces, identities and pairs feed the surrogate bank,
+the calibration and the evaluation), so it is detected with one fixed detector -- dlib's HOG,
+which it was built with -- never with whatever the product's default detector is."""
 
 
 def _cache_file() -> Path:
@@ -70,6 +74,7 @@ def _cache_file() -> Path:
     key = json.dumps(
         [
             _CACHE_VERSION,
+            SAMPLE_DETECTOR,
             *[(n, m[n].sha256) for n in store.names("samples/")],
             *[m[n].sha256 for n in _DEPENDS],
         ]
@@ -95,7 +100,16 @@ def sample_faces() -> tuple[SampleFace, ...]:
         if photo in cached:
             found = [(tuple(f["box"]), np.array(f["landmarks68"])) for f in cached[photo]]
         else:
-            found = [(f.box, f.landmarks68) for f in detect_array(img, source=photo).faces]
+            res = detect_array(img, source=photo, detector=SAMPLE_DETECTOR)
+            # every HOG detection (score >= 0) whose face FaceMesh confirms: the detector
+            # now flags doubtful faces instead of dropping them, the set was built without them
+            shapes = [f.landmarks68 for f in res.faces]
+            present = face_presence(img, shapes) if shapes else []
+            found = [
+                (f.box, f.landmarks68)
+                for f, p in zip(res.faces, present, strict=True)
+                if p >= MIN_PRESENCE
+            ]
         fresh[photo] = [{"box": list(b), "landmarks68": lm.tolist()} for b, lm in found]
         for k, (box, lm) in enumerate(found):
             ident = _KNOWN.get(photo, f"{photo}#{k}")
