@@ -24,10 +24,12 @@ machine's cores, so the numbers are for one box; the table says how many cores i
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -137,9 +139,10 @@ def _start_postgres() -> tuple[str, Any]:
         warnings.simplefilter("ignore")
         import pgserver
 
-        srv = pgserver.get_server(
-            Path(tempfile.mkdtemp(prefix="dpface-bench-pg-")) / "data", cleanup_mode="delete"
-        )
+        folder = Path(tempfile.mkdtemp(prefix="dpface-bench-pg-"))
+        # registered first, so it runs after pgserver's own clean-up (which stops the server)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        srv = pgserver.get_server(folder / "data", cleanup_mode="delete")
     params = psycopg.conninfo.conninfo_to_dict(srv.get_uri())
     host = urllib.parse.quote(str(params["host"]), safe="")
     return f"postgresql://{params.get('user', 'postgres')}@{host}/{params['dbname']}", srv
@@ -232,6 +235,121 @@ def _table(rows: list[dict[str, Any]], writers: list[int]) -> str:
     return "\n".join(lines)
 
 
+# ====================================================================== engines
+def _noop(x: int) -> int:
+    return x
+
+
+def _engine_overhead(engine: str, workers: int, tasks: int) -> dict[str, float]:
+    """Seconds to start a local cluster of ``workers`` processes, and ms per no-op task."""
+    t = time.perf_counter()
+    if engine == "dask":
+        from dask.distributed import Client, LocalCluster
+
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+        client.gather(client.map(_noop, range(workers), pure=False))
+        started = time.perf_counter() - t
+        t = time.perf_counter()
+        client.gather(client.map(_noop, range(tasks), pure=False))
+        per_task = (time.perf_counter() - t) / tasks
+        client.close()
+        cluster.close()
+    else:
+        import ray
+
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        remote = ray.remote(num_cpus=1)(_noop)
+        ray.get([remote.remote(i) for i in range(workers)])
+        started = time.perf_counter() - t
+        t = time.perf_counter()
+        ray.get([remote.remote(i) for i in range(tasks)])
+        per_task = (time.perf_counter() - t) / tasks
+        ray.shutdown()
+    return {"start_s": started, "task_ms": 1000 * per_task}
+
+
+def _engine_job(engine: str | None, workers: int, server: str, mechanism: str) -> dict[str, Any]:
+    """The 16 sample photos, ``mechanism``, on a fresh PostgreSQL ledger: wall seconds (cluster
+    start, model loading and everything else included) and the run's own images/s."""
+    from dpface import AnonymizeConfig, assets_dir, distributed
+
+    photos = sorted(p for p in (assets_dir() / "samples").iterdir() if p.suffix in (".jpg", ".png"))
+    out = Path(tempfile.mkdtemp(prefix="dpface-bench-engine-")) / "out"
+    config = AnonymizeConfig(
+        mechanism=mechanism, ledger=_postgres_location(server), workers=workers
+    )
+    t = time.perf_counter()
+    if engine is None:
+        summary = config.run(photos, out)
+    else:
+        summary = distributed.run(config, photos, out, engine=engine, workers=workers)
+    wall = time.perf_counter() - t
+    return {
+        "engine": engine or "local",
+        "workers": workers,
+        "wall_s": wall,
+        "images": summary.counts.get("images", 0),
+        "faces": summary.counts.get("faces", 0),
+        "images_per_s": summary.counts.get("images", 0) / summary.seconds,
+        "problems": len(summary.problems),
+    }
+
+
+def engines_main(opts: argparse.Namespace) -> int:
+    server, handle = (opts.postgres, None) if opts.postgres else _start_postgres()
+    rows = []
+    for engine in ("dask", "ray"):
+        r = _engine_overhead(engine, 2, opts.tasks)
+        print(
+            f"{engine}: start {r['start_s']:.1f} s, {r['task_ms']:.2f} ms per no-op task",
+            flush=True,
+        )
+        rows.append((engine, r))
+    jobs = []
+    for engine, workers in ((None, 1), (None, 2), ("dask", 2), ("ray", 2)):
+        j = _engine_job(engine, workers, server, opts.mechanism)
+        print(j, flush=True)
+        jobs.append(j)
+    if handle is not None:
+        handle.cleanup()  # stop and delete the server now (not left to atexit)
+    base = jobs[0]["wall_s"]
+    lines = [
+        "## Engines",
+        "",
+        f"Written by `.venv/bin/python scripts/bench_ledger.py --engines` on "
+        f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, commit {_git_commit()}, "
+        f"{os.cpu_count()} cores, 1-minute load average {os.getloadavg()[0]:.1f} at the end.",
+        "",
+        "| engine | local cluster of 2 processes started in | per no-op task |",
+        "| --- | ---: | ---: |",
+        *(f"| {e} | {r['start_s']:.1f} s | {r['task_ms']:.2f} ms |" for e, r in rows),
+        "",
+        f"The 16 sample photos (`-m {opts.mechanism}`), one fresh PostgreSQL ledger each, wall "
+        "time from the call to its return (cluster start and model loading included; images/s "
+        "is the run's own, after set-up):",
+        "",
+        "| run | workers | wall s | vs local, 1 worker | images/s | images | faces | problems |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {j['engine']} | {j['workers']} | {j['wall_s']:.1f} | {base / j['wall_s']:.2f}x "
+            f"| {j['images_per_s']:.2f} | {j['images']} | {j['faces']} | {j['problems']} |"
+            for j in jobs
+        ),
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if not opts.no_write:
+        old = opts.out.read_text() if opts.out.exists() else "# Ledger throughput\n"
+        old = old.split("\n## Engines\n")[0].rstrip("\n")
+        opts.out.write_text(old + "\n\n" + text)
+        print(f"written to {opts.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--writers", default="1,2,4,8,16,32")
@@ -241,7 +359,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--engines",
+        action="store_true",
+        help="instead: Dask against Ray (start, per-task overhead, the sample "
+        "photos with 2 workers on a PostgreSQL ledger against a local run)",
+    )
+    ap.add_argument("--tasks", type=int, default=500, help="no-op tasks per engine (--engines)")
+    ap.add_argument("--mechanism", default="dp-pix", help="for --engines")
     opts = ap.parse_args(argv)
+    if opts.engines:
+        return engines_main(opts)
     writers = sorted({int(x) for x in opts.writers.split(",")})
     backends = [b.strip() for b in opts.backends.split(",")]
 
@@ -272,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     finally:
         pool.close()
-        del handle  # the pgserver server is stopped and deleted at exit
+        if handle is not None:
+            handle.cleanup()  # stop and delete the server now (not left to atexit)
     load_after = os.getloadavg()
     fsync_after = _fsync_rate(tmp)
     cores = os.cpu_count()

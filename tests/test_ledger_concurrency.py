@@ -170,3 +170,79 @@ def test_pld_composition_under_concurrency_grants_what_one_writer_would(ledger_a
         assert len(led.events("g")) == fits
         assert led.spent("g").epsilon <= budget.epsilon
         assert led.verify().ok
+
+
+# ====================================================================== a distributed job
+def _faces(receipt_dir: Any) -> dict[str, list[tuple[Any, ...]]]:
+    import json
+    from pathlib import Path
+
+    out = {}
+    for path in sorted(Path(receipt_dir).rglob("*.receipt.json")):
+        r = json.loads(path.read_text())
+        out[path.name] = [
+            (
+                # an unnamed face's unit is a digest keyed by its own ledger's secret
+                "face:*" if str(f["unit"]).startswith("face:") else f["unit"],
+                f["status"],
+                f.get("refused"),
+                f.get("protection"),
+                f.get("spent"),
+                f.get("remaining_epsilon"),
+            )
+            for f in r["faces"]
+        ]
+    return out
+
+
+def test_a_dask_job_with_two_workers_shares_budgets_like_a_local_run(
+    postgres_server: str,
+    tmp_path: Any,
+) -> None:
+    """Photos of one named person spread over two Dask workers, one PostgreSQL ledger: the
+    budget is spent and refused exactly where one local process spends and refuses it, and the
+    receipts say the same."""
+    from dpface import AnonymizeConfig, assets_dir, distributed
+    from tests.ledger_backends import new_schema
+
+    samples = assets_dir() / "samples"
+    photos = [
+        samples / n
+        for n in (
+            "fr-obama.jpg",
+            "fr-obama2.jpg",
+            "fr-obama3.jpg",
+            "fr-obama_partial_face.jpg",
+            "fr-biden.jpg",
+        )
+    ]
+    runs = {}
+    for how in ("local", "dask"):
+        config = AnonymizeConfig(
+            mechanism="dp-pix",
+            epsilon=2.0,
+            budget=4.0,
+            ledger=new_schema(postgres_server),
+            workers=1,
+        )
+        out = tmp_path / how
+        if how == "local":
+            summary = config.run(photos, out, subject="obama")
+        else:
+            summary = distributed.run(
+                config, photos, out, subject="obama", engine="dask", workers=2
+            )
+        with Ledger(str(config.ledger)) as led:
+            assert led.verify().ok
+            runs[how] = (
+                summary.counts,
+                _faces(out),
+                len(led.events("obama")),
+                len(led.events("obama", kinds=("refusal",))),
+            )
+    local, dask = runs["local"], runs["dask"]
+    assert dask == local
+    counts, faces, releases, refusals = dask
+    assert releases == 2 and refusals == counts["refused"] >= 2  # the budget holds two
+    refused_at = [name for name, fs in faces.items() for f in fs if f[0] == "obama" and f[2]]
+    assert refused_at  # refused where the local run refused (the same receipts, above)
