@@ -1178,3 +1178,12 @@ def test_postgres_the_command_line_takes_a_ledger_url(postgres_server: str) -> N
     assert res.exit_code == 0 and "the chain verifies" in res.output, res.output
     res = runner.invoke(app, ["ledger", "verify", new_schema(postgres_server)])
     assert res.exit_code == 2 and "no dpface ledger" in res.output, res.output
+
+
+def test_importing_dpface_and_its_ledger_imports_no_postgres_driver() -> None:
+    code = (
+        "import sys, dpface, dpface.ledger\n"
+        "from dpface import Ledger\n"
+        "assert 'psycopg' not in sys.modules, 'psycopg imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
