@@ -16,6 +16,8 @@ with the reason -- it is never skipped silently; deselect them explicitly with
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import urllib.parse
 import uuid
@@ -45,6 +47,8 @@ def _start_server() -> str:
             import pgserver
 
             folder = Path(tempfile.mkdtemp(prefix="dpface-pg-"))
+            # registered first, so it runs after pgserver's own clean-up (which stops the server)
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
             srv = pgserver.get_server(folder / "data", cleanup_mode="delete")
         params = psycopg.conninfo.conninfo_to_dict(srv.get_uri())
         host = urllib.parse.quote(str(params["host"]), safe="")
