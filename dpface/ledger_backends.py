@@ -26,7 +26,7 @@ import os
 import sqlite3
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -614,6 +614,8 @@ class PostgresBackend(Backend):
         from psycopg.conninfo import conninfo_to_dict
 
         self._errors = psycopg.Error
+        self._operational = psycopg.OperationalError
+        self._lock_timeout = psycopg.errors.LockNotAvailable
         try:
             params = conninfo_to_dict(url)
         except psycopg.ProgrammingError as err:
@@ -651,21 +653,48 @@ class PostgresBackend(Backend):
             out = self._sql[sql] = sql.replace("?", "%s")
         return out
 
+    @contextlib.contextmanager
+    def _talking(self, committing: bool = False) -> Iterator[None]:
+        """The server's operational failures (connection lost, a lock not granted in time) as
+        LedgerError, saying what became of the transaction."""
+        try:
+            yield
+        except self._operational as err:
+            if isinstance(err, self._lock_timeout):
+                raise LedgerError(
+                    f"the PostgreSQL ledger {self.where}: a lock was not granted within the "
+                    f"timeout ({err}); nothing of this transaction was recorded"
+                ) from err
+            fate = (
+                "the commit may or may not have reached the server: look with events() or "
+                "verify() on a new connection"
+                if committing
+                else "nothing of this transaction was recorded"
+            )
+            raise LedgerError(
+                f"lost the PostgreSQL ledger {self.where} ({err}); {fate}. Open the ledger again "
+                "to go on"
+            ) from err
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._con.execute(self._translate(sql), _pg_params(params) or None)
+        with self._talking():
+            return self._con.execute(self._translate(sql), _pg_params(params) or None)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self._con.cursor() as cur:
+        with self._talking(), self._con.cursor() as cur:
             cur.executemany(self._translate(sql), [_pg_params(r) for r in rows])
 
     def begin_write(self) -> None:
-        self._con.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        with self._talking():
+            self._con.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
 
     def begin_read(self) -> None:
-        self._con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        with self._talking():
+            self._con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def commit(self) -> None:
-        self._con.execute("COMMIT")
+        with self._talking(committing=True):
+            self._con.execute("COMMIT")
 
     def rollback(self) -> None:
         if self._con.closed:
@@ -673,19 +702,21 @@ class PostgresBackend(Backend):
         self._con.execute("ROLLBACK")
 
     def lock_unit(self, name: str) -> None:
-        self._con.execute(
-            "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (_LOCK_UNIT, name)
-        )
+        with self._talking():
+            self._con.execute(
+                "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (_LOCK_UNIT, name)
+            )
 
     def chain_tip(self) -> tuple[str | None, tuple[int, str] | None]:
         # the head row locked FOR UPDATE (READ COMMITTED hands back its latest committed value
         # once the lock is granted); the last entry is read by the NEXT statement, whose
         # snapshot is taken after the lock was granted and so sees every committed entry
         # (both sent in one round trip: the server runs them in order)
-        with self._con.pipeline():
+        with self._talking(), self._con.pipeline():
             locked = self._con.execute("SELECT value FROM meta WHERE key='head' FOR UPDATE")
             tip = self._con.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1")
-        head, last = locked.fetchone(), tip.fetchone()
+        with self._talking():
+            head, last = locked.fetchone(), tip.fetchone()
         return (
             None if head is None else str(head[0]),
             None if last is None else (int(last[0]), str(last[1])),

@@ -1187,3 +1187,27 @@ def test_importing_dpface_and_its_ledger_imports_no_postgres_driver() -> None:
         "assert 'psycopg' not in sys.modules, 'psycopg imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_postgres_a_lost_connection_or_a_lock_wait_is_a_ledger_error(postgres_server: str) -> None:
+    import psycopg
+
+    url = new_schema(postgres_server)
+    with Ledger(url, default_budget=PureDP(10.0), timeout=1.0) as led:
+        _charge_laplace(led, "a")
+        # another writer holds subject a's lock: this one waits at most `timeout`, then gives up
+        with psycopg.connect(url) as other:
+            other.execute("SELECT pg_advisory_xact_lock(%s::int4, hashtext('a'))", (0x64706663,))
+            with pytest.raises(LedgerError, match="not granted within the timeout"):
+                _charge_laplace(led, "a")
+            _charge_laplace(led, "b")  # other subjects are not held up
+        _charge_laplace(led, "a")  # released with the other transaction
+        # the server drops the connection: an error saying so, nothing half-recorded
+        pid = led._conn.info.backend_pid
+        with psycopg.connect(postgres_server, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(LedgerError, match="lost the PostgreSQL ledger"):
+            _charge_laplace(led, "a")
+    with Ledger(url) as again:
+        assert len(again.events("a")) == 2 and len(again.events("b")) == 1
+        assert again.verify().ok
