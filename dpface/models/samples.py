@@ -104,7 +104,7 @@ def sample_faces() -> tuple[SampleFace, ...]:
             # every HOG detection (score >= 0) whose face FaceMesh confirms: the detector
             # now flags doubtful faces instead of dropping them, the set was built without them
             shapes = [f.landmarks68 for f in res.faces]
-            present = face_presence(img, shapes) if shapes else []
+            present: list[float] = list(face_presence(img, shapes)) if shapes else []
             found = [
                 (f.box, f.landmarks68)
                 for f, p in zip(res.faces, present, strict=True)
