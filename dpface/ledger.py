@@ -82,6 +82,7 @@ from .ledger_backends import (  # noqa: F401 -- _open_file is dpface.linking's
     SCHEMA_VERSION,
     TEMPLATE_STORE_APPLICATION_ID,
     Backend,
+    PostgresBackend,
     _open_file,
     open_backend,
     postgres_url,
@@ -399,6 +400,7 @@ class Ledger:
         self.run_id = uuid.uuid4().hex
         self._lock = threading.RLock()
         self._closed = False
+        self._timeout = timeout
         self._db: Backend = open_backend(path, create=create, timeout=timeout, meta=_new_meta)
         #: where the ledger is: a Path (SQLite) or the URL without its password (PostgreSQL)
         self.path: Path | str = self._db.where
@@ -1103,16 +1105,25 @@ class Ledger:
                 )
         return Verification(not problems, len(rows), head, problems)
 
-    def backup(self, dest: str | Path) -> Path:
-        """A complete, consistent copy of this ledger at ``dest``: one self-contained SQLite
-        ledger file (refuses to overwrite an existing ``dest``).
+    def backup(self, dest: str | Path) -> Path | str:
+        """A complete, consistent copy of this ledger at ``dest``: a new SQLite ledger file, or
+        an empty schema of a PostgreSQL database (a ``postgresql://`` URL); never over an
+        existing file or a non-empty schema (``FileExistsError``).
 
-        An SQLite ledger is copied with SQLite's online backup, entries still in the WAL
-        included; a PostgreSQL ledger is copied as of one snapshot into the same SQLite format,
-        which ``Ledger(dest)`` opens and :meth:`verify` checks like any other. The copy is built
-        under a temporary name and linked into place, so ``dest`` is never partial.
+        The copy has the same entries, hash chain, budgets, pseudonyms, face units, runs and
+        unit secret, so it verifies with the same head and names unnamed faces as this ledger
+        does: back a PostgreSQL ledger up into a file, or move a local ledger onto a server.
+        An SQLite ledger is copied to a file with SQLite's online backup (entries still in the
+        WAL included), anything else from one snapshot; a file copy is built under a temporary
+        name and linked into place, a PostgreSQL copy is written in one transaction, so neither
+        is ever partial. Returns the copy's location.
         """
-        target = Path(dest).expanduser()
+        url = postgres_url(dest)
         with self._lock:
             self._check_open()
-            return self._db.backup(target)
+            if url is None:
+                return self._db.backup(Path(dest).expanduser())
+            rows = self._db.snapshot()
+        copy = PostgresBackend(url, create=True, timeout=self._timeout, meta=_new_meta, copy=rows)
+        copy.close()
+        return copy.where

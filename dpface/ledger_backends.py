@@ -193,6 +193,7 @@ _COPY = (
 _PG_ONLY_META = ("application_id", "user_version")
 
 MetaRows = Callable[[], Sequence[tuple[str, str]]]
+Snapshot = dict[str, list[tuple[Any, ...]]]
 
 
 # ---------------------------------------------------------------- dpface SQLite files
@@ -482,6 +483,26 @@ class Backend:
         """A complete, self-contained SQLite ledger at ``target`` (never overwritten)."""
         raise NotImplementedError
 
+    def snapshot(self) -> Snapshot:
+        """Every row of the ledger as of one snapshot, table by table in the order that keeps
+        foreign keys satisfied (runs oldest first; meta without PostgreSQL's own ids)."""
+        out: Snapshot = {}
+        self.begin_read()
+        try:
+            for table, cols, order in _COPY:
+                rows = self.execute(
+                    f"SELECT {', '.join(cols)} FROM {table} "
+                    f"ORDER BY {self.runs_order if order is None else order}"
+                ).fetchall()
+                out[table] = [
+                    tuple(bytes(v) if isinstance(v, memoryview) else v for v in r)
+                    for r in rows
+                    if table != "meta" or r[0] not in _PG_ONLY_META
+                ]
+        finally:
+            self.commit()
+        return out
+
     @property
     def raw(self) -> Any:
         raise NotImplementedError
@@ -609,7 +630,17 @@ class PostgresBackend(Backend):
     dialect = "postgresql"
     runs_order = "seq"
 
-    def __init__(self, url: str, *, create: bool, timeout: float, meta: MetaRows) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        create: bool,
+        timeout: float,
+        meta: MetaRows,
+        copy: Snapshot | None = None,
+    ) -> None:
+        """``copy``: make the ledger from these rows (:meth:`Backend.snapshot` of another one);
+        the schema must then be empty (``FileExistsError`` otherwise)."""
         psycopg = _import_psycopg()
         from psycopg.conninfo import conninfo_to_dict
 
@@ -635,7 +666,7 @@ class PostgresBackend(Backend):
                 _PASSWORDS[self.where] = str(params["password"])
             # a writer waits for another's locks at most ``timeout`` (as SQLite's busy timeout)
             self._con.execute(f"SET lock_timeout = {max(1, round(timeout * 1000))}")
-            self._open(create=create, meta=meta)
+            self._open(create=create, meta=meta, copy=copy)
         except BaseException:
             self._con.close()
             raise
@@ -747,7 +778,7 @@ class PostgresBackend(Backend):
         ).fetchall()
         return {str(r[0]) for r in rows}
 
-    def _open(self, *, create: bool, meta: MetaRows) -> None:
+    def _open(self, *, create: bool, meta: MetaRows, copy: Snapshot | None = None) -> None:
         row = self._con.execute("SELECT current_schema()").fetchone()
         if row is None or row[0] is None:
             raise LedgerError(
@@ -757,7 +788,14 @@ class PostgresBackend(Backend):
             )
         self.schema = str(row[0])
         here = f"schema {self.schema!r} of {self.where}"
-        if not self._tables():
+        if copy is not None:
+            if self._tables() or not self._create(meta, copy):
+                raise FileExistsError(
+                    errno.EEXIST,
+                    f"{here} is not empty: a copy goes into an empty schema",
+                    self.where,
+                )
+        elif not self._tables():
             if not create:
                 raise FileNotFoundError(
                     errno.ENOENT,
@@ -803,29 +841,41 @@ class PostgresBackend(Backend):
                 f"missing; {untouched}"
             )
 
-    def _create(self, meta: MetaRows) -> None:
-        """Create every table and the meta rows in ONE transaction (DDL is transactional in
-        PostgreSQL): concurrent creators wait on an advisory lock and the later ones find the
-        ledger made; nobody ever sees half of one."""
+    def _create(self, meta: MetaRows, copy: Snapshot | None = None) -> bool:
+        """Create every table and the meta rows -- or every row of ``copy`` -- in ONE
+        transaction (DDL is transactional in PostgreSQL): concurrent creators wait on an
+        advisory lock and the later ones find the ledger made; nobody ever sees half of one.
+        False when another process made it first."""
         self.begin_write()
         try:
             self._con.execute(
                 "SELECT pg_advisory_xact_lock(%s::int4, hashtext(current_schema()))",
                 (_LOCK_CREATE,),
             )
-            if not self._tables():
+            made = not self._tables()
+            if made:
                 for stmt in POSTGRES_SCHEMA:
                     self._con.execute(stmt)
-                rows = [
-                    *meta(),
+                ids = [
                     ("application_id", str(APPLICATION_ID)),
                     ("user_version", str(SCHEMA_VERSION)),
                 ]
-                self.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", rows)
+                if copy is None:
+                    self.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [*meta(), *ids])
+                else:
+                    for table, cols, _ in _COPY:
+                        rows = [*copy[table], *ids] if table == "meta" else copy[table]
+                        if rows:
+                            self.executemany(
+                                f"INSERT INTO {table}({', '.join(cols)}) "
+                                f"VALUES ({', '.join('?' * len(cols))})",
+                                rows,
+                            )
         except BaseException:
             self.rollback()
             raise
         self.commit()
+        return made
 
     # -------------------------------------------------------------- copies
     def backup(self, target: Path) -> Path:

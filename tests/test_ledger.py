@@ -6,6 +6,7 @@ against a real PostgreSQL server (tests/ledger_backends.py). Tests of what only 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import multiprocessing as mp
@@ -1211,3 +1212,38 @@ def test_postgres_a_lost_connection_or_a_lock_wait_is_a_ledger_error(postgres_se
     with Ledger(url) as again:
         assert len(again.events("a")) == 2 and len(again.events("b")) == 1
         assert again.verify().ok
+
+
+def test_a_local_ledger_moves_onto_a_server_with_its_chain_and_secret(
+    postgres_server: str,
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "local.db"
+    with Ledger(path, default_budget=PureDP(3.0)) as led:
+        led.record_run({"purpose": "archive, part 1"})
+        for _ in range(4):
+            with contextlib.suppress(BudgetExceeded):
+                _charge_laplace(led, "alice")
+        led.change_budget("bob", PureDP(5.0), reason="consent")
+        _release(led, "bob", "k", value=3.0)
+        photo = led.unit_digest(b"photo")
+        unit = led.face_unit(photo, (0, 0, 40, 40))
+        led.finish_run({"photos": 1})
+        head, runs = led.verify().head, led.runs()
+        url = new_schema(postgres_server)
+        where = led.backup(url)
+        assert isinstance(where, str) and where.startswith("postgresql://")
+        with pytest.raises(FileExistsError, match="not empty"):
+            led.backup(url)  # never over an existing ledger
+    with Ledger(url) as moved:
+        check = moved.verify()
+        assert check.ok and check.head == head and check.entries == 7
+        assert (
+            moved.unit_digest(b"photo") == photo and moved.face_unit(photo, (1, 0, 41, 40)) == unit
+        )
+        assert moved.runs() == runs and moved.spent("alice").epsilon == 3.0
+        stored = moved.pseudonym("bob", "k")
+        assert stored is not None and stored[0] == 3.0
+        with pytest.raises(BudgetExceeded):
+            _charge_laplace(moved, "alice")  # the budget spent locally stays spent
+        assert moved.verify().ok
