@@ -175,9 +175,8 @@ def _built(name: str, eps: float, r: Randomness, **options: Any) -> Any:
     return get_mechanism(name).build(MechanismOptions(epsilon=eps, randomness=r, **options))
 
 
-def _dp_pix(eps: float, claim: float, r: Randomness) -> AuditSetup:
-    mech = _built("dp-pix", eps, r, block=4, m=1)
-    assert isinstance(mech, DPPixelization)
+def _one_pixel_audit(mech: DPPixelization | DPBlur, claimed: Budget, note: str) -> AuditSetup:
+    """8x8 grey images differing in one pixel (0 vs 255, m = 1): the noisy mean of its cell."""
     x0 = np.full((8, 8), 100, dtype=np.uint8)
     x1 = x0.copy()
     x0[0, 0], x1[0, 0] = 0, 255
@@ -190,31 +189,24 @@ def _dp_pix(eps: float, claim: float, r: Randomness) -> AuditSetup:
         release,
         x0,
         x1,
-        PureDP(claim),
+        claimed,
         _threshold_on(None),
-        "8x8 grey images differing in one pixel, 0 vs 255 (m = 1); the noisy mean of its 4x4 cell",
+        "8x8 grey images differing in one pixel, 0 vs 255 (m = 1); the noisy mean of its 4x4 "
+        "cell" + note,
     )
+
+
+def _dp_pix(eps: float, claim: float, r: Randomness) -> AuditSetup:
+    mech = _built("dp-pix", eps, r, block=4, m=1)
+    assert isinstance(mech, DPPixelization)
+    return _one_pixel_audit(mech, PureDP(claim), "")
 
 
 def _dp_blur(eps: float, claim: float, r: Randomness) -> AuditSetup:
     mech = _built("dp-blur", eps, r, block=4, m=1, delta=AUDIT_DELTA)
     assert isinstance(mech, DPBlur)
-    x0 = np.full((8, 8), 100, dtype=np.uint8)
-    x1 = x0.copy()
-    x0[0, 0], x1[0, 0] = 0, 255
-
-    def release(x: Array, n: int) -> Array:
-        noisy = mech.noisy_cell_means_batch(np.repeat(x[np.newaxis], n, axis=0))
-        return np.asarray(noisy[:, 0, 0, 0])
-
-    return AuditSetup(
-        release,
-        x0,
-        x1,
-        ApproxDP(claim, AUDIT_DELTA),
-        _threshold_on(None),
-        "8x8 grey images differing in one pixel, 0 vs 255 (m = 1); the noisy mean of its 4x4 "
-        "cell (the smoothing that follows is post-processing)",
+    return _one_pixel_audit(
+        mech, ApproxDP(claim, AUDIT_DELTA), " (the smoothing that follows is post-processing)"
     )
 
 
