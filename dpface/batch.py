@@ -938,6 +938,8 @@ def _process_video(
         counts["faces"] += 1  # a face in a video is a track
         counts[t.status] += 1
         counts["refused"] += int(t.refused)
+        counts["uncertain"] += int(t.uncertain)
+        counts["fallback"] += int(t.protection == "dp-fallback" or t.fallback_frames > 0)
     return outcome
 
 

@@ -529,3 +529,23 @@ def test_missing_pyav_is_a_problem_of_the_video(
     monkeypatch.setattr(video, "_av", missing)
     res = _pix().anonymize_video(clips["still"].path, tmp_path / "o.mp4")
     assert not res.ok and "dpface[video]" in (res.error or "")
+
+
+def test_the_run_summary_counts_a_video_tracks_fallbacks_and_unsure_tracks(tmp_path: Path) -> None:
+    """Obama half covered by Biden's photo mid-clip: that track's occluded frame gets the DP
+    fallback; the batch summary counts it as the photo path counts its fallbacks."""
+    import json
+
+    from dpface.config import AnonymizeConfig
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "clip.mp4", frames=30, size=(640, 360), people=two_people(30, (640, 360)))
+    config = AnonymizeConfig(ledger=tmp_path / "l.db", workers=1)
+    summary = config.run([src], tmp_path / "out")
+    tracks = json.loads((tmp_path / "out" / "clip.mp4.receipt.json").read_text())["tracks"]
+    fallback = sum(t["protection"] == "dp-fallback" or t["fallback_frames"] > 0 for t in tracks)
+    assert fallback >= 1  # the occluded frame
+    assert summary.fallback == fallback
+    assert summary.uncertain == sum(bool(t["uncertain"]) for t in tracks)
+    assert summary.faces == len(tracks)
