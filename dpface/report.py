@@ -83,8 +83,9 @@ KNOWN_SETTINGS: tuple[tuple[str, str], ...] = (
     ("git_commit", "Source commit"),
 )
 SUMMARY_COUNTS: tuple[tuple[str, str, str], ...] = (
-    ("images", "Photos processed", "every input file the run was given"),
-    ("faces", "Faces found", "faces the detector found in those photos"),
+    ("images", "Photos processed", "every input photo the run wrote or withheld"),
+    ("videos", "Videos processed", "every frame searched; a video's faces are counted as tracks"),
+    ("faces", "Faces found", "faces the detector found (a face in a video: its track)"),
     ("replaced", "Faces replaced", "replaced by a new identity drawn under the guarantee"),
     ("pixelized", "Faces pixelized", "pixelized with DP noise under the guarantee"),
     (
@@ -93,6 +94,16 @@ SUMMARY_COUNTS: tuple[tuple[str, str, str], ...] = (
         "blacked out: the budget check refused the release, or the face could not be replaced",
     ),
     ("refused", "Releases refused", "the budget check said no before any noise was drawn"),
+    (
+        "uncertain",
+        "Unsure detections",
+        "boxes the detector was unsure were faces: protected by the charged DP fallback",
+    ),
+    (
+        "fallback",
+        "Faces protected by the DP fallback",
+        "found, but too small, turned or unsure for the generator: DP pixelization, charged",
+    ),
     (
         "no_face",
         "Photos without a detected face",
@@ -764,7 +775,10 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
     )
     outcome = None
     if have_summary:
-        parts = [f"{counts['images']} photo(s) with {counts['faces']} face(s)"]
+        media = f"{counts['images']} photo(s)"
+        if counts["videos"]:
+            media += f" and {counts['videos']} video(s)"
+        parts = [f"{media} with {counts['faces']} face(s)"]
         for key, word in (
             ("replaced", "replaced by new identities"),
             ("pixelized", "pixelized"),

@@ -549,3 +549,5 @@ def test_the_run_summary_counts_a_video_tracks_fallbacks_and_unsure_tracks(tmp_p
     assert summary.fallback == fallback
     assert summary.uncertain == sum(bool(t["uncertain"]) for t in tracks)
     assert summary.faces == len(tracks)
+    report = (tmp_path / "out" / "report.json").read_text()
+    assert "0 photo(s) and 1 video(s) with" in report  # the run report knows it was a video
