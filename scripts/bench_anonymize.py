@@ -49,6 +49,7 @@ class Case:
     workers: str | None = None  # "1" or None (the default)
     seconds: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    others: list[float | None] = field(default_factory=list)
     summaries: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -58,6 +59,11 @@ class Case:
     @property
     def best_cpu(self) -> float:
         return self.cpu[self.seconds.index(self.best)]
+
+    @property
+    def best_others(self) -> str:
+        value = self.others[self.seconds.index(self.best)]
+        return "" if value is None else f"{value:.2f}"
 
 
 def _tool(name: str) -> str | None:
@@ -78,18 +84,46 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _run(argv: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds, CPU seconds of the whole process tree, and stdout of one command."""
+def _machine_busy() -> float | None:
+    """CPU seconds the whole machine has spent not idle (Linux /proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        ticks = [int(x) for x in fields]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_idle(limit: float, most: float = 300.0) -> float:
+    """Wait until other processes use less than ``limit`` cores over 2 s (at most ``most``
+    seconds); the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < most:
+        a = _machine_busy()
+        time.sleep(2.0)
+        b = _machine_busy()
+        if a is None or b is None or (b - a) / 2.0 < limit:
+            break
+    return time.monotonic() - t0
+
+
+def _run(argv: list[str], cwd: Path) -> tuple[float, float, float | None, str]:
+    """Wall seconds, CPU seconds of the whole process tree, cores used meanwhile by other
+    processes on the machine (average; None if unknown), and stdout of one command."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cpu = _children_cpu()
+    busy = _machine_busy()
     t = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t
     cpu = _children_cpu() - cpu
+    after = _machine_busy()
+    others = None if busy is None or after is None else max(0.0, after - busy - cpu) / seconds
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise SystemExit(f"[bench_anonymize] {' '.join(argv)} exited {proc.returncode}:\n{tail}")
-    return seconds, cpu, proc.stdout
+    return seconds, cpu, others, proc.stdout
 
 
 def _machine() -> dict[str, str]:
@@ -155,7 +189,7 @@ def _load() -> str:
         return "n/a"
 
 
-def measure(repeat: int) -> tuple[list[Case], dict[str, Any]]:
+def measure(repeat: int, idle: float | None = None) -> tuple[list[Case], dict[str, Any]]:
     samples = _samples()
     photos = sorted(p for p in samples.iterdir() if p.is_file())
     dpface, deface = _tool("dpface"), _tool("deface")
@@ -180,12 +214,14 @@ def measure(repeat: int) -> tuple[list[Case], dict[str, Any]]:
             for n, case in enumerate(cases):
                 run_dir = work / f"r{r}-c{n}"
                 run_dir.mkdir()
+                if idle is not None:
+                    info["waited"] = info.get("waited", 0.0) + _wait_idle(idle)
                 if case.mechanism is None:
                     src = run_dir / "photos"
                     src.mkdir()
                     for p in photos:
                         shutil.copy(p, src / p.name)
-                    seconds, cpu, _ = _run([*case.argv, str(src)], run_dir)
+                    seconds, cpu, others, _ = _run([*case.argv, str(src)], run_dir)
                 else:
                     argv = [
                         *case.argv,
@@ -194,12 +230,14 @@ def measure(repeat: int) -> tuple[list[Case], dict[str, Any]]:
                         "--ledger",
                         str(run_dir / "ledger.db"),
                     ]
-                    seconds, cpu, out = _run(argv, run_dir)
+                    seconds, cpu, others, out = _run(argv, run_dir)
                     case.summaries.append(json.loads(out))
                 case.seconds.append(seconds)
                 case.cpu.append(cpu)
+                case.others.append(others)
                 print(
-                    f"[bench_anonymize] run {r + 1}/{repeat}: {case.label}: {seconds:.1f} s",
+                    f"[bench_anonymize] run {r + 1}/{repeat}: {case.label}: {seconds:.1f} s"
+                    + ("" if others is None else f" (other processes: {others:.2f} cores)"),
                     file=sys.stderr,
                 )
     info["load_after"] = _load()
@@ -229,13 +267,14 @@ def table(cases: list[Case], info: dict[str, Any], repeat: int, command: str) ->
         "",
         f"Each time is one command on the {info['photos']} bundled sample photos, process start "
         f"to exit (models loaded, every output written), wall clock; {how}. CPU s: user + "
-        "system time of the command and every process it started, in that run. Each dpface "
+        "system time of the command and every process it started, in that run; others: the "
+        "cores other processes on the machine used meanwhile (on average). Each dpface "
         "run has a fresh ledger and output folder; deface runs on a fresh copy of the photos "
         "(it writes beside its inputs).",
         "",
-        "| command | workers | seconds | all runs | CPU s | photos/s | × deface's time | target "
-        "| met |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---|",
+        "| command | workers | seconds | all runs | CPU s | others | photos/s | × deface's time "
+        "| target | met |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for case in cases:
         workers = "1"
@@ -248,12 +287,19 @@ def table(cases: list[Case], info: dict[str, Any], repeat: int, command: str) ->
         lines.append(
             f"| `{case.label}` | {workers} | {case.best:.1f} | "
             f"{', '.join(f'{s:.1f}' for s in case.seconds)} | {case.best_cpu:.1f} | "
+            f"{case.best_others} | "
             f"{info['photos'] / case.best:.2f} | "
             f"{'' if ratio is None else f'{ratio:.2f}×'} | "
             f"{'' if target is None else f'≤ {target}×'} | {met} |"
         )
     if not info["deface"]:
         lines += ["", "deface is not installed here: no baseline, no ratios."]
+    if "waited" in info:
+        lines += [
+            "",
+            f"Before each command the benchmark waited until other processes used less than "
+            f"{info['idle']} core(s) (`--wait-idle`): {info['waited']:.0f} s in all.",
+        ]
     lines += [
         "",
         "Where the time goes, from the same run's own `--json` summary (seconds summed over "
@@ -282,11 +328,19 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="interleaved runs of every command")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the Markdown table")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        metavar="CORES",
+        help="before each command, wait (up to 5 min) until other processes use fewer cores",
+    )
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
     command = "./dev bench speed" + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
-    cases, info = measure(args.repeat)
+    command += f" --wait-idle {args.wait_idle:g}" if args.wait_idle is not None else ""
+    cases, info = measure(args.repeat, args.wait_idle)
+    info["idle"] = args.wait_idle
     text = table(cases, info, args.repeat, command)
     print(text)
     if not args.no_write:
