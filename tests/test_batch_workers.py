@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from dpface import batch
@@ -31,6 +32,7 @@ from dpface.pipeline import Anonymizer
 SAMPLES = assets_dir() / "samples"
 ONE_FACE = ("fr-obama2.jpg", "fr-obama.jpg", "fr-biden.jpg")  # one face each under HOG
 runner = CliRunner()
+SECRET = "Alice at home, 51.5N 0.1W"
 
 
 def _config(ledger: Path, **kw: Any) -> AnonymizeConfig:
@@ -42,6 +44,10 @@ def _folder(tmp_path: Path, *, broken: bool = False, duplicate: bool = False) ->
     folder.mkdir()
     for name in ONE_FACE:
         shutil.copy(SAMPLES / name, folder / name)
+    with Image.open(SAMPLES / "fr-obama.jpg") as im:  # the same photo, with metadata
+        exif = Image.Exif()
+        exif[0x010E] = SECRET  # ImageDescription
+        im.save(folder / "fr-obama.jpg", exif=exif, quality=95)
     if duplicate:  # the same photo twice (first and second): one unnamed-face unit
         shutil.copy(SAMPLES / "fr-biden.jpg", folder / "fr-biden-copy.jpg")
     if broken:
@@ -81,6 +87,17 @@ def _entries(ledger: Path) -> dict[str, list[tuple[Any, ...]]]:
     for subject, *rest in rows:
         per.setdefault(subject, []).append(tuple(rest))
     return per
+
+
+def _chunks(data: bytes) -> set[bytes]:
+    """The chunk types of a PNG file."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    found, at = set(), 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        found.add(data[at + 4 : at + 8])
+        at += 12 + length
+    return found
 
 
 def _outputs(out: Path) -> list[str]:
@@ -182,6 +199,10 @@ def test_two_workers_give_the_results_of_one(tmp_path: Path) -> None:
     assert spent == [4.0]
     # the ledger: the same entries for every subject, in the same order
     assert _entries(serial) == _entries(pool)
+    # outputs are PNGs with no metadata (the input's EXIF is not carried over)
+    for png in out2.rglob("*.png"):
+        assert _chunks(png.read_bytes()) <= {b"IHDR", b"IDAT", b"IEND"}, png
+        assert SECRET.encode() not in png.read_bytes()
     # the run report covers the whole run: every release of every process
     report = json.loads((out2 / "report.json").read_text())
     assert report["totals"]["releases"] == 4
