@@ -561,6 +561,40 @@ class AnonymizeConfig:
         from . import batch
 
         batch.refuse_in_worker()
+        planned, subject, smap = self.plan_run(inputs, out, subject, subject_map)
+        workers = min(self.worker_count(), len(planned.images))
+        # worker processes load their models while this one checks and loads its own
+        pool = (
+            batch.WorkerPool(workers, self._worker_setup, len(planned.images))
+            if workers > 1
+            else None
+        )
+        try:
+            return self.run_planned(
+                planned,
+                1 if pool is None else pool,
+                subject=subject,
+                subject_map=smap,
+                report=report,
+                progress=progress,
+                frame_progress=frame_progress,
+            )
+        finally:
+            if pool is not None:
+                pool.close()  # started workers stop, whatever happened
+
+    def plan_run(
+        self,
+        inputs: Sequence[str | os.PathLike[str]],
+        out: str | os.PathLike[str],
+        subject: str | None,
+        subject_map: Any,
+    ) -> tuple[Any, str | None, Any]:
+        """(the batch plan, the checked subject, the subject map assigned to the plan):
+        everything that can make a run unusable, checked before any model or ledger is opened
+        (shared by :meth:`run` and ``dpface.distributed.run``)."""
+        from . import batch
+
         subject = batch.check_subject(subject)
         smap = (
             batch.read_subject_map(subject_map)
@@ -572,37 +606,44 @@ class AnonymizeConfig:
         planned = batch.plan(inputs, out, names=self.names)
         if smap is not None:
             smap.assign(planned)  # rows matching several inputs are usage errors: check now
-        workers = min(self.worker_count(), len(planned.images))
-        # worker processes load their models while this one checks and loads its own
-        pool = (
-            batch.WorkerPool(workers, self._worker_setup, len(planned.images))
-            if workers > 1
-            else None
-        )
+        return planned, subject, smap
+
+    def run_planned(
+        self,
+        planned: Any,
+        workers: Any,
+        *,
+        subject: str | None,
+        subject_map: Any,
+        report: bool,
+        progress: Any = None,
+        frame_progress: Any = None,
+        settings: dict[str, Any] | None = None,
+    ) -> BatchSummary:
+        """Build the anonymiser, run the planned batch on ``workers`` (1, or a started pool)
+        and close the ledger and template store whatever happens."""
+        from . import batch
+
+        generator, encoder = self.build_generator()
+        mech = self.build_mechanism(None if generator is None else generator.identity_dim)
+        batch.prepare_output(planned)
+        anonymizer = self._assemble(mech, generator, encoder, None)
         try:
-            generator, encoder = self.build_generator()
-            mech = self.build_mechanism(None if generator is None else generator.identity_dim)
-            batch.prepare_output(planned)
-            anonymizer = self._assemble(mech, generator, encoder, None)
-            try:
-                return batch.run(
-                    anonymizer,
-                    planned,
-                    subject=subject,
-                    subject_map=smap,
-                    max_megapixels=self.max_megapixels,
-                    strict=self.strict,
-                    settings=self.run_settings(),
-                    budget_given=self.budget is not None,
-                    report=report,
-                    progress=progress,
-                    workers=1 if pool is None else pool,
-                    frame_progress=frame_progress,
-                )
-            finally:
-                anonymizer.ledger.close()
-                if anonymizer.templates is not None:
-                    anonymizer.templates.close()
+            return batch.run(
+                anonymizer,
+                planned,
+                subject=subject,
+                subject_map=subject_map,
+                max_megapixels=self.max_megapixels,
+                strict=self.strict,
+                settings={**self.run_settings(), **(settings or {})},
+                budget_given=self.budget is not None,
+                report=report,
+                progress=progress,
+                workers=workers,
+                frame_progress=frame_progress,
+            )
         finally:
-            if pool is not None:
-                pool.close()  # started workers stop, whatever happened
+            anonymizer.ledger.close()
+            if anonymizer.templates is not None:
+                anonymizer.templates.close()

@@ -290,45 +290,23 @@ def run(
     SQLite file on a disk they all see; never ``":memory:"``. Seeded runs are refused (seeded
     noise is reproducible in one process only).
     """
-    from . import batch
 
     refuse_in_worker()
     if str(config.ledger) == ":memory:":
         raise UsageError("a distributed run needs a ledger every worker reaches, not :memory:")
     if config.seed is not None:
         raise UsageError("seeded noise is reproducible only in one process: no --seed here")
-    subject = batch.check_subject(subject)
-    smap = (
-        batch.read_subject_map(subject_map)
-        if isinstance(subject_map, (str, os.PathLike))
-        else subject_map
-    )
-    planned = batch.plan(inputs, out, names=config.names)
-    if smap is not None:
-        smap.assign(planned)
+    planned, subject, smap = config.plan_run(inputs, out, subject, subject_map)
     pool = EnginePool(engine, workers, config._worker_setup, len(planned.images), address=address)
     try:
-        generator, encoder = config.build_generator()
-        mech = config.build_mechanism(None if generator is None else generator.identity_dim)
-        batch.prepare_output(planned)
-        anonymizer = config._assemble(mech, generator, encoder, None)
-        try:
-            return batch.run(
-                anonymizer,
-                planned,
-                subject=subject,
-                subject_map=smap,
-                max_megapixels=config.max_megapixels,
-                strict=config.strict,
-                settings={**config.run_settings(), "engine": engine},
-                budget_given=config.budget is not None,
-                report=report,
-                progress=progress,
-                workers=pool,
-            )
-        finally:
-            anonymizer.ledger.close()
-            if anonymizer.templates is not None:
-                anonymizer.templates.close()
+        return config.run_planned(
+            planned,
+            pool,
+            subject=subject,
+            subject_map=smap,
+            report=report,
+            progress=progress,
+            settings={"engine": engine},
+        )
     finally:
         pool.close()
