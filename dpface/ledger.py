@@ -79,6 +79,7 @@ from mechanisms.budgets import ZCDP, ApproxDP, Budget, PureDP, compose_basic
 from .errors import LedgerError, UsageError
 from .ledger_backends import (  # noqa: F401 -- _open_file is dpface.linking's
     APPLICATION_ID,
+    ENTRY_COLUMNS,
     SCHEMA_VERSION,
     TEMPLATE_STORE_APPLICATION_ID,
     Backend,
@@ -114,20 +115,7 @@ ENTRY_KINDS: tuple[EntryKind, ...] = ("release", "refusal", "budget")
 _PLD_INTERVAL = 1e-3  # PLD value grid of the tight total (see Ledger._compose)
 _ZCDP_DELTA = 1e-9  # delta at which a zCDP budget is read as (epsilon, delta)
 
-_ENTRY_COLUMNS = (
-    "id",
-    "kind",
-    "subject",
-    "mechanism",
-    "epsilon",
-    "delta",
-    "dp_event",
-    "run_id",
-    "note",
-    "seeded",
-    "is_dp",
-    "created_at",
-)
+_ENTRY_COLUMNS = ENTRY_COLUMNS
 
 
 # ====================================================================== errors

@@ -157,6 +157,21 @@ POSTGRES_SCHEMA = (
     )""",
 )
 LEDGER_TABLES = ("meta", "subjects", "entries", "pseudonyms", "face_units", "runs")
+ENTRY_COLUMNS = (
+    "id",
+    "kind",
+    "subject",
+    "mechanism",
+    "epsilon",
+    "delta",
+    "dp_event",
+    "run_id",
+    "note",
+    "seeded",
+    "is_dp",
+    "created_at",
+)
+"""An entry's hashed fields, in hash order (the table adds prev_hash and hash)."""
 # what a copy carries, table by table, in the order that keeps foreign keys satisfied
 _COPY = (
     ("meta", ("key", "value"), "key"),
@@ -164,18 +179,7 @@ _COPY = (
     (
         "entries",
         (
-            "id",
-            "kind",
-            "subject",
-            "mechanism",
-            "epsilon",
-            "delta",
-            "dp_event",
-            "run_id",
-            "note",
-            "seeded",
-            "is_dp",
-            "created_at",
+            *ENTRY_COLUMNS,
             "prev_hash",
             "hash",
         ),
