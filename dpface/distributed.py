@@ -30,7 +30,8 @@ and 27.7 s with Ray, cluster start and model loading included; a local cluster s
 So the choice rests on what each brings along: Dask is 24 MB of Python whose workers are plain
 processes; Ray is a 240 MB binary wheel with its own daemons (raylet, GCS) and writes an
 authentication token into the home folder on first start. Dask is the one pinned and tested
-(``tests/test_ledger_concurrency.py``); Ray runs the same code path untested in CI. On this
+(``tests/integration/test_ledger_concurrency.py``); Ray runs the same code path untested in
+CI. On this
 machine neither makes 2 workers faster than 1 (2 cores, shared with other jobs, each worker
 loading its own models): the engines are for more machines, not for more processes on one.
 

@@ -15,7 +15,8 @@ below 2). Whether a replaced face can still be recognised is measured separately
 (``deface clip.mp4 -o out.mp4``), timed from process start to output written; dpface is timed
 inside one process (models loaded before the clock starts) and as the whole command.
 
-The clip builders (:func:`make_clip`, :func:`two_people`) are also used by tests/test_video.py.
+The clip builders (:func:`make_clip`, :func:`two_people`) are also used by
+tests/integration/test_video.py.
 """
 
 from __future__ import annotations

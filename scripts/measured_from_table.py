@@ -7,8 +7,8 @@ dpface/data/measured.json (the data the privacy report quotes).
 The markdown table is written by ``dpface evaluate`` (the evaluation harness); the JSON keeps
 its provenance (date, command, number of faces) and, per method and epsilon, each attacker's
 protection success rate (PSR: share of outputs the attacker no longer matches) with its 95 %
-confidence interval. tests/test_report.py checks that the committed JSON equals this script's
-output, so the report can never quote numbers the table does not contain.
+confidence interval. tests/integration/test_report.py checks that the committed JSON equals this
+script's output, so the report can never quote numbers the table does not contain.
 """
 
 from __future__ import annotations

@@ -478,7 +478,7 @@ def test_cli_folder_mixing_photos_and_videos(clips: dict[str, Clip], tmp_path: P
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
     shutil.copy(clips["meta"].path, src / "clip.mp4")
-    shutil.copy(Path(__file__).parents[1] / "assets" / "samples" / "fr-obama.jpg", src / "sub")
+    shutil.copy(Path(__file__).parents[2] / "assets" / "samples" / "fr-obama.jpg", src / "sub")
     (src / "broken.mov").write_bytes(b"not a video at all")
     out = tmp_path / "out"
     res = CliRunner().invoke(

@@ -4,8 +4,6 @@ The bank is built on first use (about a minute) and cached under ``assets/.cache
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import cv2
 import numpy as np
 import pytest
@@ -17,14 +15,6 @@ from dpface.generators.surrogate import SurrogateGenerator
 from dpface.models.samples import SampleFace, sample_faces
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bank() -> SurrogateBank:
     return default_bank()
@@ -33,11 +23,6 @@ def bank() -> SurrogateBank:
 @pytest.fixture(scope="module")
 def gen(bank: SurrogateBank) -> SurrogateGenerator:
     return SurrogateGenerator(bank=bank)
-
-
-@pytest.fixture(scope="module")
-def faces() -> tuple[SampleFace, ...]:
-    return sample_faces()
 
 
 def _face(faces: tuple[SampleFace, ...], photo: str, index: int = 0) -> SampleFace:

@@ -1,6 +1,6 @@
 """The user docs build with warnings as errors, and what they say about the CLI is true.
 
-The docs' Python examples are executed by tests/test_readme.py.
+The docs' Python examples are executed by tests/integration/test_readme.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("mkdocs")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 

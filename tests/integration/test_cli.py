@@ -29,15 +29,6 @@ def _flat(text: str) -> str:
     return " ".join(text.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())
 
 
-@pytest.fixture(autouse=True)
-def _own_default_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Never touch the real per-user ledger: the default ledger lives in tmp_path."""
-    path = tmp_path / "default-ledger.db"
-    monkeypatch.setenv("DPFACE_LEDGER", str(path))
-    monkeypatch.delenv("DPFACE_DEBUG", raising=False)
-    return path
-
-
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"
@@ -114,7 +105,7 @@ def test_main_job_anonymises_every_bundled_sample(tmp_path: Path) -> None:
 
 
 def test_the_summary_prints_the_ledger_path(
-    photos: Path, tmp_path: Path, _own_default_ledger: Path
+    photos: Path, tmp_path: Path, _private_default_ledger: Path
 ) -> None:
     res = runner.invoke(
         app, ["anonymize", str(photos / SMALL[0]), "-o", str(tmp_path / "o"), "-m", "dp-pix"]
@@ -122,9 +113,9 @@ def test_the_summary_prints_the_ledger_path(
     assert res.exit_code == 0, res.output
     assert (
         f"Ledger (budgets persist here across runs and output folders): "
-        f"{_own_default_ledger}" in res.output
+        f"{_private_default_ledger}" in res.output
     )
-    assert _own_default_ledger.is_file()  # the default ledger is the per-user one
+    assert _private_default_ledger.is_file()  # the default ledger is the per-user one
 
 
 # ---------------------------------------------------------------------- options first

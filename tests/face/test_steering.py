@@ -22,11 +22,6 @@ from mechanisms.identity import IdentityLaplace
 
 
 @pytest.fixture(scope="module")
-def generator() -> SurrogateGenerator:
-    return SurrogateGenerator()
-
-
-@pytest.fixture(scope="module")
 def reference() -> tuple[np.ndarray, np.ndarray]:
     faces = sample_faces()
     feats = get_encoder("mobileface").embed(faces)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,6 @@ from dpface.models.tfjs import _same_pads
 from dpface.models.tfjs_models import SPECS, load, prepare, run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "models" / "tfjs_reference.npz"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small conv nets run faster and steadier on one thread on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ from dpface.ledger import default_ledger_path
 from mechanisms.budgets import ApproxDP, PureDP
 
 
-@pytest.fixture(autouse=True)
-def _own_default_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DPFACE_LEDGER", str(tmp_path / "default-ledger.db"))
-
-
-def test_defaults_are_the_command_lines(tmp_path: Path) -> None:
+def test_defaults_are_the_command_lines(tmp_path: Path, _private_default_ledger: Path) -> None:
     c = AnonymizeConfig()
     assert (c.mechanism, c.epsilon, c.detector, c.block, c.pixels) == (
         "identity-laplace",
@@ -30,9 +25,9 @@ def test_defaults_are_the_command_lines(tmp_path: Path) -> None:
     )
     assert c.names == "keep" and c.pseudonym == "fresh" and c.composition == "basic"
     assert c.max_megapixels == 100.0 and c.strict is False and c.seed is None
-    assert c.ledger == default_ledger_path() == tmp_path / "default-ledger.db"
+    assert c.ledger == default_ledger_path() == _private_default_ledger
     assert c.default_budget() == PureDP(30.0)  # five releases' worth
-    assert not (tmp_path / "default-ledger.db").exists()  # nothing is created by a config
+    assert not (_private_default_ledger).exists()  # nothing is created by a config
 
 
 def test_budget_policy_with_delta() -> None:

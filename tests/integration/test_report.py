@@ -31,7 +31,7 @@ from mechanisms.budgets import ApproxDP, PureDP
 from mechanisms.identity import IdentityGaussian, IdentityLaplace
 from mechanisms.pixelization import DPPixelization
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAP = IdentityLaplace(epsilon=6.0, dim=128)
 SEEDED = IdentityLaplace(epsilon=6.0, dim=128, seed=3)
 
@@ -220,7 +220,7 @@ def test_measured_rows_for_every_attacker(two_runs: tuple[Path, str, str]) -> No
     by_name = {a["attacker"]: a for a in match["attackers"]}
     assert set(by_name) == {"dlib", "FaceRes", "MobileFace"}
     # the numbers are docs/results/table51.md's (dpface Laplace ε=6), via dpface/data/measured.json
-    measured = json.loads((Path(__file__).parents[1] / "dpface/data/measured.json").read_text())
+    measured = json.loads((Path(__file__).parents[2] / "dpface/data/measured.json").read_text())
     row = next(
         r for r in measured["rows"] if r["mechanism"] == "IdentityLaplace" and r["epsilon"] == 6.0
     )

@@ -14,7 +14,7 @@ import dpface
 import mechanisms
 from dpface import errors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "cv2", "onnxruntime", "insightface", "dlib")
 
 

@@ -1,7 +1,7 @@
 """Evaluation harness on real models and the bundled sample faces: the no-op scores as
 unprotected, a black mask defeats detection, results are seeded and cached, and the CLI
 writes its table and plots. (That the dpface rows are the product's own output is
-tests/test_evaluation_product_path.py.)"""
+tests/integration/test_evaluation_product_path.py.)"""
 
 from __future__ import annotations
 

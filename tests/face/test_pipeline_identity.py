@@ -1,5 +1,5 @@
 """The identity path end to end on real photos: generator, ledger, pseudonyms (linking and
-unit binding: tests/test_pipeline_privacy.py)."""
+unit binding: tests/face/test_pipeline_privacy.py)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,6 @@ from dpface.models.images import load_rgb
 from dpface.pipeline import Anonymizer
 from mechanisms.budgets import PureDP
 from mechanisms.identity import IdentityLaplace
-
-
-@pytest.fixture(scope="module")
-def generator() -> SurrogateGenerator:
-    return SurrogateGenerator()
 
 
 def _anon(gen: SurrogateGenerator, ledger: Ledger, **kw: object) -> Anonymizer:

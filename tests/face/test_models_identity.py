@@ -3,7 +3,6 @@ attributes, and the user-supplied ArcFace ONNX path."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,9 @@ from dpface.models.encoders import (
     get_encoder,
     pair_similarity,
 )
-from dpface.models.samples import SampleFace, labelled_pairs, sample_faces
+from dpface.models.samples import SampleFace, labelled_pairs
 
 ENCODERS = ["mobileface", "faceres", "dlib"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small conv nets run faster and steadier on one thread on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def faces() -> tuple[SampleFace, ...]:
-    return sample_faces()
 
 
 @pytest.fixture(scope="module")

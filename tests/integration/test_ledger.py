@@ -872,7 +872,7 @@ def test_a_killed_process_loses_no_committed_event(ledger_at: Any, backend: str)
         [sys.executable, "-c", _CHILD, str(path)],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert child.stdout is not None
     reported = []
@@ -1187,7 +1187,7 @@ def test_importing_dpface_and_its_ledger_imports_no_postgres_driver() -> None:
         "from dpface import Ledger\n"
         "assert 'psycopg' not in sys.modules, 'psycopg imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
 def test_postgres_a_lost_connection_or_a_lock_wait_is_a_ledger_error(postgres_server: str) -> None:

@@ -28,11 +28,6 @@ SIZES = (24, 32, 48, 64, 96, 128, 160)
 SOURCES = ("fr-obama.jpg", "fr-biden.jpg", "fr-obama2.jpg")
 
 
-@pytest.fixture(scope="module")
-def generator() -> SurrogateGenerator:
-    return SurrogateGenerator()
-
-
 def _anonymizer(gen: SurrogateGenerator, ledger: Ledger) -> Anonymizer:
     mech = IdentityLaplace(epsilon=6.0, dim=gen.identity_dim)
     return Anonymizer(mechanism=mech, generator=gen, ledger=ledger)
