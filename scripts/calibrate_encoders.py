@@ -31,7 +31,9 @@ class Calibration:
     negatives: int
 
 
-def run(names: tuple[str, ...] = ("mobileface", "faceres", "dlib")) -> list[Calibration]:
+def run(
+    names: tuple[str, ...] = ("mobileface", "faceres", "faceres-deep", "dlib"),
+) -> list[Calibration]:
     """Calibrate the named encoders on the sample faces."""
     faces = sample_faces()
     i, j, same = labelled_pairs(faces)

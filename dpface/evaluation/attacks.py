@@ -7,6 +7,8 @@ Each attacker embeds a face and declares a match below its own distance threshol
 * ``faceres``: FaceRes 1024-d, cosine distance (1 − cos), match < 1 − 0.591;
 * ``mobileface``: MobileFace 256-d, cosine distance, match < 1 − 0.265. It is the encoder
   *inside* dpface's identity mechanisms: the white-box attacker.
+* ``faceres-deep``: the deeper FaceRes of human-models, 1024-d, cosine distance, match
+  < 1 − 0.681: a stronger recogniser that never runs inside dpface.
 
 The cosine thresholds are the encoders' calibrated ones (``dpface.models.encoders``).
 Identity distance (Id-dis) is the attacker's distance between an output and its own input;
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-ATTACKERS = ("dlib", "faceres", "mobileface")
+ATTACKERS = ("dlib", "faceres", "mobileface", "faceres-deep")
 WHITE_BOX = "mobileface"  # the encoder the identity mechanisms privatise
 
 
@@ -63,12 +65,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def get_attacker(name: str) -> Attacker:
     """Attacker by name (``ATTACKERS``)."""
-    from dpface.models.encoders import FaceResEncoder, MobileFaceEncoder
+    from dpface.models.encoders import FaceResDeepEncoder, FaceResEncoder, MobileFaceEncoder
 
     table = {
         "dlib": Attacker("dlib", "l2", 0.6),
         "faceres": Attacker("faceres", "cosine", 1.0 - FaceResEncoder.threshold),
         "mobileface": Attacker("mobileface", "cosine", 1.0 - MobileFaceEncoder.threshold),
+        "faceres-deep": Attacker("faceres-deep", "cosine", 1.0 - FaceResDeepEncoder.threshold),
     }
     if name not in table:
         raise KeyError(f"unknown attacker {name!r}; choose from {list(table)}")

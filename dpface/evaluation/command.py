@@ -1,7 +1,7 @@
 """``dpface evaluate``: run the evaluation protocol and write tables and plots.
 
     dpface evaluate [FOLDER] --mechanisms original,baselines,dp-pix,generator,identity-laplace
-                    --attackers dlib,faceres,mobileface --epsilons 0.5,1,2,6,50,500
+                    --attackers dlib,faceres,mobileface,faceres-deep --epsilons 0.5,1,2,6,50,500
                     --draws 2 --seed 2024 -o results/ --workers 2
 
 Without FOLDER the bundled sample faces (with identity labels) are used. The dpface rows run
@@ -78,8 +78,11 @@ def register(app: typer.Typer) -> None:
         ] = DEFAULT_MECHANISMS,
         attackers: Annotated[
             str,
-            typer.Option(help="Comma list of dlib, faceres, mobileface (mobileface = white-box)."),
-        ] = "dlib,faceres,mobileface",
+            typer.Option(
+                help="Comma list of dlib, faceres, mobileface, faceres-deep (mobileface = "
+                "white-box; faceres-deep: the deeper FaceRes, a stronger attacker)."
+            ),
+        ] = "dlib,faceres,mobileface,faceres-deep",
         epsilons: Annotated[
             str, typer.Option(help="ε grid for identity mechanisms.")
         ] = DEFAULT_EPSILONS,

@@ -119,6 +119,46 @@ def landmark_nme(pred: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(pred - ref, axis=1).mean() / max(d, 1e-9))
 
 
+# a rough generic head in millimetres (x right, y up, z towards the camera; nose tip at the
+# origin) at six of the 68 landmarks: nose tip, chin, outer eye corners, mouth corners
+_POSE_IDX = np.array([30, 8, 36, 45, 48, 54])
+_POSE_MODEL = np.array(
+    [
+        [0.0, 0.0, 0.0],
+        [0.0, -68.0, -14.0],
+        [-44.0, 34.0, -28.0],
+        [44.0, 34.0, -28.0],
+        [-27.0, -30.0, -22.0],
+        [27.0, -30.0, -22.0],
+    ]
+)
+
+
+def head_pose(lm: np.ndarray) -> np.ndarray:
+    """(yaw, pitch, roll) in degrees from 68 landmarks: a scaled-orthographic fit of a
+    generic head (least-squares 2×3 projection, rows made orthonormal). The generic model
+    biases absolute angles; the evaluation uses differences between two faces."""
+    model = _POSE_MODEL * np.array([1.0, -1.0, -1.0])  # image axes: y down, z away
+    x3 = model - model.mean(axis=0)
+    p = np.asarray(lm, dtype=np.float64)[_POSE_IDX]
+    x2 = p - p.mean(axis=0)
+    m = np.linalg.lstsq(x3, x2, rcond=None)[0].T  # (2, 3): x2 ~ x3 @ m.T
+    r1 = m[0] / max(float(np.linalg.norm(m[0])), 1e-12)
+    r2 = m[1] - float(m[1] @ r1) * r1
+    r2 = r2 / max(float(np.linalg.norm(r2)), 1e-12)
+    r = np.stack([r1, r2, np.cross(r1, r2)])
+    yaw = float(np.degrees(np.arcsin(np.clip(r[0, 2], -1.0, 1.0))))
+    pitch = float(np.degrees(np.arcsin(np.clip(-r[1, 2], -1.0, 1.0))))
+    roll = float(np.degrees(np.arctan2(r[1, 0], r[0, 0])))
+    return np.array([yaw, pitch, roll])
+
+
+def pose_error(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Mean absolute difference of yaw, pitch and roll (degrees) between two landmark sets."""
+    d = head_pose(pred) - head_pose(ref)
+    return float(np.abs((d + 180.0) % 360.0 - 180.0).mean())
+
+
 def skin_mask(shape: tuple[int, ...], lm: np.ndarray) -> np.ndarray:
     """Boolean skin mask: the convex hull of the 68 landmarks without (grown) eyes, brows and
     mouth."""

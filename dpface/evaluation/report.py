@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ATTACKER_TITLES = {"dlib": "dlib", "faceres": "FaceRes", "mobileface": "MobileFace (white-box)"}
+ATTACKER_TITLES = {
+    "dlib": "dlib",
+    "faceres": "FaceRes",
+    "mobileface": "MobileFace (white-box)",
+    "faceres-deep": "FaceRes-deep",
+}
 
 
 DEFINITIONS = """\
@@ -23,12 +28,13 @@ DEFINITIONS = """\
   The ε=∞ row is the same path with the identity noise left out (a reference, not a product
   setting).
 * **Id-dis**: the attacker's distance between an output face and its own input face (dlib:
-  L2 on raw descriptors; FaceRes, MobileFace: 1 − cosine). **PSR** (protection success rate):
-  share of outputs at or beyond the attacker's match threshold (dlib 0.6; FaceRes 0.409;
-  MobileFace 0.735 as cosine distances). The attacker finds the output face itself (dlib HOG
-  near the input box, 68 landmarks in the found box, or in the input box when nothing is
-  found). MobileFace is the encoder inside dpface's identity mechanisms (white-box attacker);
-  dlib and FaceRes never run inside dpface.
+  L2 on raw descriptors; FaceRes, MobileFace, FaceRes-deep: 1 − cosine). **PSR** (protection
+  success rate): share of outputs at or beyond the attacker's match threshold (dlib 0.6;
+  FaceRes 0.409; MobileFace 0.735; FaceRes-deep 0.319 as cosine distances). The attacker
+  finds the output face itself (dlib HOG near the input box, 68 landmarks in the found box,
+  or in the input box when nothing is found). MobileFace is the encoder inside dpface's
+  identity mechanisms (white-box attacker); dlib, FaceRes and FaceRes-deep never run inside
+  dpface.
 * **Rank-1**: identification among the evaluated originals: the nearest original in the
   gallery of all input faces (pairs of unknown answer left out) is the same person (lower is
   better protection); *other photo*: the probe's own photo is left out, only people with
@@ -43,7 +49,9 @@ DEFINITIONS = """\
   the whole photo. **Detection**: dlib HOG / BlazeFace find a face at the input's box
   (IoU ≥ 0.3, BlazeFace: centre inside and IoU ≥ 0.15). **Expression agreement**: top-1 of the
   7-class emotion model agrees; *TV distance*: half the L1 distance of the class probabilities.
-  **Age error / gender agreement**: FaceRes estimates. **Landmark NME**: dlib 68 landmarks,
+  **Age error / gender agreement**: FaceRes estimates. **Head-pose error**: mean
+  absolute difference of yaw, pitch and roll (degrees) between the input's and the output's
+  dlib landmarks (a scaled-orthographic fit of a generic head). **Landmark NME**: dlib 68 landmarks,
   mean error over the outer inter-ocular distance. **Skin ΔE2000**: between mean Lab skin
   colours on a skin mask (face hull without eyes, brows, mouth); **texture ratio**: std of
   lightness detail on the mask, output over input. **Fréchet descriptor distance (FaceRes)**:
@@ -130,6 +138,7 @@ def utility_columns() -> list[tuple[str, str, int]]:
         ("SSIM (image)", "ssim_image", 4),
         ("PSNR (image)", "psnr_image", 1),
         ("Landmark NME", "nme", 3),
+        ("Head-pose error (°)", "pose_error", 1),
         ("Emotion TV distance", "emotion_tv", 3),
         ("Age error (y)", "age_error", 1),
         ("Gender agreement", "gender_agrees", 3),

@@ -53,12 +53,13 @@ from dpface.evaluation.measure import (
     blazeface_near,
     detect_near,
     landmark_nme,
+    pose_error,
     psnr,
     skin_colour_texture,
     ssim,
 )
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # per release of a face: utility, and what the product did to the face
 SCALARS = (
     "ssim_face",
@@ -68,6 +69,7 @@ SCALARS = (
     "detected_hog",
     "detected_blazeface",
     "nme",
+    "pose_error",
     "emotion_agrees",
     "emotion_tv",
     "age_error",
@@ -98,7 +100,7 @@ class RunConfig:
 
     seed: int
     draws: int = 2
-    attackers: tuple[str, ...] = ("dlib", "faceres", "mobileface")
+    attackers: tuple[str, ...] = ("dlib", "faceres", "mobileface", "faceres-deep")
     averaging: tuple[int, ...] = (1, 4, 16)
     parrot: bool = True
     averaging_epsilons: tuple[float, ...] = ()  # empty: every ε of an identity mechanism
@@ -333,6 +335,7 @@ def _measure(
         "detected_hog": float(found),
         "detected_blazeface": float(blazeface_near(out, face.box)),
         "nme": landmark_nme(view.landmarks68, view_in.landmarks68),
+        "pose_error": pose_error(view.landmarks68, view_in.landmarks68),
         "emotion_agrees": float(p_out.argmax() == emo_in.argmax()),
         "emotion_tv": 0.5 * float(np.abs(p_out - emo_in).sum()),
         "age_error": abs(age_out - age_in),

@@ -124,6 +124,19 @@ class FaceResEncoder(TfjsEncoder):
     threshold = 0.591  # calibrated on the sample faces (AUC 0.9990)
 
 
+class FaceResDeepEncoder(TfjsEncoder):
+    """FaceRes-deep descriptor, 1024-d (224×224 ArcFace-template crop): the deeper FaceRes
+    of human-models, a stronger attacker. Evaluation only: no dpface mechanism or generator
+    reads it."""
+
+    name = "faceres-deep"
+    dim = 1024
+    model = "faceres-deep"
+    output = "descriptor"
+    crop_size = 224
+    threshold = 0.681  # calibrated on the sample faces (AUC 0.9982)
+
+
 class DlibEncoder(IdentityEncoder):
     """dlib ResNet, 128-d. dlib's published rule is L2 distance < 0.6 on its raw
     descriptors (``DlibFaceModels.descriptor``); this encoder works on unit vectors and
@@ -181,6 +194,7 @@ def get_encoder(name: str = "mobileface", **kwargs: object) -> IdentityEncoder:
     table: dict[str, type[IdentityEncoder]] = {
         "mobileface": MobileFaceEncoder,
         "faceres": FaceResEncoder,
+        "faceres-deep": FaceResDeepEncoder,
         "dlib": DlibEncoder,
         "arcface-onnx": ArcFaceOnnxEncoder,
     }

@@ -51,6 +51,19 @@ SPECS: dict[str, TfjsModelSpec] = {
         },
         "FaceRes: 1024-d descriptor, P(male) and a 100-bin age distribution (years 0..99)",
     ),
+    "faceres-deep": TfjsModelSpec(
+        "faceres-deep",
+        224,
+        3,
+        "raw",
+        {
+            "descriptor": "global_pooling/Mean",
+            "male": "gender_pred/Sigmoid",
+            "age": "age_pred/Softmax",
+        },
+        "FaceRes-deep: the deeper FaceRes variant (1024-d descriptor, P(male), 100-bin age);"
+        " an evaluation attacker only, never used inside dpface's mechanisms or generator",
+    ),
     "emotion": TfjsModelSpec(
         "emotion",
         64,

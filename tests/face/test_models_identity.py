@@ -21,7 +21,7 @@ from dpface.models.encoders import (
 )
 from dpface.models.samples import SampleFace, labelled_pairs
 
-ENCODERS = ["mobileface", "faceres", "dlib"]
+ENCODERS = ["mobileface", "faceres", "faceres-deep", "dlib"]
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +174,20 @@ def test_arcface_onnx_real_weights_separate(faces: tuple[SampleFace, ...]) -> No
     i, j, same = labelled_pairs(faces)
     auc, _ = calibrate(pair_similarity(enc.embed(faces), i, j), same)
     assert auc >= 0.98
+
+
+def test_faceres_deep_is_a_calibrated_attacker(
+    faces: tuple[SampleFace, ...], embeddings: dict[str, np.ndarray]
+) -> None:
+    """faceres-deep (human-models' deeper FaceRes) is an evaluation attacker whose cosine
+    threshold is the Youden cut on the sample pairs, as for the other encoders."""
+    from dpface.evaluation.attacks import ATTACKERS, get_attacker
+
+    enc = get_encoder("faceres-deep")
+    assert enc.dim == 1024 and "faceres-deep" in ATTACKERS
+    i, j, same = labelled_pairs(faces)
+    _, thr = calibrate(pair_similarity(embeddings["faceres-deep"], i, j), same)
+    assert abs(thr - enc.threshold) < 0.01, thr
+    assert get_attacker("faceres-deep").threshold == pytest.approx(1.0 - enc.threshold)
+    # a different network from FaceRes, not the same weights under another name
+    assert not np.allclose(embeddings["faceres-deep"], embeddings["faceres"], atol=1e-3)
