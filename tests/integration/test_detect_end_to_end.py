@@ -132,15 +132,21 @@ def test_a_photo_stored_turned_has_its_face_replaced(
     assert len(led.events("obama")) == 1
 
 
-def test_a_face_too_small_for_the_generator_gets_the_charged_dp_fallback(
-    tmp_path: Path, generator: SurrogateGenerator
-) -> None:
+def _small_face_canvas() -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A grey 600×400 picture with one real face 22 px wide: found, but too small for
+    reliable landmarks; and the face's true box."""
     crop, (fx0, fy0, fx1, fy1) = _crops()[0]
-    s = 22 / (fx1 - fx0)  # a 22 px face: found, but too small for reliable landmarks
+    s = 22 / (fx1 - fx0)
     small = cv2.resize(crop, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
     canvas = np.full((400, 600, 3), 120, np.uint8)
     canvas[100 : 100 + small.shape[0], 200 : 200 + small.shape[1]] = small
-    truth = (200 + fx0 * s, 100 + fy0 * s, 200 + fx1 * s, 100 + fy1 * s)
+    return canvas, (200 + fx0 * s, 100 + fy0 * s, 200 + fx1 * s, 100 + fy1 * s)
+
+
+def test_a_face_too_small_for_the_generator_gets_the_charged_dp_fallback(
+    tmp_path: Path, generator: SurrogateGenerator
+) -> None:
+    canvas, truth = _small_face_canvas()
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
     res = _anonymizer(generator, led).anonymize(canvas, name="small.png")
     _assert_every_face_protected(res, canvas, [truth])
@@ -156,7 +162,7 @@ def test_a_seeded_run_reproduces_its_fallback_regions_too(
 ) -> None:
     """Seeded runs are for experiments (and labelled NOT private): the DP fallback of an unsure
     detection draws from the same seeded stream, so the whole output repeats."""
-    photo = load_rgb(store.path("samples/fr-biden.jpg"))  # Biden + an unsure box in a corner
+    photo, _truth = _small_face_canvas()  # its face gets the DP fallback
     outs = []
     for k in range(2):
         mech = IdentityLaplace(epsilon=6.0, dim=generator.identity_dim, seed=5)
