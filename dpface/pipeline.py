@@ -181,14 +181,11 @@ def _photo_key(rgb: np.ndarray) -> bytes:
     return b"photo:" + h.digest()
 
 
-@cache
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    """The dpface version receipts carry (``dpface._version``, the package's one constant)."""
+    from ._version import __version__
 
-    try:
-        return version("dpface")
-    except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
-        return "unknown"
+    return __version__
 
 
 @cache
@@ -913,6 +910,7 @@ class Anonymizer:
             "schema": RECEIPT_SCHEMA,
             "source": source,
             "error": error,
+            "dpface_version": _version(),
             "seeded": self.seeded,
             "mechanism": self._mechanism_block(),
         }

@@ -33,6 +33,7 @@ import markupsafe
 
 from mechanisms.registry import specs as mechanism_specs
 
+from ._version import __version__
 from .ledger import Ledger
 
 __all__ = [
@@ -803,6 +804,7 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
         {
             "schema": REPORT_SCHEMA,
             "generated_at": _iso(dt.datetime.now(tz=dt.UTC).timestamp()),
+            "dpface_version": __version__,  # the dpface that wrote this report
             "scope": {
                 "run_id": run_id,
                 "run": run_numbers.get(run_id) if run_id is not None else None,

@@ -1229,6 +1229,8 @@ def _receipt(
 def _failed(
     anon: Anonymizer, label: str, error: str, timings: dict[str, float], src: Path | None = None
 ) -> VideoResult:
+    from ._version import __version__ as _v
+
     if src is not None:  # receipts carry no path: FFmpeg's messages name the file
         for path in sorted({str(src), str(src.absolute()), os.path.realpath(src)}, key=len)[::-1]:
             error = error.replace(path, label)
@@ -1236,6 +1238,7 @@ def _failed(
         "schema": VIDEO_RECEIPT_SCHEMA,
         "source": label,
         "error": error,
+        "dpface_version": _v,
         "seeded": anon.seeded,
         "mechanism": anon.mechanism_block(),
     }

