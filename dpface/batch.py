@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from . import manifest
 from .errors import UsageError
 from .video import VIDEO_SUFFIXES, is_video
 
@@ -743,6 +744,7 @@ class _Context:
     subject: str | None
     max_megapixels: float
     strict: bool
+    job: str | None = None  # the job id (dpface.manifest): inputs are recorded and resumable
 
 
 @dataclass
@@ -790,8 +792,26 @@ def _process(
                 f"not processed: its output {target} cannot be written ({err}); "
                 "nothing was read or charged"
             )
+        digest: str | None = None
+        if ctx.job is not None:
+            with contextlib.suppress(OSError):  # unreadable: the anonymiser says why
+                digest = manifest.input_digest(anonymizer.ledger, item.source)
+            done = (
+                None
+                if digest is None
+                else manifest.read_done(ctx.out, item.output, item.receipt, digest)
+            )
+            if done is not None:  # finished by an earlier run of this job: skipped
+                if charged is not None:
+                    charged()
+                counts.update(done)
+                counts["skipped"] += 1
+                return outcome
         if is_video(item.source):
-            return _process_video(anonymizer, item, kwargs, ctx, charged, outcome, failed)
+            _process_video(anonymizer, item, kwargs, ctx, charged, outcome, failed)
+            if counts["videos"] and digest is not None and ctx.job is not None:
+                _mark_done(ctx, item, digest, outcome)
+            return outcome
         try:
             check_pixels(image_size(item.source), ctx.max_megapixels * 1e6, name=where)
         except ImageTooLarge as err:
@@ -801,6 +821,8 @@ def _process(
         kw = dict(kwargs)
         if ctx.subject is not None:
             kw["subject"] = ctx.subject
+        if digest is not None and ctx.job is not None:
+            kw["release_key"] = manifest.release_key(ctx.job, item.output, digest)
         try:
             res = anonymizer.anonymize(item.source, name=item.name, **kw)
         finally:
@@ -866,11 +888,28 @@ def _process(
         stages["write"] += time.perf_counter() - t
         counts["images"] += 1
         counts.update(face_counts)
+        if digest is not None and ctx.job is not None:
+            _mark_done(ctx, item, digest, outcome)
     except Exception as err:  # a bug must not lose the rest of the batch
         return failed(
             f"{type(err).__name__}: {err} (an internal error; this is a bug, please report it)"
         )
     return outcome
+
+
+def _mark_done(ctx: _Context, item: PlannedImage, digest: str, outcome: _Outcome) -> None:
+    """Record a finished input in the job's manifest (after its output and receipt)."""
+    assert item.output is not None and item.receipt is not None
+    try:
+        manifest.mark_done(ctx.out, item.output, item.receipt, digest, dict(outcome.counts))
+    except OSError as err:
+        outcome.problems.append(
+            Problem(
+                str(item.source),
+                f"written, but not recorded in the job manifest ({err}): a resumed job "
+                "processes it again",
+            )
+        )
 
 
 _frame_progress: Callable[[str, str, int, int], None] | None = None  # set by run()
@@ -1437,7 +1476,10 @@ class WorkerPool:
         """Photo ``i`` died with its worker: its problem, and whoever waits for it goes on."""
         self.state[i] = _CHARGED
         where = str(self.items[i].source)
-        reason = f"{why}: nothing was written, but its faces may have been charged in the ledger"
+        reason = (
+            f"{why}: nothing was written, but its faces may have been charged in the ledger; "
+            "run again with --resume (resume=True) to finish it without charging again"
+        )
         self._record(i, _Outcome(Counter(failed=1), [Problem(where, reason)], {}))
 
     def _clean(self, i: int, pid: int | None) -> None:
@@ -1519,6 +1561,7 @@ def run(
     workers: int | WorkerPool = 1,
     build: Callable[[], Anonymizer] | None = None,
     frame_progress: Callable[[str, str, int, int], None] | None = None,
+    resume: bool = False,
 ) -> BatchSummary:
     """Anonymise every planned photo with ``anonymizer`` and write outputs and receipts.
 
@@ -1540,6 +1583,11 @@ def run(
     ``progress`` may then be called from a helper thread.
     ``frame_progress(name, stage, frames done, frames expected)`` follows each video this
     process anonymises frame by frame (stages "analyse" and "render").
+
+    The run is a job recorded in the output folder's manifest (:mod:`dpface.manifest`):
+    ``resume`` continues the job found there (inputs already finished are skipped and counted
+    as ``skipped``; an input whose faces were charged but whose output was not written gets
+    back the values already paid for, not a new charge); without it a new job starts there.
     """
     global _frame_progress
     refuse_in_worker()
@@ -1587,6 +1635,7 @@ def run(
             budget_given,
             report,
             progress,
+            resume,
         )
     finally:
         _frame_progress = None
@@ -1606,6 +1655,7 @@ def _run(
     budget_given: bool,
     report: bool,
     progress: Progress | None,
+    resume: bool = False,
 ) -> BatchSummary:
     ledger = anonymizer.ledger
     if not planned.resolved:
@@ -1614,7 +1664,6 @@ def _run(
     prepare_output(planned)
     out = planned.out
     roots = sorted({*planned.roots, *(os.path.realpath(i.source.parent) for i in planned.images)})
-    ctx = _Context(out, tuple(roots), planned.names, subject, float(max_megapixels), strict)
     problems: list[Problem] = [*planned.problems, *map_problems]
     counts: Counter[str] = Counter({k: 0 for k in COUNT_KEYS})
     stages: dict[str, float] = defaultdict(float)
@@ -1625,7 +1674,19 @@ def _run(
         "strict": strict,
         **(settings or {}),
     }
-    ledger.record_run(run_settings)
+    mjob = manifest.start(
+        out,
+        manifest.fingerprint({**run_settings, "max_megapixels": float(max_megapixels)}),
+        resume=resume,
+        ledger=ledger,
+    )
+    manifest.clean_temp(
+        out, [r for i in planned.images for r in (i.output, i.receipt) if r is not None]
+    )
+    ctx = _Context(
+        out, tuple(roots), planned.names, subject, float(max_megapixels), strict, mjob.id
+    )
+    ledger.record_run({**run_settings, "job": mjob.id, "resumed": mjob.resumed})
     total = len(planned.images)
     kwargs = [dict(assigned.get(n, {})) for n in range(total)]
     start = time.perf_counter()
@@ -1654,6 +1715,7 @@ def _run(
             stages[stage] += sec
     problems.extend(notes)
     elapsed = time.perf_counter() - start
+    manifest.finish(mjob, ledger, complete=counts["images"] + counts["videos"] == total)
     if progress is not None:
         progress(total, total, "")
     named = set()

@@ -51,6 +51,7 @@ from .config import (
     AnonymizeConfig,
     CompositionName,
     DetectorName,
+    EngineName,
     MechanismName,
     NamesPolicy,
     PseudonymPolicy,
@@ -349,6 +350,11 @@ def _run_and_print(
         )
     if c.get("videos"):
         console.print(f"{c['videos']} video(s), {c['frames']} frames (a video's faces: tracks)")
+    if c.get("skipped"):
+        console.print(
+            f"{c['skipped']} input(s) were already written by this job (--resume): skipped, "
+            "counted above, nothing charged for them"
+        )
     if summary.stage_seconds:
         split = ", ".join(
             f"{k} {v:.1f}s" for k, v in sorted(summary.stage_seconds.items(), key=lambda kv: -kv[1])
@@ -528,6 +534,31 @@ def anonymize(
             "between are protected by interpolation; see docs/video.md)."
         ),
     ] = 1,
+    engine: Annotated[
+        EngineName,
+        typer.Option(
+            help="Where the photos are processed: local (this machine's processes; nothing to "
+            "start), dask or ray (a local cluster of --workers processes, or the cluster at "
+            "--address; pip install 'dpface[distributed]' / pip install ray). See docs/distributed.md."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="The dask scheduler (tcp://host:8786) or ray cluster (host:6379) to use with "
+            "--engine dask|ray; its workers must reach the ledger and the files."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the job recorded in OUT (after a crash, or re-submitted): inputs "
+            "already written are skipped, and a face charged but not yet written gets back "
+            "the value already paid for; never charged twice for the same output. Without "
+            "it a run into OUT starts a new job (everything released and charged again).",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """De-identify faces in photos and videos under a per-subject epsilon budget.
@@ -568,6 +599,9 @@ def anonymize(
         workers=workers,
         audio=audio,
         detect_every=detect_every,
+        engine=engine,
+        address=address,
+        resume=resume,
     )
     _run_and_print(config, inputs, out, subject=subject, subjects=subjects, json_output=json_output)
 

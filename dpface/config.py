@@ -48,11 +48,13 @@ __all__ = [
     "DEFAULT_RELEASES",
     "DETECTORS",
     "ENCODERS",
+    "ENGINES",
     "MAX_BLOCK",
     "MECHANISMS",
     "AnonymizeConfig",
     "CompositionName",
     "DetectorName",
+    "EngineName",
     "MechanismName",
     "NamesPolicy",
     "PseudonymPolicy",
@@ -63,6 +65,13 @@ DetectorName = Literal["full", "centerface", "hog", "blazeface"]
 CompositionName = Literal["basic", "pld"]
 PseudonymPolicy = Literal["fresh", "reuse"]
 NamesPolicy = Literal["keep", "hash"]
+EngineName = Literal["local", "dask", "ray"]
+ENGINES: tuple[str, ...] = get_args(EngineName)
+# the module each engine needs, and the pip extra that installs it
+ENGINE_EXTRAS = {
+    "dask": ("distributed", "pip install 'dpface[distributed]'"),
+    "ray": ("ray", "pip install ray"),
+}
 
 MECHANISMS: tuple[str, ...] = mechanism_registry.names(face=True)
 DETECTORS: tuple[str, ...] = get_args(DetectorName)
@@ -151,6 +160,11 @@ class AnonymizeConfig:
     everything in this process). ``audio``: a video's audio is copied ("keep") or dropped
     ("drop"); ``detect_every``: the detector searches every k-th frame of a video
     (:mod:`dpface.video`).
+    ``engine``: "local" (default: this machine's processes, nothing to start), "dask" or
+    "ray" (:mod:`dpface.distributed`: a local cluster of ``workers`` processes, or the
+    cluster at ``address``; needs ``pip install 'dpface[distributed]'`` / ``pip install ray``).
+    ``resume``: continue the job recorded in the output folder (:mod:`dpface.manifest`):
+    finished inputs are skipped, and nothing is charged twice for the same output.
     """
 
     mechanism: MechanismName = "identity-laplace"
@@ -176,6 +190,9 @@ class AnonymizeConfig:
     workers: int | None = None
     audio: str = "keep"
     detect_every: int = 1
+    engine: EngineName = "local"
+    address: str | None = None
+    resume: bool = False
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -227,6 +244,7 @@ class AnonymizeConfig:
         if not 1 <= every <= 300:
             raise UsageError(f"detect_every (--detect-every) must be 1 to 300, got {every}")
         self._check_workers()
+        self._check_engine()
         self._check_encoder()
         # the mechanism's own checks, and one probe draw on public dummy data: a setting the
         # exact sampler cannot serve is refused here, never after a budget was charged
@@ -247,6 +265,43 @@ class AnonymizeConfig:
             raise UsageError(
                 "workers (--workers) > 1 needs a ledger (and template store) on disk: an "
                 "in-memory one cannot be shared, so budgets would not bind across processes"
+            )
+
+    def _check_engine(self) -> None:
+        _choice("engine", "--engine", self.engine, ENGINES)
+        if not isinstance(self.resume, bool):
+            raise UsageError(f"resume (--resume) must be True or False, got {self.resume!r}")
+        if self.address is not None:
+            if self.engine == "local":
+                raise UsageError(
+                    "address (--address) is the scheduler of a dask or ray cluster: give "
+                    "--engine dask or --engine ray with it"
+                )
+            if not isinstance(self.address, str) or not self.address.strip():
+                raise UsageError(f"address (--address) must be text, got {self.address!r}")
+        if self.engine == "local":
+            return
+        import importlib.util
+
+        module, install = ENGINE_EXTRAS[self.engine]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise UsageError(
+                f"--engine {self.engine} needs {self.engine}, which is not installed: "
+                f"{install} (or run with --engine local)"
+            )
+        if self.seed is not None:
+            raise UsageError(
+                "--seed makes the noise reproducible only in one process: use --engine local "
+                "--workers 1 with --seed"
+            )
+        if ":memory:" in (str(self.ledger), str(self.templates)):
+            raise UsageError(
+                f"--engine {self.engine} needs a ledger (and template store) every worker "
+                "reaches (a postgresql:// URL, or a file on a shared disk), not :memory:"
             )
 
     def worker_count(self) -> int:
@@ -540,6 +595,7 @@ class AnonymizeConfig:
             "composition": self.composition,
             "default_budget": str(self.default_budget()),
             "budget_given": self.budget is not None,
+            "engine": self.engine,
         }
 
     # ------------------------------------------------------------------ the whole run
@@ -561,6 +617,21 @@ class AnonymizeConfig:
         from . import batch
 
         batch.refuse_in_worker()
+        if self.engine != "local":
+            from . import distributed
+
+            return distributed.run(
+                self,
+                inputs,
+                out,
+                engine=self.engine,
+                address=self.address,
+                workers=self.worker_count(),
+                subject=subject,
+                subject_map=subject_map,
+                progress=progress,
+                report=report,
+            )
         planned, subject, smap = self.plan_run(inputs, out, subject, subject_map)
         workers = min(self.worker_count(), len(planned.images))
         # worker processes load their models while this one checks and loads its own
@@ -642,6 +713,7 @@ class AnonymizeConfig:
                 progress=progress,
                 workers=workers,
                 frame_progress=frame_progress,
+                resume=self.resume,
             )
         finally:
             anonymizer.ledger.close()

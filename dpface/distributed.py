@@ -18,7 +18,7 @@ processed in input order by one worker, so a subject whose photos sit in differe
 refused exactly where a local run refuses it; independent photos run in parallel.
 
 Engines: ``"dask"`` (``dask.distributed``: a ``LocalCluster`` of ``workers`` single-threaded
-processes, or the scheduler at ``address``; ``pip install 'dpface[dask]'``) and ``"ray"``
+processes, or the scheduler at ``address``; ``pip install 'dpface[distributed]'``) and ``"ray"``
 (``ray.init``: a local instance with ``workers`` CPUs, or the cluster at ``address``;
 ``pip install ray``). The workers must see the input and output paths (a shared file system).
 
@@ -35,8 +35,13 @@ CI. On this
 machine neither makes 2 workers faster than 1 (2 cores, shared with other jobs, each worker
 loading its own models): the engines are for more machines, not for more processes on one.
 
-A task that fails (its worker died) is not retried -- a retry could charge its photos twice --
-and its photos are reported as problems of the run.
+Resumable and idempotent (:mod:`dpface.manifest`): every photo's releases are made under a
+release key of the job (``Ledger.release_once``: charge and drawn value committed together),
+and each finished photo is recorded in the output folder's manifest. A task whose worker dies
+is run again by Dask on another worker (``distributed.scheduler.allowed-failures``) and the
+rerun gets back the values already paid for instead of charging again; a task that still
+fails has its photos reported as problems, and running the job again with ``resume=True``
+(``--resume``) finishes them the same way, skipping the photos already written.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ if TYPE_CHECKING:
 __all__ = ["ENGINES", "EnginePool", "groups", "run"]
 
 ENGINES = ("dask", "ray")
+CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler given with --address
 
 # per worker process: run id -> its anonymiser (models loaded once per process and run)
 _BUILT: dict[str, Anonymizer] = {}
@@ -180,7 +186,15 @@ class EnginePool(WorkerPool):
                 )
                 self._client = Client(self._cluster)
             else:
-                self._client = Client(address)
+                try:
+                    self._client = Client(address, timeout=CONNECT_TIMEOUT)
+                except (OSError, TimeoutError, ValueError) as err:
+                    raise UsageError(
+                        f"--address: cannot reach a dask scheduler at {address!r} within "
+                        f"{CONNECT_TIMEOUT:g} s ({type(err).__name__}: {err}); start one "
+                        "(`dask scheduler`, then `dask worker ADDRESS` on each machine) or "
+                        "leave --address out for a local cluster"
+                    ) from err
         else:
             import ray
 
@@ -189,7 +203,13 @@ class EnginePool(WorkerPool):
                 if address is None:
                     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
                 else:
-                    ray.init(address=address, log_to_driver=False)
+                    try:
+                        ray.init(address=address, log_to_driver=False)
+                    except (ConnectionError, OSError, TimeoutError, ValueError) as err:
+                        raise UsageError(
+                            f"--address: cannot reach a ray cluster at {address!r} "
+                            f"({type(err).__name__}: {err})"
+                        ) from err
             self._client = ray
 
     def run(self, anonymizer: Anonymizer, job: _Job, progress: Progress | None) -> list[_Outcome]:
@@ -219,8 +239,9 @@ class EnginePool(WorkerPool):
                             Problem(
                                 str(job.items[i].source),
                                 f"its {self.engine} task failed ({type(result).__name__}: "
-                                f"{result}); not retried, so nothing is charged twice: what "
-                                "it charged stays charged",
+                                f"{result}); what it charged stays charged: run the job "
+                                "again with --resume (resume=True) to finish it without "
+                                "charging again",
                             )
                         ],
                         {},
@@ -240,6 +261,8 @@ class EnginePool(WorkerPool):
         if self.engine == "dask":
             from dask.distributed import wait
 
+            # no retries of a task's own error; a dead worker's task is rescheduled by Dask,
+            # which charges nothing twice (release keys, dpface.manifest)
             futures = [self._client.submit(_task, *a, pure=False, retries=0) for a in args]
             wait(futures)
             for f in futures:

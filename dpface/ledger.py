@@ -196,6 +196,9 @@ class Release:
     vector: npt.NDArray[Any]
     charge: Charge | None
     reused: bool
+    #: True when :meth:`Ledger.release_once` returned an earlier draw under the same key
+    #: (``charge`` is then that earlier, already committed charge)
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -952,6 +955,105 @@ class Ledger:
         if refusal is not None:
             raise refusal  # the refusal entry is committed
         return Release(vector, charge, False)
+
+    def release_once(
+        self,
+        subject: str,
+        *,
+        key: str,
+        mechanism: str,
+        budget: Budget,
+        event: dp_event.DpEvent,
+        note: str = "",
+        seeded: bool = False,
+        is_dp: bool = True,
+        draw: Callable[[], npt.ArrayLike],
+    ) -> Release:
+        """Publish one privatised value for ``subject`` under a release ``key`` at most once.
+
+        For resumable jobs (:mod:`dpface.manifest`): ``key`` names ONE output (a job, an item,
+        a face). Decided in one write transaction: if a value was already drawn for
+        ``(subject, key)`` it is returned with the charge that paid for it (``resumed=True``)
+        and nothing is charged; otherwise the budget is checked (a refusal is recorded and
+        :class:`BudgetExceeded` raised), the release recorded, ``draw()`` called and its value
+        kept under the key, all committed together. So a job killed after the charge but before
+        its output was written republishes exactly the value that was paid for (the same
+        release: post-processing, no further loss) instead of paying again, and a value is
+        never kept without its charge nor a charge committed without its value. The kept value
+        is itself the DP release (never the raw input or the noise); :meth:`forget_draws`
+        removes a finished job's values. Release keys never serve as pseudonyms of other
+        photos (``key`` must start with ``"resume:"``)."""
+        subject = normalize_subject(subject)
+        if not isinstance(key, str) or not key.startswith("resume:"):
+            raise UsageError("a release key must be a string starting with 'resume:'")
+        cost, payload = self._charge_args(mechanism, budget, event, note)
+        self._db.check_text(key, "a release key")
+        with self._transaction(unit=subject) as con:
+            stored = self._pseudonym_row(subject, key)
+            if stored is not None:
+                row = con.execute(
+                    "SELECT e.id, e.mechanism, e.epsilon, e.delta, e.run_id, e.created_at "
+                    "FROM pseudonyms p JOIN entries e ON e.id = p.entry_id "
+                    "WHERE p.subject=? AND p.key=?",
+                    (subject, key),
+                ).fetchone()
+                if row is None:
+                    raise LedgerError(
+                        f"the draw kept under {key!r} has no release entry: the ledger "
+                        f"{self.path} was altered outside dpface"
+                    )
+                earlier = Charge(
+                    int(row[0]),
+                    subject,
+                    str(row[1]),
+                    ApproxDP(float(row[2]), float(row[3])),
+                    str(row[4]),
+                    float(row[5]),
+                )
+                return Release(stored, earlier, False, resumed=True)
+            result = self._try_charge(
+                subject,
+                mechanism=mechanism,
+                cost=cost,
+                payload=payload,
+                note=note,
+                seeded=seeded,
+                is_dp=is_dp,
+            )
+            if isinstance(result, BudgetExceeded):
+                refusal: BudgetExceeded | None = result
+            else:
+                refusal, charge = None, result
+                data = np.ascontiguousarray(np.asarray(draw()))
+                if data.dtype.kind not in "biuf":
+                    raise TypeError(f"a kept draw must be numeric, got {data.dtype}")
+                con.execute(
+                    "INSERT INTO pseudonyms(subject, key, vector, dtype, shape, entry_id, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        subject,
+                        key,
+                        data.tobytes(),
+                        data.dtype.str,
+                        json.dumps(data.shape),
+                        charge.id,
+                        charge.created_at,
+                    ),
+                )
+        if refusal is not None:
+            raise refusal  # the refusal entry is committed
+        return Release(data, charge, False)
+
+    def forget_draws(self, prefix: str) -> int:
+        """Remove the values :meth:`release_once` kept under keys starting with ``prefix``
+        (a finished job's ``"resume:<job>:"``); their charges stay. How many were removed."""
+        if not isinstance(prefix, str) or not prefix.startswith("resume:") or len(prefix) < 12:
+            raise UsageError("forget_draws needs a job's release-key prefix ('resume:<job>:')")
+        self._db.check_text(prefix, "a release key prefix")
+        pattern = prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+        with self._transaction() as con:
+            cur = con.execute("DELETE FROM pseudonyms WHERE key LIKE ? ESCAPE '!'", (pattern,))
+            return int(getattr(cur, "rowcount", 0) or 0)
 
     # ------------------------------------------------------------------ pseudonyms
     def _pseudonym_row(self, subject: str, key: str) -> npt.NDArray[Any] | None:

@@ -317,6 +317,7 @@ class Anonymizer:
         self.receipt_subjects: SubjectsInReceipt = receipt_subjects
         self._encoder: Any = encoder
         self._timings: dict[str, float] = {}
+        self._release_key: str | None = None  # set by anonymize(release_key=...) for one call
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -417,6 +418,7 @@ class Anonymizer:
         subject: str | None = None,
         subjects: Sequence[str | None] | None = None,
         name: str | None = None,
+        release_key: str | None = None,
     ) -> AnonymizationResult:
         """De-identify every face of one photo.
 
@@ -425,7 +427,28 @@ class Anonymizer:
         for a face beyond those found is an error and nothing is released). An unnamed face is
         its own privacy unit keyed by this photo's pixels: the same photo released again
         charges the same unit; another photo of the same person is another unit. ``name`` is
-        what the receipt calls the input (default: the file's name, never its folder)."""
+        what the receipt calls the input (default: the file's name, never its folder).
+
+        ``release_key`` (resumable jobs, :mod:`dpface.manifest`): a key naming this photo's
+        output in a job (``"resume:<job>:<item>"``). Each fresh release is then made with
+        :meth:`Ledger.release_once` under ``<release_key>:<face index>``: anonymising the same
+        photo again under the same key republishes the values already paid for (the same
+        output) instead of charging again. Pseudonyms (``pseudonym="reuse"``) keep their own,
+        already idempotent, rule."""
+        self._release_key = release_key
+        try:
+            return self._anonymize(image, subject=subject, subjects=subjects, name=name)
+        finally:
+            self._release_key = None
+
+    def _anonymize(
+        self,
+        image: str | Path | np.ndarray,
+        *,
+        subject: str | None,
+        subjects: Sequence[str | None] | None,
+        name: str | None,
+    ) -> AnonymizationResult:
         if isinstance(image, np.ndarray):
             source = name if name is not None else "<array>"
         else:
@@ -612,8 +635,24 @@ class Anonymizer:
         """Release the region with an image mechanism, charged first (``why``: the reason a
         fallback was needed; None when ``mech`` is the run's own mechanism)."""
         t = time.perf_counter()
+        key = None if self._release_key is None else f"{self._release_key}:{index}"
+        if key is not None and why is not None:
+            key += ":fallback"
+        x0, y0, x1, y1 = region
+        kept: np.ndarray | None = None
         try:
-            charge = self.ledger.charge(unit.subject, **self._release_args(mech))
+            if key is None:
+                charge = self.ledger.charge(unit.subject, **self._release_args(mech))
+            else:
+                # charged, drawn and kept in one transaction: a resumed job republishes it
+                rel = self.ledger.release_once(
+                    unit.subject,
+                    key=key,
+                    draw=lambda: np.asarray(mech(img, region))[y0:y1, x0:x1],
+                    **self._release_args(mech),
+                )
+                assert rel.charge is not None
+                charge, kept = rel.charge, rel.vector
         except (BudgetExceeded, KeyError) as err:
             self._tick("charge", t)
             reason = f"budget refused: {self._refusal(err)}"
@@ -621,7 +660,11 @@ class Anonymizer:
                 reason = f"{why}; its DP fallback was refused too: {self._refusal(err)}"
             return self._masked(img, face, region, index, unit, reason, refused=True)
         t = self._tick("charge", t)
-        out = np.asarray(mech(img, region))
+        if kept is None:
+            out = np.asarray(mech(img, region))
+        else:  # outside the region the mechanism releases the pixels unchanged
+            out = img.copy()
+            out[y0:y1, x0:x1] = kept
         self._tick("privatise", t)
         spent, left = self._spent(unit.subject)
         uncertain, _, detector = _face_flags(face)
@@ -657,9 +700,12 @@ class Anonymizer:
         )
         return out, rec
 
-    def _privatise(self, unit: _Unit, emb: np.ndarray) -> tuple[np.ndarray, int | None, str]:
+    def _privatise(
+        self, unit: _Unit, emb: np.ndarray, index: int | None = None
+    ) -> tuple[np.ndarray, int | None, str]:
         """(privatised identity, ledger event or None, how) -- charged, drawn and (with
-        ``pseudonym="reuse"``) stored in one ledger transaction. Raises BudgetExceeded."""
+        ``pseudonym="reuse"``, or under a job's release key) stored in one ledger transaction.
+        Raises BudgetExceeded."""
         mech = cast(IdentityMechanism, self.mechanism)  # consumes an embedding (registry)
         drawn = 0.0
 
@@ -673,7 +719,15 @@ class Anonymizer:
         key = self.pseudonym_key() if self.pseudonym == "reuse" else None
         t = time.perf_counter()
         try:
-            rel = self.ledger.release(unit.subject, key=key, draw=draw, **self._release_args())
+            if key is None and self._release_key is not None and index is not None:
+                rel = self.ledger.release_once(
+                    unit.subject,
+                    key=f"{self._release_key}:{index}",
+                    draw=draw,
+                    **self._release_args(),
+                )
+            else:
+                rel = self.ledger.release(unit.subject, key=key, draw=draw, **self._release_args())
         finally:
             self._timings["privatise"] = self._timings.get("privatise", 0.0) + drawn
             self._timings["charge"] = (
@@ -710,7 +764,7 @@ class Anonymizer:
                 records.append(rec)
                 continue
             try:
-                private, event_id, how = self._privatise(unit, emb)
+                private, event_id, how = self._privatise(unit, emb, i)
             except (BudgetExceeded, KeyError) as err:
                 img, rec = self._masked(
                     img,
