@@ -10,7 +10,8 @@ The budgets and :class:`DpfaceError` (standard library only) are loaded with the
 every other name is loaded from its module on first use (the mechanisms pull in numpy, scipy
 and dp-accounting, about a second), so ``import mechanisms`` stays cheap. The submodules stay
 importable as before (``mechanisms.laplace``, ``mechanisms.accounting``...);
-``accounting`` and ``registry`` (the named mechanisms) are public submodules.
+``accounting``, ``metrics`` (input metrics and distances) and ``registry`` (the named
+mechanisms) are public submodules.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .errors import DpfaceError
 
 if TYPE_CHECKING:
     from . import accounting as accounting
+    from . import metrics as metrics
     from . import registry as registry
     from .attributes import KAnonymousVoting, TClosenessSelector
     from .audit import AuditResult, audit_mechanism
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "accounting": "",
     "registry": "",
+    "metrics": "",
     "Randomness": "rng",
     "Mechanism": "base",
     "Guarantee": "base",
@@ -99,6 +102,7 @@ __all__ = [
     "accounting",
     "audit_mechanism",
     "compose_basic",
+    "metrics",
     "poisson_amplify",
     "registry",
 ]

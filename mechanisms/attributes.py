@@ -44,6 +44,7 @@ from .base import Guarantee, Mechanism, check_positive_finite, check_probability
 from .budgets import PureDP, ceil_float
 from .exponential import Exponential
 from .laplace import Laplace
+from .metrics import RECORDS, Distance
 from .rng import Randomness, resolve
 from .subsampling import PoissonSubsample, poisson_amplify
 
@@ -205,6 +206,8 @@ class KAnonymousVoting(Mechanism):
     ``eps0 = (epsilon / delta_q) * min(2 tau, |B| + |C|)`` (+ < 1e-9 float64 charge), B = the
     independent attributes, C = the groups. The query face itself is not DP-protected.
     """
+
+    input_metric = RECORDS
 
     def __init__(
         self,
@@ -368,7 +371,7 @@ class KAnonymousVoting(Mechanism):
             note=note,
         )
 
-    def privacy_map(self, d_in: float) -> PureDP:
+    def privacy_map(self, d_in: float | Distance) -> PureDP:
         """Loss for reference sets differing by ``d_in`` added/removed records (group privacy)."""
         d = self._check_d_in(d_in)
         if d != math.floor(d):
@@ -610,6 +613,8 @@ class TClosenessSelector(Mechanism):
     The face is not DP-protected unless :meth:`face_epsilon` is finite (see proofs/t_closeness.md).
     """
 
+    input_metric = RECORDS
+
     def __init__(
         self,
         *,
@@ -845,7 +850,7 @@ class TClosenessSelector(Mechanism):
             note=note,
         )
 
-    def privacy_map(self, d_in: float) -> PureDP:
+    def privacy_map(self, d_in: float | Distance) -> PureDP:
         """Loss of the population estimate for ``d_in`` added/removed reference records."""
         d = self._check_d_in(d_in)
         if math.isinf(d):

@@ -8,10 +8,12 @@ import decimal
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import ClassVar
 
 from dp_accounting import dp_event
 
 from .budgets import Budget
+from .metrics import Distance, Metric, MetricMismatch
 from .rng import Randomness
 
 __all__ = [
@@ -106,9 +108,15 @@ class Mechanism(abc.ABC):
     def guarantee(self) -> Guarantee:
         """The promise at the declared sensitivity."""
 
+    input_metric: ClassVar[Metric]
+    """The metric the guarantee and :meth:`privacy_map` are stated in (see
+    :mod:`mechanisms.metrics`)."""
+
     @abc.abstractmethod
-    def privacy_map(self, d_in: float) -> Budget:
-        """Loss for neighbours at input distance ``d_in`` (in the mechanism's own metric)."""
+    def privacy_map(self, d_in: float | Distance) -> Budget:
+        """Loss for neighbours at input distance ``d_in``: a :class:`~mechanisms.metrics.
+        Distance` in :attr:`input_metric` (any other metric is refused with
+        :class:`~mechanisms.metrics.MetricMismatch`), or a plain number read in that metric."""
 
     @abc.abstractmethod
     def event(self) -> dp_event.DpEvent:
@@ -138,8 +146,16 @@ class Mechanism(abc.ABC):
         """
         return copy.deepcopy(self)
 
-    @staticmethod
-    def _check_d_in(d_in: float) -> float:
+    def _check_d_in(self, d_in: float | Distance) -> float:
+        """``d_in`` as a number in :attr:`input_metric`; a distance in another metric, a
+        negative or NaN value are refused."""
+        if isinstance(d_in, Distance):
+            if d_in.metric != self.input_metric:
+                raise MetricMismatch(
+                    f"{type(self).__name__}'s privacy map is stated in {self.input_metric}; "
+                    f"got a distance in {d_in.metric} (convert it, with its proof, first)"
+                )
+            d_in = d_in.value
         if isinstance(d_in, bool) or not isinstance(d_in, (int, float)):
             raise TypeError("d_in must be a real number")
         d = float(d_in)

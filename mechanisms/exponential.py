@@ -88,6 +88,7 @@ from scipy.special import logsumexp
 from .accounting import pure_event
 from .base import Guarantee, Mechanism, check_positive_finite, format_down, format_up
 from .budgets import PureDP, ceil_float
+from .metrics import LINF, Distance
 from .rng import Randomness, resolve
 
 __all__ = ["Exponential"]
@@ -185,6 +186,8 @@ class Exponential(Mechanism):
     float64 rounding is charged (the sampler runs at ``eps' = eps - 4e-12``).
     """
 
+    input_metric = LINF
+
     def __init__(
         self,
         *,
@@ -278,7 +281,7 @@ class Exponential(Mechanism):
             ),
         )
 
-    def privacy_map(self, d_in: float) -> PureDP:
+    def privacy_map(self, d_in: float | Distance) -> PureDP:
         """Loss when neighbours' scores differ by at most ``d_in`` per candidate.
 
         The map is ``eps' d_in / Delta + (eps - eps')`` (the float64 charge ``eps - eps'`` does

@@ -43,6 +43,7 @@ from .base import (
 )
 from .budgets import ZCDP, ApproxDP, ceil_float
 from .lattice import as_float64, coords_factor, from_grid, grid_for, round_to_grid
+from .metrics import L2, Distance
 from .rng import Randomness, resolve
 from .sampling import MAX_GAUSSIAN_S, discrete_gaussian
 
@@ -377,6 +378,8 @@ def least_epsilon(
 class Gaussian(Mechanism):
     """(epsilon, delta)-DP release of a real vector with bounded L2 sensitivity."""
 
+    input_metric = L2
+
     def __init__(
         self,
         *,
@@ -513,7 +516,7 @@ class Gaussian(Mechanism):
             note=f"sigma from the {how}; also {self.zcdp()} (exact, composes tightly)",
         )
 
-    def privacy_map(self, d_in: float) -> ApproxDP:
+    def privacy_map(self, d_in: float | Distance) -> ApproxDP:
         """(epsilon, delta) at L2 distance d_in with delta fixed, valid for any query size.
 
         The realised noise multiplier is >= multiplier * Δ / d_in against inputs at distance

@@ -63,6 +63,7 @@ from .base import (
 from .budgets import ZCDP, ApproxDP, PureDP, ceil_float
 from .gaussian import Calibration, Gaussian, GaussianCalibration, least_epsilon
 from .laplace import Laplace, LaplaceCalibration
+from .metrics import EMBEDDING_L1, EMBEDDING_L2, Distance
 from .rng import Randomness, resolve
 
 __all__ = [
@@ -290,6 +291,8 @@ class IdentityLaplace(_IdentityMechanism):
     ``renormalize=True`` projects outputs onto the unit sphere (post-processing).
     """
 
+    input_metric = EMBEDDING_L1
+
     def __init__(
         self,
         *,
@@ -448,7 +451,7 @@ class IdentityLaplace(_IdentityMechanism):
             note="epsilon-IdentityDP (book eq. 5.11) with an analytic sensitivity. " + noise + post,
         )
 
-    def privacy_map(self, d_in: float) -> PureDP:
+    def privacy_map(self, d_in: float | Distance) -> PureDP:
         """Loss for two faces whose domain-mapped embeddings are at L1 distance ``d_in``.
 
         Never more than epsilon (the domain bounds every distance by the sensitivity).
@@ -481,6 +484,8 @@ class IdentityGaussian(_IdentityMechanism):
     calibration by default; :meth:`zcdp` gives the exact zCDP of one release for tight
     composition of repeated releases. ``renormalize=True`` is post-processing.
     """
+
+    input_metric = EMBEDDING_L2
 
     sensitivity = 2.0
     """L2 sensitivity: any two unit vectors are at L2 distance <= 2."""
@@ -579,7 +584,7 @@ class IdentityGaussian(_IdentityMechanism):
             ),
         )
 
-    def privacy_map(self, d_in: float) -> ApproxDP:
+    def privacy_map(self, d_in: float | Distance) -> ApproxDP:
         """(epsilon, delta) for two faces whose unit embeddings are at L2 distance ``d_in``."""
         d = Fraction(self._check_d_in(d_in)) + FLOAT_MARGIN * Fraction(self.sensitivity)
         capped = min(d, Fraction(self._noise.sensitivity))
@@ -654,6 +659,8 @@ class IdentityVMF(_IdentityMechanism):
     ||x - x'||_2 (:meth:`metric_epsilon`). Sampled in floating point by scipy (see the module
     docstring); outputs rounded to 2^-20 Z^d and renormalised.
     """
+
+    input_metric = EMBEDDING_L2
 
     def __init__(
         self,
@@ -735,9 +742,9 @@ class IdentityVMF(_IdentityMechanism):
             ),
         )
 
-    def privacy_map(self, d_in: float) -> PureDP:
+    def privacy_map(self, d_in: float | Distance) -> PureDP:
         """PureDP(eps * d_in / 2) for unit embeddings at L2 distance ``d_in`` (ideal sampler)."""
-        return PureDP(self.metric_epsilon(d_in))
+        return PureDP(self.metric_epsilon(self._check_d_in(d_in)))
 
     def event(self) -> dp_event.DpEvent:
         """``pure_event(epsilon)`` (dominating pair of any eps-DP mechanism)."""

@@ -23,6 +23,7 @@ from .accounting import pure_event
 from .base import Guarantee, Mechanism, check_positive_finite, format_up
 from .budgets import PureDP, ceil_float
 from .lattice import GRID_SHARE, as_float64, coords_factor, from_grid, grid_for, round_to_grid
+from .metrics import L1, Distance
 from .rng import Randomness, resolve
 from .sampling import discrete_laplace
 
@@ -69,6 +70,8 @@ class LaplaceCalibration:
 
 class Laplace(Mechanism):
     """epsilon-DP release of a real vector with bounded L1 sensitivity."""
+
+    input_metric = L1
 
     def __init__(
         self,
@@ -149,7 +152,7 @@ class Laplace(Mechanism):
             sensitivity=f"L1 sensitivity {self.sensitivity:g} (declared by the caller)",
         )
 
-    def privacy_map(self, d_in: float) -> PureDP:
+    def privacy_map(self, d_in: float | Distance) -> PureDP:
         """Loss for neighbours at L1 distance d_in, valid for any query size.
 
         (d + n g)/(t g) <= eps (d + n g)/(Δ + n g), and n g <= Δ/256: the bound below

@@ -66,6 +66,7 @@ from .budgets import ApproxDP, PureDP, ceil_float, compose_basic
 from .gaussian import Calibration, Gaussian, epsilon_at_multiplier, least_epsilon
 from .laplace import Laplace, LaplaceCalibration
 from .lattice import from_grid
+from .metrics import PIXELS, Distance
 from .rng import Randomness, resolve
 
 __all__ = [
@@ -309,6 +310,8 @@ class _GridMechanism(Protocol):
 
 class _CellMechanism(Mechanism):
     """Cell means of a region, released by a grid mechanism; painting back is post-processing."""
+
+    input_metric = PIXELS
 
     epsilon: float
 
@@ -628,7 +631,7 @@ class DPPixelization(_CellMechanism):
             note=f"{self._common_note()} are post-processing",
         )
 
-    def privacy_map(self, d_in: float, *, channels: int = 1) -> PureDP:
+    def privacy_map(self, d_in: float | Distance, *, channels: int = 1) -> PureDP:
         """Loss for images differing in ``d_in`` pixels of the region (any number, not just m)."""
         d = self._check_d_in(d_in)
         channels = _check_int("channels", channels, minimum=1, maximum=3)
@@ -826,7 +829,7 @@ class DPBlur(_CellMechanism):
             ),
         )
 
-    def privacy_map(self, d_in: float, *, channels: int = 1) -> ApproxDP:
+    def privacy_map(self, d_in: float | Distance, *, channels: int = 1) -> ApproxDP:
         """(epsilon, delta) for images differing in ``d_in`` pixels of the region."""
         d = self._check_d_in(d_in)
         channels = _check_int("channels", channels, minimum=1, maximum=3)

@@ -25,6 +25,7 @@ from .exponential import Exponential
 from .gaussian import Gaussian
 from .identity import IdentityGaussian, IdentityLaplace, IdentityVMF
 from .laplace import Laplace
+from .metrics import Metric
 from .pixelization import DPBlur, DPPixelization
 from .rng import Randomness
 
@@ -67,10 +68,15 @@ class MechanismSpec:
     name: str
     cls: type[Mechanism]
     consumes: InputKind
-    metric: str  # the neighbouring relation (input metric) its guarantee is stated for
+    metric: str  # the neighbouring relation its guarantee is stated for, in words
     summary: str  # one line for help texts and docs
     build: Callable[[MechanismOptions], Mechanism]
     face: bool  # usable by ``dpface anonymize`` (consumes an embedding or a region)
+
+    @property
+    def input_metric(self) -> Metric:
+        """The metric its privacy map reads distances in (the class's ``input_metric``)."""
+        return self.cls.input_metric
 
     def uses_delta(self) -> bool:
         """Whether a release's guarantee has a delta: read once, at registration, from the
@@ -89,6 +95,8 @@ def register(spec: MechanismSpec) -> MechanismSpec:
         raise ValueError(f"mechanism {spec.name!r} is already registered")
     if spec.face and spec.consumes not in ("embedding", "region"):
         raise ValueError(f"{spec.name}: a face mechanism consumes an embedding or a region")
+    if not isinstance(getattr(spec.cls, "input_metric", None), Metric):
+        raise ValueError(f"{spec.name}: {spec.cls.__name__} declares no input_metric")
     probe = spec.build(MechanismOptions(epsilon=1.0))
     if not isinstance(probe, spec.cls):
         raise ValueError(f"{spec.name}: build() made a {type(probe).__name__}, not {spec.cls}")
