@@ -58,7 +58,9 @@ from .config import (
 )
 from .errors import DpfaceError, UsageError
 
-RECEIPT_SCHEMA = "dpface.receipt/0.1"
+# `mechanisms-demo` writes a summary of three synthetic-embedding releases, not a face
+# receipt: it has a schema name of its own (face receipts: dpface.pipeline.RECEIPT_SCHEMA)
+MECHANISMS_DEMO_SCHEMA = "dpface.mechanisms-demo/1"
 EXIT_OK, EXIT_REFUTED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 EXIT_CODES = (
     "Exit codes: 0 the run completed (per-image problems are listed in the summary); 1 an "
@@ -213,7 +215,7 @@ def mechanisms_demo(
         )
     )
     receipt: dict[str, Any] = {
-        "schema": RECEIPT_SCHEMA,
+        "schema": MECHANISMS_DEMO_SCHEMA,
         "subjects": people,
         "releases": releases,
         "per_subject_spent": {

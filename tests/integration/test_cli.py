@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dpface.cli import RECEIPT_SCHEMA, app, main
+from dpface.cli import MECHANISMS_DEMO_SCHEMA, app, main
 from dpface.config import AnonymizeConfig
 from dpface.ledger import Ledger
 from dpface.models.store import assets_dir
@@ -52,7 +52,7 @@ def test_mechanisms_demo_writes_receipt_and_releases(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     receipt = json.loads((tmp_path / "receipt.json").read_text())
-    assert receipt["schema"] == RECEIPT_SCHEMA
+    assert receipt["schema"] == MECHANISMS_DEMO_SCHEMA
     assert receipt["seeded"] is True
     names = [r["mechanism"] for r in receipt["releases"]]
     assert names == ["laplace", "gaussian", "exponential"]
