@@ -168,8 +168,8 @@ class BatchSummary:
     inputs: int
     counts: dict[str, int]
     problems: list[Problem]
-    output: Path
-    report: Path | None
+    output: Path | str  # a URL (str) when the outputs went to one (dpface.sources)
+    report: Path | str | None
     ledger: str
     run_id: str
     mechanism: str

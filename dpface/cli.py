@@ -22,7 +22,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -312,8 +312,8 @@ def _frames(bar: Any) -> Callable[[str, str, int, int], None]:
 
 def _run_and_print(
     config: AnonymizeConfig,
-    inputs: list[Path],
-    out: Path,
+    inputs: Sequence[str | Path],
+    out: str | Path,
     *,
     subject: str | None,
     subjects: Path | None,
@@ -383,8 +383,14 @@ _MECHANISM_HELP = (
 
 @app.command()
 def anonymize(
-    inputs: Annotated[list[Path], typer.Argument(help="Photos, videos, folders (recursive).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help=_OUT_HELP)] = Path("out/anon"),
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Photos, videos, folders (recursive), fsspec URLs (memory://, s3://, gs://), "
+            "WebDataset .tar shards, Parquet tables with an image column."
+        ),
+    ],
+    out: Annotated[str, typer.Option("-o", "--out", help=_OUT_HELP + " Or a URL.")] = "out/anon",
     mechanism: Annotated[
         MechanismName,
         typer.Option(
@@ -541,7 +547,8 @@ def anonymize(
         typer.Option(
             help="Where the photos are processed: local (this machine's processes; nothing to "
             "start), dask or ray (a local cluster of --workers processes, or the cluster at "
-            "--address; pip install 'dpface[distributed]' / pip install ray). See docs/distributed.md."
+            "--address; pip install 'dpface[distributed]' / pip install ray). See "
+            "docs/distributed.md."
         ),
     ] = "local",
     address: Annotated[
@@ -561,6 +568,20 @@ def anonymize(
             "it a run into OUT starts a new job (everything released and charged again).",
         ),
     ] = False,
+    receipts_table: Annotated[
+        bool,
+        typer.Option(
+            "--receipts-table",
+            help="Also write OUT/receipts.parquet: one row per output with its receipt (JSON).",
+        ),
+    ] = False,
+    image_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Parquet inputs: the column holding the images (default: the first binary "
+            "column, or structs with a 'bytes' field)."
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """De-identify faces in photos and videos under a per-subject epsilon budget.
@@ -604,6 +625,8 @@ def anonymize(
         engine=engine,
         address=address,
         resume=resume,
+        receipts_table=receipts_table,
+        image_column=image_column,
     )
     _run_and_print(config, inputs, out, subject=subject, subjects=subjects, json_output=json_output)
 

@@ -165,6 +165,9 @@ class AnonymizeConfig:
     cluster at ``address``; needs ``pip install 'dpface[distributed]'`` / ``pip install ray``).
     ``resume``: continue the job recorded in the output folder (:mod:`dpface.manifest`):
     finished inputs are skipped, and nothing is charged twice for the same output.
+    ``receipts_table``: also write ``OUT/receipts.parquet`` (one row per receipt);
+    ``image_column``: the image column of Parquet inputs (default: the first binary one);
+    see :mod:`dpface.sources` for URLs, tar shards and Parquet tables.
     """
 
     mechanism: MechanismName = "identity-laplace"
@@ -193,6 +196,8 @@ class AnonymizeConfig:
     engine: EngineName = "local"
     address: str | None = None
     resume: bool = False
+    receipts_table: bool = False
+    image_column: str | None = None
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self) -> None:
@@ -269,6 +274,17 @@ class AnonymizeConfig:
 
     def _check_engine(self) -> None:
         _choice("engine", "--engine", self.engine, ENGINES)
+        if not isinstance(self.receipts_table, bool):
+            raise UsageError(
+                f"receipts_table (--receipts-table) must be True or False, got "
+                f"{self.receipts_table!r}"
+            )
+        if self.image_column is not None and (
+            not isinstance(self.image_column, str) or not self.image_column
+        ):
+            raise UsageError(
+                f"image_column (--image-column) must be a column name, got {self.image_column!r}"
+            )
         if not isinstance(self.resume, bool):
             raise UsageError(f"resume (--resume) must be True or False, got {self.resume!r}")
         if self.address is not None:
@@ -613,10 +629,51 @@ class AnonymizeConfig:
         """Plan the batch (refusing unsafe output folders), build the models, open the ledger,
         anonymise every image and write outputs, receipts and this run's report.
 
-        Everything that can make the run unusable is checked before the ledger is opened."""
-        from . import batch
+        Everything that can make the run unusable is checked before the ledger is opened.
+        Inputs may also be fsspec URLs, WebDataset tar shards and Parquet tables, and ``out``
+        a URL (:mod:`dpface.sources`)."""
+        from . import batch, sources
 
         batch.refuse_in_worker()
+        if sources.needs_staging(inputs, out, self.receipts_table):
+            return sources.run(
+                self,
+                inputs,
+                out,
+                receipts_table=self.receipts_table,
+                image_column=self.image_column,
+                progress=progress,
+                runner=self._run_here,
+                subject=subject,
+                subject_map=subject_map,
+                frame_progress=frame_progress,
+                report=report,
+            )
+        return self._run_here(
+            inputs,
+            out,
+            subject=subject,
+            subject_map=subject_map,
+            progress=progress,
+            frame_progress=frame_progress,
+            report=report,
+        )
+
+    def _run_here(
+        self,
+        inputs: Sequence[str | os.PathLike[str]],
+        out: str | os.PathLike[str],
+        *,
+        subject: str | None,
+        subject_map: SubjectMap | str | os.PathLike[str] | None,
+        progress: Progress | None,
+        frame_progress: Callable[[str, str, int, int], None] | None,
+        report: bool,
+    ) -> BatchSummary:
+        """:meth:`run` on local files and folders: on this machine's processes, or on the
+        configured engine's cluster."""
+        from . import batch
+
         if self.engine != "local":
             from . import distributed
 
