@@ -82,6 +82,37 @@ def _internal_error(err: BaseException) -> typer.Exit:
     return typer.Exit(EXIT_INTERNAL)
 
 
+# top-level modules of optional dependencies -> the extra that installs them (pyproject.toml)
+_EXTRA_OF_MODULE = {
+    **dict.fromkeys(
+        (
+            "torch",
+            "cv2",
+            "dlib",
+            "insightface",
+            "onnxruntime",
+            "onnx",
+            "PIL",
+            "skimage",
+            "matplotlib",
+            "jinja2",
+            "markupsafe",
+            "threadpoolctl",
+            "face_recognition_models",
+        ),
+        "face",
+    ),
+    "av": "video",
+    "motpy": "video",
+    "psycopg": "postgres",
+    "dask": "distributed",
+    "distributed": "distributed",
+    "opacus": "accounting",
+    "diffprivlib": "diffprivlib",
+    "sklearn": "diffprivlib",
+}
+
+
 class _Group(TyperGroup):
     """Maps exceptions to the documented exit codes, for every command."""
 
@@ -95,6 +126,16 @@ class _Group(TyperGroup):
             raise typer.Exit(130) from None
         except DpfaceError as err:  # UsageError, NotALedgerError, a refused budget change...
             typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except ModuleNotFoundError as err:
+            extra = _EXTRA_OF_MODULE.get((err.name or "").split(".")[0])
+            if extra is None:
+                raise _internal_error(err) from None
+            typer.echo(
+                f"error: this command needs {err.name!r}, which is not installed: "
+                f"pip install 'dpface[{extra}]'",
+                err=True,
+            )
             raise typer.Exit(EXIT_USAGE) from None
         except Exception as err:
             raise _internal_error(err) from None
