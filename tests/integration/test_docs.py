@@ -123,11 +123,15 @@ def _dpface_invocations() -> list[tuple[str, list[str]]]:
 
 
 def test_documented_command_lines_use_real_commands_and_options() -> None:
-    _, commands = _cli()
+    root, commands = _cli()
+    root_opts = {o for p in root.params for o in getattr(p, "opts", [])}  # type: ignore[attr-defined]
     invocations = _dpface_invocations()
     assert invocations, "the docs show no dpface command line"
     for where, words in invocations:
         if not words or words[0] in ("--help", "COMMAND"):
+            continue
+        if words[0].startswith("-"):  # an option of dpface itself (--version)
+            assert words[0] in root_opts, f"{where}: dpface has no option {words[0]}"
             continue
         name = words[0]
         if name.isupper():  # a placeholder such as COMMAND
