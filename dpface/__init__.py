@@ -22,7 +22,8 @@ from .errors import DpfaceError, InputError, LedgerError, NotALedgerError, Usage
 if TYPE_CHECKING:
     from .batch import BatchSummary, Problem
     from .config import DETECTORS, MECHANISMS, AnonymizeConfig
-    from .detect import Face, ImageFaces, detect_array, detect_file
+    from .detect import ImageFaces, detect_array, detect_file
+    from .face import Face
     from .generators.base import Generator
     from .generators.onnx_swap import OnnxFaceSwapGenerator
     from .generators.surrogate import SurrogateGenerator
@@ -57,7 +58,7 @@ _LAZY = {
     # detection, photos, model files
     "detect_file": "detect",
     "detect_array": "detect",
-    "Face": "detect",
+    "Face": "face",
     "ImageFaces": "detect",
     "load_rgb": "models.images",
     "ImageError": "models.images",

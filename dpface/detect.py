@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from dpface.align import loose_crop, loose_crop_matrix
+from dpface.face import Face
 from dpface.models import centerface as cf
 from dpface.models.dlib_models import DlibFaceModels, arcface_points
 from dpface.models.images import ImageError, array_to_rgb8, load_rgb
@@ -84,30 +85,6 @@ LARGE_FACE_MIN_SCORE = 0.2
 MIN_FACE_AT_SEARCH_SCALE = 20
 SMALLEST_MEASURED_PX = 12
 RotationPolicy = Literal["auto", "always", "never"]
-
-
-@dataclass(frozen=True)
-class Face:
-    """One detected face: box (x0, y0, x1, y1) and 68 landmarks (x, y) in the photo's pixel
-    coordinates; which detector found it and how sure it is."""
-
-    image: np.ndarray = field(repr=False)
-    box: tuple[float, float, float, float]
-    score: float
-    landmarks68: np.ndarray = field(repr=False)
-    detector: str = "hog"
-    uncertain: bool = False
-    landmarks_ok: bool = True
-
-    @property
-    def points5(self) -> np.ndarray:
-        """ArcFace's five alignment points."""
-        return arcface_points(self.landmarks68)
-
-    @property
-    def width(self) -> float:
-        """Box width in photo pixels."""
-        return self.box[2] - self.box[0]
 
 
 @dataclass(frozen=True)
@@ -744,11 +721,11 @@ def detect_array(
                 Face(
                     rgb,
                     (bx0, by0, bx1, by1),
-                    float(r.score),
                     _rot_back(lm, turns, h, w),
-                    r.detector,
-                    unsure,
-                    bool(ok),
+                    score=float(r.score),
+                    detector=r.detector,
+                    uncertain=unsure,
+                    landmarks_ok=bool(ok),
                 )
             )
     faces.sort(key=lambda f: (f.box[0], f.box[1]))

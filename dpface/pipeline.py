@@ -44,8 +44,9 @@ from mechanisms.identity import IdentityGaussian, IdentityLaplace, IdentityVMF
 from mechanisms.pixelization import DPBlur, DPPixelization
 from mechanisms.registry import specs as mechanism_specs
 
-from .detect import DEFAULT_DETECTOR, Face, ImageFaces, detect_array
-from .generators.base import FaceInput, Generator
+from .detect import DEFAULT_DETECTOR, ImageFaces, detect_array
+from .face import Face
+from .generators.base import Generator
 from .ledger import BudgetExceeded, Ledger, event_to_json
 from .linking import TemplateStore
 from .models.images import ImageError, array_to_rgb8, load_rgb
@@ -786,7 +787,7 @@ class Anonymizer:
                 channel, steer_note = steered.channel, steered.refused or steered.note
                 self._tick("steer", t)
             t = time.perf_counter()
-            result = self.generator.generate(img, FaceInput.of(face), private, channel)
+            result = self.generator.generate(img, face, private, channel)
             self._tick("generate", t)
             spent, left = self._spent(unit.subject)
             if not result.replaced:

@@ -661,12 +661,12 @@ def _mask(img: np.ndarray, region: tuple[int, int, int, int]) -> None:
     img[y0:y1, x0:x1] = MASK_VALUE
 
 
-def _region(box: tuple[float, ...], lm: np.ndarray, shape: tuple[int, ...]) -> Any:
-    from .generators.base import FaceInput
+def _region(box: tuple[float, ...], lm: np.ndarray, frame: np.ndarray) -> Any:
+    from .face import Face
     from .pipeline import _face_region
 
-    face = FaceInput((box[0], box[1], box[2], box[3]), lm)
-    return face, _face_region(face, shape)  # type: ignore[arg-type]
+    face = Face(frame, (box[0], box[1], box[2], box[3]), lm)
+    return face, _face_region(face, frame.shape)
 
 
 class _Renderer:
@@ -709,8 +709,6 @@ class _Renderer:
     def render(
         self, rgb: np.ndarray, index: int, tracks: list[Track]
     ) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int, int], str]]]:
-        from .generators.base import FaceInput
-
         anon = self.anon
         img = rgb.copy()
         done: list[tuple[int, tuple[int, int, int, int], str]] = []
@@ -719,7 +717,7 @@ class _Renderer:
             if tf is None:
                 continue
             g = self.by_track[tr.number]
-            face, region = _region(tf.box, tf.landmarks, img.shape)
+            face, region = _region(tf.box, tf.landmarks, rgb)
             x0, y0, x1, y1 = region
             if x1 - x0 < 2 or y1 - y0 < 2:
                 continue  # outside the picture
@@ -733,9 +731,7 @@ class _Renderer:
                 img, how = self._fallback(img, g, tr, region)
             else:
                 assert anon.generator is not None and g.identity is not None
-                res = anon.generator.generate(
-                    img, FaceInput(face.box, face.landmarks68), g.identity, g.channel
-                )
+                res = anon.generator.generate(img, face, g.identity, g.channel)
                 if res.replaced:
                     img, how = res.image, "generator"
                     if tr.number not in self.channels:
@@ -1001,8 +997,8 @@ def _uncertain(tr: Track) -> bool:
 
 
 def _face_for_steering(src: Path, ana: _Analysis, det: Detection) -> Any:
-    """The detection as a ``dpface.detect.Face`` on its frame (decoded again)."""
-    from .detect import Face
+    """The detection as a ``dpface.face.Face`` on its frame (decoded again)."""
+    from .face import Face
 
     with _open(src) as c:
         for i, (_, frame) in enumerate(_frames(c)):
@@ -1011,11 +1007,11 @@ def _face_for_steering(src: Path, ana: _Analysis, det: Detection) -> Any:
                 return Face(
                     rgb,
                     det.box,
-                    det.score,
                     det.landmarks,
-                    det.detector or "centerface",
-                    det.uncertain,
-                    det.landmarks_ok,
+                    score=det.score,
+                    detector=det.detector or "centerface",
+                    uncertain=det.uncertain,
+                    landmarks_ok=det.landmarks_ok,
                 )
     raise InputError("the frame of a track's best detection could not be decoded again")
 

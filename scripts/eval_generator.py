@@ -32,29 +32,17 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from dpface.evaluation.measure import detect_near
 from dpface.evaluation.stats import clustered_mean_ci
-from dpface.generators.base import FaceInput, Generator
+from dpface.face import Face
+from dpface.generators.base import Generator
 from dpface.generators.contact_sheet import sex_attributes
 
 EPSILONS = (math.inf, 6.0, 2.0, 1.0)
-
-
-@dataclass
-class _Out:
-    image: np.ndarray
-    landmarks68: np.ndarray
-
-    @property
-    def points5(self) -> np.ndarray:
-        from dpface.models.dlib_models import arcface_points
-
-        return arcface_points(self.landmarks68)
 
 
 def skin_delta_e(
@@ -169,7 +157,7 @@ def evaluate(
             for k, i in enumerate(idx):
                 f = faces[i]
                 t = time.perf_counter()
-                res = gens[i].generate(f.image, FaceInput.of(f), priv[k], attrs[k])
+                res = gens[i].generate(f.image, Face.of(f), priv[k], attrs[k])
                 dt = time.perf_counter() - t
                 out = res.image
                 found, box = detect_near(dl, out, f.box)
@@ -186,7 +174,7 @@ def evaluate(
                         data_range=255,
                     )
                 )
-                emo = int(emotion_probs([_Out(out, f.landmarks68)])[0].argmax())
+                emo = int(emotion_probs([Face.of(f, image=out)])[0].argmax())
                 flips[(EMOTIONS[int(emo_in[k])], EMOTIONS[emo])] += emo != int(emo_in[k])
                 tl = res.details.get("target_landmarks")
                 de_out, de_tone = skin_delta_e(

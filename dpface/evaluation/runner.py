@@ -32,7 +32,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from dpface.evaluation.measure import (
     skin_colour_texture,
     ssim,
 )
+from dpface.face import Face
 
 CACHE_VERSION = 3
 # per release of a face: utility, and what the product did to the face
@@ -160,16 +161,16 @@ def close_ledgers() -> None:
         _LEDGERS.popitem()[1].close()
 
 
-@dataclass
-class _Out:
-    image: np.ndarray = field(repr=False)
-    landmarks68: np.ndarray = field(repr=False)
-
-    @property
-    def points5(self) -> np.ndarray:
-        from dpface.models.dlib_models import arcface_points
-
-        return arcface_points(self.landmarks68)
+def _output_face(image: np.ndarray, landmarks68: np.ndarray) -> Face:
+    """An output image and the landmarks located on it, as a :class:`~dpface.face.Face`."""
+    lm = np.asarray(landmarks68, dtype=np.float64)
+    box = (
+        float(lm[:, 0].min()),
+        float(lm[:, 1].min()),
+        float(lm[:, 0].max()),
+        float(lm[:, 1].max()),
+    )
+    return Face(image, box, lm)
 
 
 # what a dpface row's output depends on besides the evaluation's own code
@@ -287,10 +288,10 @@ def _locate(img: np.ndarray, face: EvalFace) -> tuple[bool, np.ndarray]:
 @lru_cache(maxsize=64)
 def _input_features(
     face: EvalFace, attackers: tuple[str, ...]
-) -> tuple[_Out, np.ndarray, float, float, np.ndarray, dict[str, np.ndarray]]:
+) -> tuple[Face, np.ndarray, float, float, np.ndarray, dict[str, np.ndarray]]:
     """The input measured exactly like every output (the attacker's own landmarks), so an
     unchanged image scores as unchanged on every metric. Cached per process."""
-    view_in = _Out(face.image, _locate(face.image, face)[1])
+    view_in = _output_face(face.image, _locate(face.image, face)[1])
     desc_in, age_in, male_in = _faceres(view_in)
     return (
         view_in,
@@ -304,9 +305,9 @@ def _input_features(
 
 def _attacker_view(
     out: np.ndarray, face: EvalFace, cfg: RunConfig
-) -> tuple[bool, _Out, dict[str, np.ndarray], tuple[np.ndarray, float, float] | None]:
+) -> tuple[bool, Face, dict[str, np.ndarray], tuple[np.ndarray, float, float] | None]:
     found, lm_out = _locate(out, face)
-    view = _Out(out, lm_out)
+    view = _output_face(out, lm_out)
     fr = _faceres(view) if "faceres" in cfg.attackers else None
     return found, view, _embeddings(view, cfg.attackers, None if fr is None else fr[0]), fr
 

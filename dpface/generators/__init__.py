@@ -12,9 +12,8 @@ Submodules are imported on demand (``from dpface.generators.surrogate import ...
 from dpface.generators.base import (
     AttributeChannel,
     ChannelRecord,
-    FaceInput,
     GeneratedFace,
     Generator,
 )
 
-__all__ = ["AttributeChannel", "ChannelRecord", "FaceInput", "GeneratedFace", "Generator"]
+__all__ = ["AttributeChannel", "ChannelRecord", "GeneratedFace", "Generator"]

@@ -47,6 +47,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dpface.face import Face
 from dpface.generators.refine import push_away
 from dpface.generators.warp import (
     extend,
@@ -115,13 +116,12 @@ def yaw_ratio(lm68: np.ndarray) -> float:
     return float(np.dot(lm[30] - (le + re) / 2.0, axis / max(iod, 1e-9)) / max(iod, 1e-9))
 
 
-class _Face:
-    """Adapter: a rendered canonical image with known landmarks, for the encoders."""
-
-    def __init__(self, image: np.ndarray, lm68: np.ndarray) -> None:
-        self.image = image
-        self.landmarks68 = lm68
-        self.points5 = arcface_points(lm68)
+def _rendered_face(image: np.ndarray, lm68: np.ndarray) -> Face:
+    """A rendered canonical image with known landmarks, as a :class:`~dpface.face.Face` for
+    the encoders (its box is the landmarks' extent)."""
+    box = (float(lm68[:, 0].min()), float(lm68[:, 1].min()))
+    box2 = (float(lm68[:, 0].max()), float(lm68[:, 1].max()))
+    return Face(image, (*box, *box2), lm68, detector="rendered")
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,9 @@ class SurrogateBank:
     def __len__(self) -> int:
         return int(self.textures.shape[0])
 
-    def face(self, k: int) -> _Face:
+    def face(self, k: int) -> Face:
         """Canonical render ``k`` as an encoder input."""
-        return _Face(self.textures[k], self.shape68)
+        return _rendered_face(self.textures[k], self.shape68)
 
     def without(self, labels: set[str]) -> SurrogateBank:
         """The bank minus every synthetic identity that any of ``labels`` (sample labels
@@ -188,6 +188,12 @@ def face_mesh(img: np.ndarray, lm68: np.ndarray) -> np.ndarray:
     """(468, 2) FaceMesh landmarks (x, y) in photo pixels (a landmark model, not a
     recogniser), from a 192×192 crop that is rotated so the eyes are level (FaceMesh
     expects upright faces; a tilted head otherwise misplaces the mesh)."""
+    return face_mesh_3d(img, lm68)[:, :2]
+
+
+def face_mesh_3d(img: np.ndarray, lm68: np.ndarray) -> np.ndarray:
+    """(468, 3) FaceMesh landmarks (x, y in photo pixels; z, FaceMesh's relative depth,
+    in the same pixel scale), as ``face_mesh``."""
     import torch
 
     from dpface.models.tfjs_models import prepare, run
@@ -214,9 +220,10 @@ def face_mesh(img: np.ndarray, lm68: np.ndarray) -> np.ndarray:
     )
     with torch.no_grad():
         mesh = run("facemesh", prepare("facemesh", crop[None]))["mesh"].numpy()
-    pts = mesh.reshape(468, 3)[:, :2].astype(np.float64)
+    pts = mesh.reshape(468, 3).astype(np.float64)
     inv = cv2.invertAffineTransform(m)
-    return np.asarray(pts @ inv[:, :2].T + inv[:, 2])
+    xy = pts[:, :2] @ inv[:, :2].T + inv[:, 2]
+    return np.concatenate([xy, pts[:, 2:3] / scale], axis=1)
 
 
 def _canonical(
@@ -459,7 +466,9 @@ def _build_bank(verify_encoders: Sequence[str]) -> SurrogateBank:
             photos = [j for j, f in enumerate(faces) if f.identity in people]
             render: np.ndarray = np.asarray(np.clip(np.round(avg), 0, 255), dtype=np.uint8)
             internal_ok = all(
-                float(np.max(emb[n][photos] @ encoders[n].embed([_Face(render, shape68)])[0]))
+                float(
+                    np.max(emb[n][photos] @ encoders[n].embed([_rendered_face(render, shape68)])[0])
+                )
                 < encoders[n].threshold - VERIFY_MARGIN
                 for n in ("mobileface", "faceres")
             )
@@ -468,7 +477,7 @@ def _build_bank(verify_encoders: Sequence[str]) -> SurrogateBank:
                 render, _ = push_away(
                     avg, inner, {n: emb[n][photos] for n in ("mobileface", "faceres")}, thresholds
                 )
-            synth = _Face(render, shape68)
+            synth = _rendered_face(render, shape68)
             sim = {
                 name: float(np.max(emb[name][photos] @ enc.embed([synth])[0]))
                 for name, enc in encoders.items()
@@ -491,7 +500,7 @@ def _build_bank(verify_encoders: Sequence[str]) -> SurrogateBank:
     selection = {}
     for name in ("mobileface", "faceres"):
         enc = encoders[name] if name in encoders else get_encoder(name)
-        selection[name] = enc.embed([_Face(t, shape68) for t in tex]).astype(np.float32)
+        selection[name] = enc.embed([_rendered_face(t, shape68) for t in tex]).astype(np.float32)
     report: dict[str, object] = {
         "contributors": list(names),
         "left_out": why,

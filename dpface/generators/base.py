@@ -22,31 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dpface.models.dlib_models import arcface_points
-
-
-@dataclass(frozen=True)
-class FaceInput:
-    """One detected face: box (x0, y0, x1, y1) and 68 landmarks (x, y) in photo pixels.
-    ``dpface.detect.Face`` and ``dpface.models.samples.SampleFace`` convert with
-    ``FaceInput.of``."""
-
-    box: tuple[float, float, float, float]
-    landmarks68: np.ndarray = field(repr=False)
-
-    @property
-    def points5(self) -> np.ndarray:
-        """The five ArcFace alignment points."""
-        return arcface_points(self.landmarks68)
-
-    @classmethod
-    def of(cls, face: object) -> FaceInput:
-        """From any object with ``box`` and ``landmarks68`` attributes."""
-        box = tuple(float(v) for v in face.box)  # type: ignore[attr-defined]
-        lm = np.asarray(face.landmarks68, dtype=np.float64)  # type: ignore[attr-defined]
-        if lm.shape != (68, 2) or len(box) != 4:
-            raise ValueError(f"a face needs a 4-value box and (68, 2) landmarks, got {lm.shape}")
-        return cls((box[0], box[1], box[2], box[3]), lm)
+from dpface.face import Face
 
 
 @dataclass(frozen=True)
@@ -117,7 +93,7 @@ class Generator(ABC):
     def generate(
         self,
         image: np.ndarray,
-        face: FaceInput,
+        face: Face,
         identity: np.ndarray,
         attributes: AttributeChannel | None = None,
     ) -> GeneratedFace:
@@ -139,7 +115,7 @@ class Generator(ABC):
     def generate_all(
         self,
         image: np.ndarray,
-        faces: Sequence[FaceInput],
+        faces: Sequence[Face],
         identities: np.ndarray,
         attributes: Sequence[AttributeChannel | None] | None = None,
     ) -> tuple[np.ndarray, list[GeneratedFace]]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from dpface.generators.base import AttributeChannel, FaceInput, Generator
+from dpface.generators.base import AttributeChannel, Generator
 
 DEFAULT_FACES = (2, 5, 6, 10, 12, 15, 17, 19, 20, 21, 26, 27, 29, 33)
 DEFAULT_EPS = (math.inf, 6.0, 2.0, 0.5)
@@ -71,7 +71,7 @@ def contact_sheet(
             else:
                 mech = IdentityLaplace(epsilon=eps, dim=emb.shape[1], seed=seed + 1000 * j + k)
                 priv = mech(emb[k])
-            res = gen.generate(f.image, FaceInput.of(f), priv, attrs[k])
+            res = gen.generate(f.image, f, priv, attrs[k])
             tag = "no noise" if math.isinf(eps) else f"eps={eps:g}"
             sur = res.details.get("surrogates", [])
             tiles.append(

@@ -24,10 +24,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dpface.face import Face
 from dpface.generators.base import (
     AttributeChannel,
     ChannelRecord,
-    FaceInput,
     GeneratedFace,
     Generator,
     check_image,
@@ -153,7 +153,7 @@ class OnnxFaceSwapGenerator(Generator):
     def generate(
         self,
         image: np.ndarray,
-        face: FaceInput,
+        face: Face,
         identity: np.ndarray,
         attributes: AttributeChannel | None = None,
     ) -> GeneratedFace:

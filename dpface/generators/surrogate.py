@@ -42,11 +42,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from dpface.face import Face
 from dpface.generators.bank import SurrogateBank, default_bank, face_mesh
 from dpface.generators.base import (
     AttributeChannel,
     ChannelRecord,
-    FaceInput,
     GeneratedFace,
     Generator,
     check_image,
@@ -307,7 +307,7 @@ class SurrogateGenerator(Generator):
     def generate(
         self,
         image: np.ndarray,
-        face: FaceInput,
+        face: Face,
         identity: np.ndarray,
         attributes: AttributeChannel | None = None,
     ) -> GeneratedFace:

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from dpface.detect import MIN_PRESENCE, detect_array, face_presence
+from dpface.face import Face
 from dpface.models import store
-from dpface.models.dlib_models import arcface_points
 from dpface.models.images import load_rgb
 
 _KNOWN = {
@@ -42,22 +42,14 @@ _KNOWN = {
 }
 
 
-@dataclass(frozen=True)
-class SampleFace:
-    """One face in a sample photo, with its landmarks and identity label."""
+@dataclass(frozen=True, kw_only=True)
+class SampleFace(Face):
+    """A :class:`~dpface.face.Face` of a sample photo, with its identity label."""
 
     photo: str  # file name under assets/samples
     collection: str  # the photo's source; cross-photo pairs inside "face-api" are unknown
     index: int  # left-to-right position among the photo's faces
     identity: str
-    image: np.ndarray  # the whole photo, RGB uint8
-    box: tuple[float, float, float, float]
-    landmarks68: np.ndarray  # (68, 2)
-
-    @property
-    def points5(self) -> np.ndarray:
-        """The five ArcFace alignment points."""
-        return arcface_points(self.landmarks68)
 
 
 _CACHE_VERSION = 1
@@ -114,7 +106,18 @@ def sample_faces() -> tuple[SampleFace, ...]:
         for k, (box, lm) in enumerate(found):
             ident = _KNOWN.get(photo, f"{photo}#{k}")
             coll = "face-api" if photo.startswith("face-api") else photo
-            out.append(SampleFace(photo, coll, k, ident, img, box, lm))  # type: ignore[arg-type]
+            out.append(
+                SampleFace(
+                    image=img,
+                    box=(box[0], box[1], box[2], box[3]),
+                    landmarks68=lm,
+                    detector=SAMPLE_DETECTOR,
+                    photo=photo,
+                    collection=coll,
+                    index=k,
+                    identity=ident,
+                )
+            )
     if fresh != cached:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_name(cache_path.name + ".part")

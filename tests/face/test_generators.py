@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from dpface.face import Face
 from dpface.generators.bank import SurrogateBank, default_bank
-from dpface.generators.base import AttributeChannel, FaceInput, GeneratedFace
+from dpface.generators.base import AttributeChannel, GeneratedFace
 from dpface.generators.surrogate import SurrogateGenerator
 from dpface.models.samples import SampleFace, sample_faces
 
@@ -39,8 +40,8 @@ def test_same_privatised_embedding_gives_the_same_output(
     f = _face(faces, "fr-obama.jpg")
     before = f.image.copy()
     ident = _noise(1)
-    a = gen.generate(f.image, FaceInput.of(f), ident)
-    b = gen.generate(f.image.copy(), FaceInput.of(f), ident.copy())
+    a = gen.generate(f.image, f, ident)
+    b = gen.generate(f.image.copy(), f, ident.copy())
     np.testing.assert_array_equal(f.image, before)  # the input is never modified
     assert a.replaced and b.replaced
     np.testing.assert_array_equal(a.image, b.image)
@@ -54,7 +55,7 @@ def test_different_embeddings_give_different_surrogates(
     emb = bank.embedding("mobileface")
     outs: list[GeneratedFace] = []
     for k in (0, 1, len(bank) - 1):
-        res = gen.generate(f.image, FaceInput.of(f), emb[k])
+        res = gen.generate(f.image, f, emb[k])
         assert res.details["surrogates"] == [k]  # the nearest synthetic identity is itself
         outs.append(res)
     for i in range(len(outs)):
@@ -82,12 +83,10 @@ def test_identity_comes_only_from_the_privatised_embedding(
     monkeypatch.setattr(dlib_models.DlibFaceModels, "descriptor", refuse)
     monkeypatch.setattr(dlib_models.DlibFaceModels, "detect", refuse)
     ident = _noise(7)
-    a = gen.generate(
-        _face(faces, "fr-biden.jpg").image, FaceInput.of(_face(faces, "fr-biden.jpg")), ident
-    )
+    a = gen.generate(_face(faces, "fr-biden.jpg").image, _face(faces, "fr-biden.jpg"), ident)
     b = gen.generate(
         _face(faces, "skimage-astronaut.png").image,
-        FaceInput.of(_face(faces, "skimage-astronaut.png")),
+        _face(faces, "skimage-astronaut.png"),
         ident,
     )
     assert a.replaced and b.replaced
@@ -98,7 +97,7 @@ def test_channel_record_names_covered_and_uncovered(
     gen: SurrogateGenerator, faces: tuple[SampleFace, ...]
 ) -> None:
     f = _face(faces, "fr-obama.jpg")
-    rec = gen.generate(f.image, FaceInput.of(f), _noise(2)).channels.as_dict()
+    rec = gen.generate(f.image, f, _noise(2)).channels.as_dict()
     assert any("privatised" in c for c in rec["covered"])
     text = " ".join(rec["uncovered"])
     for word in ("geometry", "landmarks", "skin", "background", "hair"):
@@ -124,7 +123,7 @@ def test_multi_face_photo(gen: SurrogateGenerator, faces: tuple[SampleFace, ...]
     assert len(group) == 6
     img = group[0].image
     ids = np.stack([_noise(10 + k) for k in range(len(group))])
-    out, results = gen.generate_all(img, [FaceInput.of(f) for f in group], ids)
+    out, results = gen.generate_all(img, [f for f in group], ids)
     assert len(results) == 6 and all(r.replaced for r in results)
     changed = np.any(out != img, axis=2)
     inside_any = np.zeros(changed.shape, dtype=bool)
@@ -146,7 +145,8 @@ def test_face_at_the_image_border(gen: SurrogateGenerator, faces: tuple[SampleFa
     x_cut = int(lm[:, 0].min() + 0.3 * np.ptp(lm[:, 0]))
     y_cut = int(lm[:, 1].min() - 0.05 * np.ptp(lm[:, 1]))
     img = np.ascontiguousarray(f.image[y_cut:, x_cut:])
-    face = FaceInput(
+    face = Face(
+        img,
         (f.box[0] - x_cut, f.box[1] - y_cut, f.box[2] - x_cut, f.box[3] - y_cut),
         lm - [x_cut, y_cut],
     )
@@ -162,7 +162,7 @@ def test_tiny_face_is_left_untouched_with_a_reason(
     f = _face(faces, "fr-obama.jpg")
     s = 0.07  # the face becomes ~17 px wide
     small = cv2.resize(f.image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
-    face = FaceInput(tuple(v * s for v in f.box), f.landmarks68 * s)  # type: ignore[arg-type]
+    face = Face(small, tuple(v * s for v in f.box), f.landmarks68 * s)  # type: ignore[arg-type]
     res = gen.generate(small, face, _noise(4))
     assert res.status == "untouched" and not res.replaced
     assert res.reason is not None and "NOT de-identified" in res.reason
@@ -175,7 +175,7 @@ def test_small_but_workable_face_is_replaced(
     f = _face(faces, "fr-obama.jpg")
     s = 0.15  # ~36 px wide
     small = cv2.resize(f.image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
-    face = FaceInput(tuple(v * s for v in f.box), f.landmarks68 * s)  # type: ignore[arg-type]
+    face = Face(small, tuple(v * s for v in f.box), f.landmarks68 * s)  # type: ignore[arg-type]
     res = gen.generate(small, face, _noise(5))
     assert res.replaced and np.any(res.image != small)
 
@@ -185,11 +185,11 @@ def test_bad_inputs_are_refused(
 ) -> None:
     f = _face(faces, "fr-obama.jpg")
     with pytest.raises(ValueError, match="256"):
-        gen.generate(f.image, FaceInput.of(f), np.ones(128))
+        gen.generate(f.image, f, np.ones(128))
     with pytest.raises(ValueError, match="non-finite"):
-        gen.generate(f.image, FaceInput.of(f), np.full(256, np.inf))
+        gen.generate(f.image, f, np.full(256, np.inf))
     with pytest.raises(ValueError, match="RGB uint8"):
-        gen.generate(f.image.astype(np.float32), FaceInput.of(f), _noise(1))
+        gen.generate(f.image.astype(np.float32), f, _noise(1))
     with pytest.raises(ValueError, match="attacker"):
         SurrogateGenerator(encoder="dlib", bank=bank)
 
@@ -278,7 +278,7 @@ def test_grey_photo_stays_grey(gen: SurrogateGenerator, faces: tuple[SampleFace,
     """The surrogate's colour detail is not painted onto a black-and-white photo."""
     f = _face(faces, "fr-obama.jpg")
     grey = np.repeat(cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
-    out = gen.generate(grey, FaceInput.of(f), _noise(3))
+    out = gen.generate(grey, f, _noise(3))
     assert out.replaced and out.region is not None
     x0, y0, x1, y1 = out.region
     crop = out.image[y0:y1, x0:x1].astype(np.int16)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpface.generators.base import FaceInput
+from dpface.face import Face
 from dpface.generators.onnx_swap import OnnxFaceSwapGenerator, swap_template_matrix
 from dpface.models.samples import SampleFace, sample_faces
 
@@ -57,7 +57,7 @@ def test_adapter_swaps_the_face_only(model_path: Path, face: SampleFace) -> None
     gen = OnnxFaceSwapGenerator(model_path)
     assert gen.identity_dim == 512 and gen.crop_size == 128
     before = face.image.copy()
-    res = gen.generate(face.image, FaceInput.of(face), _unit(1))
+    res = gen.generate(face.image, face, _unit(1))
     np.testing.assert_array_equal(face.image, before)  # input never modified
     assert res.replaced and res.region is not None and res.alpha is not None
     changed = np.any(res.image != face.image, axis=2)
@@ -80,15 +80,15 @@ def test_adapter_is_a_deterministic_function_of_the_latent(
     model_path: Path, face: SampleFace
 ) -> None:
     gen = OnnxFaceSwapGenerator(model_path)
-    a = gen.generate(face.image, FaceInput.of(face), _unit(1)).image
-    b = gen.generate(face.image.copy(), FaceInput.of(face), _unit(1).copy()).image
-    c = gen.generate(face.image, FaceInput.of(face), _unit(2)).image
+    a = gen.generate(face.image, face, _unit(1)).image
+    b = gen.generate(face.image.copy(), face, _unit(1).copy()).image
+    c = gen.generate(face.image, face, _unit(2)).image
     np.testing.assert_array_equal(a, b)
     assert np.abs(a.astype(int) - c.astype(int)).sum() > 0
 
 
 def test_adapter_records_uncovered_channels(model_path: Path, face: SampleFace) -> None:
-    res = OnnxFaceSwapGenerator(model_path).generate(face.image, FaceInput.of(face), _unit(3))
+    res = OnnxFaceSwapGenerator(model_path).generate(face.image, face, _unit(3))
     rec = res.channels.as_dict()
     assert any("privatised" in c for c in rec["covered"])
     assert any("raw aligned target crop" in u for u in rec["uncovered"])
@@ -123,16 +123,16 @@ def test_adapter_latent_map_from_the_graph(tmp_path: Path, face: SampleFace) -> 
 def test_adapter_refuses_bad_inputs(model_path: Path, face: SampleFace, tmp_path: Path) -> None:
     gen = OnnxFaceSwapGenerator(model_path)
     with pytest.raises(ValueError, match="512"):
-        gen.generate(face.image, FaceInput.of(face), np.ones(256))
+        gen.generate(face.image, face, np.ones(256))
     with pytest.raises(ValueError, match="non-finite"):
-        gen.generate(face.image, FaceInput.of(face), np.full(512, np.nan))
+        gen.generate(face.image, face, np.full(512, np.nan))
     with pytest.raises(FileNotFoundError, match="never downloads"):
         OnnxFaceSwapGenerator(tmp_path / "absent.onnx")
 
 
 def test_adapter_leaves_tiny_faces_with_a_reason(model_path: Path, face: SampleFace) -> None:
     small = cv2.resize(face.image, None, fx=0.06, fy=0.06, interpolation=cv2.INTER_AREA)
-    tiny = FaceInput((0.0, 0.0, 1.0, 1.0), face.landmarks68 * 0.06)
+    tiny = Face(small, (0.0, 0.0, 1.0, 1.0), face.landmarks68 * 0.06)
     res = OnnxFaceSwapGenerator(model_path).generate(small, tiny, _unit(5))
     assert res.status == "untouched" and res.reason and "NOT de-identified" in res.reason
     np.testing.assert_array_equal(res.image, small)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpface.detect import Face, detect_array, detect_batch, detect_file
+from dpface.detect import detect_array, detect_batch, detect_file
+from dpface.face import Face
 from dpface.models import store
 from dpface.models.dlib_models import DlibFaceModels
 from dpface.models.images import ImageError, load_rgb

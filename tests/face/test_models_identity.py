@@ -3,6 +3,7 @@ attributes, and the user-supplied ArcFace ONNX path."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def _mirrored(face: SampleFace, models: DlibFaceModels) -> SampleFace:
     x0, y0, x1, y1 = face.box
     box = (w - 1 - x1, y0, w - 1 - x0, y1)
     lm = models.landmarks(img, box)
-    return SampleFace(face.photo, face.collection, face.index, face.identity, img, box, lm)
+    return dataclasses.replace(face, image=img, box=box, landmarks68=lm)
 
 
 @pytest.mark.parametrize("name", ENCODERS)

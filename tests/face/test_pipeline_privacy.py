@@ -19,11 +19,11 @@ from PIL import Image
 
 from dpface.detect import detect_array
 from dpface.errors import UsageError
+from dpface.face import Face
 from dpface.generators import surrogate
 from dpface.generators.base import (
     AttributeChannel,
     ChannelRecord,
-    FaceInput,
     GeneratedFace,
     Generator,
 )
@@ -65,7 +65,7 @@ class SpyGenerator(Generator):
     def generate(
         self,
         image: np.ndarray,
-        face: FaceInput,
+        face: Face,
         identity: np.ndarray,
         attributes: AttributeChannel | None = None,
     ) -> GeneratedFace:

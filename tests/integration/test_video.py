@@ -21,7 +21,8 @@ av = pytest.importorskip("av")
 pytest.importorskip("motpy")
 
 from dpface import Anonymizer, Ledger, SurrogateGenerator  # noqa: E402
-from dpface.detect import Face, ImageFaces, shape_from_box  # noqa: E402
+from dpface.detect import ImageFaces, shape_from_box  # noqa: E402
+from dpface.face import Face  # noqa: E402
 from dpface.tracking import one_euro, smooth_track  # noqa: E402
 from dpface.video import anonymize_video, find_tracks, is_video, mean_identity, probe  # noqa: E402
 from mechanisms import ApproxDP, DPBlur, DPPixelization, IdentityLaplace, PureDP  # noqa: E402
@@ -57,7 +58,9 @@ def _truth(clip: Clip, drop: frozenset[tuple[int, int]] = frozenset(), every: in
             if not vis or (i, k) in drop or box[2] - box[0] < 8:
                 continue
             b = tuple(float(v) for v in box)
-            faces.append(Face(rgb, b, 0.9, shape_from_box(b, "centerface"), "centerface"))
+            faces.append(
+                Face(rgb, b, shape_from_box(b, "centerface"), score=0.9, detector="centerface")
+            )
         return ImageFaces("<frame>", faces, size=rgb.shape[:2], min_face_px=20)
 
     return detect
