@@ -122,15 +122,9 @@ __all__ = [
 ]
 
 
-def _version() -> str:
-    from ._version import __version__
-
-    return __version__
-
-
 def __getattr__(name: str) -> Any:
-    if name == "__version__":
-        value: Any = _version()
+    if name == "__version__":  # the one constant (dpface/_version.py, also the metadata's)
+        value: Any = importlib.import_module("._version", __name__).__version__
     else:
         module = _LAZY.get(name)
         if module is None:
