@@ -407,3 +407,22 @@ def test_offline_transfer_verifies_every_file(
     # a second run only verifies
     again = assets.fetch(from_dir=bundle, progress=False, build=False)
     assert again.written == []
+
+
+def test_fetch_command_line(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from dpface.cli import app
+
+    runner = CliRunner()
+    got = runner.invoke(app, ["--version"])
+    assert got.exit_code == 0 and got.output.strip() == f"dpface {__version__}"
+    got = runner.invoke(app, ["fetch", "--to", str(tmp_path / "a"), "--from", str(bundle)])
+    assert got.exit_code == 2 and "not both" in got.output
+    monkeypatch.setenv("DPFACE_ASSETS", str(tmp_path / "assets"))
+    got = runner.invoke(app, ["fetch", "--from", str(tmp_path / "nowhere"), "-q", "--no-build"])
+    assert got.exit_code == 2 and "dpface fetch --to DIR" in got.output
+    got = runner.invoke(app, ["fetch", "--from", str(bundle), "-q", "--no-build"])
+    assert got.exit_code == 0, got.output
+    assert f"{len(store.manifest())} files verified in {tmp_path / 'assets'}" in got.output
+    assert "0.0 MB downloaded" in got.output
