@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import dpface
 from dpface.cli import app
 from dpface.ledger import Ledger
 from dpface.models import store
@@ -51,6 +52,7 @@ def test_dp_pix_covers_every_face_and_nothing_else(tmp_path: Path, group_photo: 
     assert len({f.subject for f in res.faces}) == 3
     r = res.receipt
     assert r["schema"] == RECEIPT_SCHEMA and r["mechanism"]["budget_per_release"] == "1-DP"
+    assert r["dpface_version"] == dpface.__version__  # the package's one version constant
     assert "CSPRNG" in r["mechanism"]["randomness"]
     assert all(face["ledger_event"] is not None for face in r["faces"])
 
@@ -83,6 +85,7 @@ def test_bad_files_give_a_per_image_error(tmp_path: Path, content: bytes) -> Non
     res = _pix(Ledger(":memory:", default_budget=PureDP(5.0))).anonymize(bad)
     assert not res.ok and res.image is None and res.error
     assert res.receipt["error"] == res.error
+    assert res.receipt["dpface_version"] == dpface.__version__
 
 
 def test_photo_without_faces_is_returned_unchanged(tmp_path: Path) -> None:

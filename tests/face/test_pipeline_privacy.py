@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import dpface
 from dpface.detect import detect_array
 from dpface.errors import UsageError
 from dpface.face import Face
@@ -374,4 +375,4 @@ def test_settings_record_the_run_provenance(spy: SpyGenerator) -> None:
     assert s["generator"] == "surrogate" and s["seeded"] is False and s["is_dp"] is True
     assert s["channels"]["covered"] and s["channels"]["uncovered"]
     assert s["model_hashes"] and all(len(h) == 64 for h in s["model_hashes"].values())
-    assert s["dpface_version"]
+    assert s["dpface_version"] == dpface.__version__

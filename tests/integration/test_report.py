@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from dpface._version import __version__
 from dpface.errors import NotALedgerError
 from dpface.ledger import BudgetExceeded, Ledger
 from dpface.report import (
@@ -123,6 +124,7 @@ def test_run_report_lists_only_that_runs_subjects(
     assert rep["scope"]["run_id"] == run_a and rep["scope"]["run"] == 1
     assert [r["run_id"] for r in rep["runs"]] == [run_a]
     assert rep["signoff"]["purpose"] == ["handbook photos"]
+    assert rep["dpface_version"] == __version__  # the dpface that wrote the report
     page = (tmp_path / "a.html").read_text()
     assert "carol" not in page and "press release" not in page
     assert (
