@@ -118,7 +118,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _kill_in_the_window(
-    proc: subprocess.Popen[bytes], ledger: str, out: Path, kill: Callable[[], None]
+    proc: subprocess.Popen[bytes],
+    ledger: str,
+    out: Path,
+    kill: Callable[[], None],
+    *,
+    wait: bool = True,
 ) -> set[int]:
     """Wait until a release is committed whose photo has no receipt yet, then ``kill``;
     the orphaned release ids at that moment (re-read after the kill)."""
@@ -132,6 +137,8 @@ def _kill_in_the_window(
             orphans = set()
         if orphans and (out / JOB_DIR / "done").is_dir():  # one photo finished, one in flight
             kill()
+            if not wait:
+                return orphans
             proc.wait(timeout=60)
             return _release_ids(ledger) - _events_in_receipts(out)
         time.sleep(0.05)
@@ -201,6 +208,48 @@ def test_killing_dask_workers_mid_job_then_resuming_charges_nothing_twice(
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert summary["skipped"] == done_before
+    assert summary["failed"] == 0 and summary["images"] == len(PHOTOS)
+    _check_same_as_reference(out, ledger, reference)
+
+
+@pytest.mark.slow  # about a minute; the required kill-and-resume tests are above and below
+def test_a_dask_worker_killed_mid_photo_is_rerun_by_dask_without_a_second_charge(
+    postgres_server: str, tmp_path: Path, reference: dict[str, Any]
+) -> None:
+    """Only the workers die (the driver lives): Dask reruns their tasks on the restarted
+    workers within the same run, and the rerun gets back the values already paid for."""
+    from dask.distributed import Client, LocalCluster
+
+    from tests.ledger_backends import new_schema
+
+    photos = _photos(tmp_path)
+    ledger = new_schema(postgres_server)
+    out = tmp_path / "out"
+    log = tmp_path / "summary.json"
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+        open(log, "wb") as sink,
+    ):
+        pids = list(client.run(os.getpid).values())
+        proc = subprocess.Popen(
+            [_dpface(), "anonymize", str(photos), "-o", str(out), *SETTINGS, "--ledger", ledger,
+             "--engine", "dask", "--address", cluster.scheduler_address, "--json"],
+            stdout=sink,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+        def kill() -> None:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+
+        orphans = _kill_in_the_window(proc, ledger, out, kill, wait=False)
+        assert orphans, "the kill came after every charged photo was written"
+        assert proc.wait(timeout=600) == 0
+    summary = json.loads(log.read_text())
+    # a photo written (and recorded) just before its worker died is skipped by the rerun
     assert summary["failed"] == 0 and summary["images"] == len(PHOTOS)
     _check_same_as_reference(out, ledger, reference)
 
