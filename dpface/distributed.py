@@ -20,7 +20,9 @@ refused exactly where a local run refuses it; independent photos run in parallel
 Engines: ``"dask"`` (``dask.distributed``: a ``LocalCluster`` of ``workers`` single-threaded
 processes, or the scheduler at ``address``; ``pip install 'dpface[distributed]'``) and ``"ray"``
 (``ray.init``: a local instance with ``workers`` CPUs, or the cluster at ``address``;
-``pip install ray``). The workers must see the input and output paths (a shared file system).
+``pip install ray``). The workers must see the input and output paths (a shared file system;
+URLs, tar shards and Parquet tables are staged under ``$DPFACE_STAGING`` by
+:mod:`dpface.sources`, which must then be shared too).
 
 Why Dask is the default (measured with ``scripts/bench_ledger.py --engines`` on this project's
 2-core machine, ``docs/results/ledger.md``): for photos that take about a second each the two
