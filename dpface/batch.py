@@ -1729,11 +1729,16 @@ def _run(
         {**counts, "inputs": total, "problems": len(problems), "seconds": round(elapsed, 3)}
     )
     report_path: Path | None = None
-    if report and str(ledger.path) != ":memory:":
+    # a resumed job whose inputs were all written before keeps the report of the run that
+    # wrote them (this run released nothing)
+    all_skipped = total > 0 and counts["skipped"] == total
+    if report and str(ledger.path) != ":memory:" and not all_skipped:
         try:
             report_path = _write_report(ledger, out)
         except OSError as err:
             problems.append(Problem(str(out / REPORT_HTML), f"report not written: {err}"))
+    elif all_skipped and (out / REPORT_HTML).is_file():
+        report_path = out / REPORT_HTML  # the job's earlier report, left as it was
     return BatchSummary(
         inputs=total,
         counts=dict(counts),

@@ -299,9 +299,11 @@ def test_resume_with_other_settings_is_refused_and_a_plain_rerun_is_a_new_job(
     other = CliRunner().invoke(app, [*base, "--epsilon", "3", "--resume"])
     assert other.exit_code == 2 and "other settings" in other.output
     assert _ledger_totals(ledger)[:2] == before[:2]
+    report = (out / "report.json").read_bytes()
     again = CliRunner().invoke(app, [*base, "--epsilon", "2", "--resume", "--json"])
     assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] == 1
     assert _ledger_totals(ledger)[:2] == before[:2]  # skipped: nothing charged
+    assert (out / "report.json").read_bytes() == report  # the report of the run that wrote it
     new = CliRunner().invoke(app, [*base, "--epsilon", "2", "--json"])
     assert new.exit_code == 0 and json.loads(new.stdout).get("skipped", 0) == 0
     assert _ledger_totals(ledger)[0] == 2 * before[0]  # a new job is a new release
