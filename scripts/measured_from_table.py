@@ -30,11 +30,13 @@ ATTACKERS: tuple[tuple[str, str, str, bool], ...] = (
     ("dlib", "dlib", "dlib", False),
     ("FaceRes", "faceres", "FaceRes", False),
     ("MobileFace (white-box)", "mobileface", "MobileFace", True),
+    ("FaceRes-deep", "faceres-deep", "FaceRes-deep", False),
 )
 AVERAGING_ATTACKERS: tuple[tuple[str, str], ...] = (
     ("dlib", "dlib"),
     ("FaceRes", "faceres"),
     ("MobileFace", "mobileface"),
+    ("FaceRes-deep", "faceres-deep"),
 )
 
 
@@ -122,12 +124,15 @@ def extract(text: str) -> dict[str, Any]:
         raise ValueError(f"unexpected faces line {bullets['faces']!r}")
     command = re.match(r"`([^`]+)`", bullets["command"])
     tables = _tables(text)
+    main = tables["Table 5.1 layout"]
+    # the attackers the table measured (older tables have no FaceRes-deep columns)
+    present = [a for a in ATTACKERS if main and f"PSR {a[0]}" in main[0]]
     rows = []
     for row in tables["Table 5.1 layout"]:
         method = row["Method"]
         mechanism, params = _mechanism(method)
         attackers = {}
-        for label, key, _, _ in ATTACKERS:
+        for label, key, _, _ in present:
             attackers[key] = _mean_ci(row[f"PSR {label}"])
         rows.append(
             {
@@ -181,7 +186,7 @@ def extract(text: str) -> dict[str, Any]:
             "(Student t over faces). Re-identification rate = 1 - PSR."
         ),
         "attackers": [
-            {"key": key, "name": name, "white_box": white} for _, key, name, white in ATTACKERS
+            {"key": key, "name": name, "white_box": white} for _, key, name, white in present
         ],
         "rows": rows,
         "averaging": {

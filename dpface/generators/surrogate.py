@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from dpface.face import Face
-from dpface.generators.bank import SurrogateBank, default_bank, face_mesh
+from dpface.generators.bank import SurrogateBank, default_bank, face_mesh_3d
 from dpface.generators.base import (
     AttributeChannel,
     ChannelRecord,
@@ -51,6 +51,7 @@ from dpface.generators.base import (
     Generator,
     check_image,
 )
+from dpface.generators.shape import PoseExpression, ShapeModel, interpolate_offsets
 from dpface.generators.warp import (
     BROWS,
     INNER_LIPS,
@@ -66,8 +67,6 @@ from dpface.generators.warp import (
     masked_blur,
     polygon_mask,
     rgb_to_lab,
-    ring,
-    triangulate,
     up_vector,
     warp_piecewise,
 )
@@ -76,35 +75,40 @@ RATIO_OFFSET = 8.0  # L* units added before the lightness ratio (keeps dark pixe
 GREY_CHROMA = 8.0  # median skin chroma (Lab a*b* radius) below which a photo counts as
 # (partly) grey: the surrogate's colour detail is scaled down in proportion
 HAIR_RATIO = 0.8  # outside the features, texture darker than this share of its skin is hair
+MAX_LIGHT_GRADIENT = 30.0  # L* per face width: steeper fitted gradients are clipped
+RATIO_RANGE = (0.45, 1.3)  # the surrogate's shading relative to its mean skin lightness
 MIN_FACE_WIDTH = 24.0  # px; below this the 68 landmarks are too unreliable to warp onto
-EXPRESSIVE_PARTS = (np.arange(17, 22), np.arange(22, 27), LEFT_EYE, RIGHT_EYE, np.arange(48, 68))
 
 
 @dataclass(frozen=True)
 class SurrogateSettings:
     """Tunable constants (fractions of the face width unless said otherwise)."""
 
-    light_sigma: float = 0.3  # low band from the input (lighting, skin colour)
-    fine_sigma: float = 0.0  # finest band from the input (grain); 0 disables
     feather_sigma: float = 0.035  # soft edge of the replaced region
     mask_lift: float = 0.3  # top of the replaced region above the brows (share of the
     # nose-root-to-chin height)
     texture_edge: float = 0.015  # soft edge where the surrogate texture (FaceMesh) ends
     jaw_inset: float = 0.03  # the mask stays this far inside the jaw line (towards the nose)
-    keep_eyes: bool = False  # keep the input's eye interiors (else only their colour)
-    keep_mouth: bool = True  # keep the input's mouth interior
-    keep_lips: bool = True  # keep the input's lips (expression) too
+    fine_sigma: float = 0.0  # finest band from the input (grain); 0 disables
+    keep_eyes: bool = False  # keep the input's eye interiors (iris, sclera, gaze), moved to
+    # the surrogate's eye shape; else the surrogate's eyes with desaturated colour
+    eye_chroma: float = 0.3  # share of the surrogate's colour kept inside the eyes
+    keep_mouth: bool = True  # keep the input's mouth interior (teeth), moved to the target
+    keep_lips: bool = False  # keep the input's lip pixels (moved to the target lips)
     poisson: bool = False  # gradient-domain (Poisson) blend of the replaced region
-    chroma_detail: float = 0.6  # share of the surrogate's colour detail (a*, b* above the
-    # low band) added to the input's low-band skin colour
-    exaggerate: float = 0.5  # caricature of the surrogate texture away from the bank mean
+    chroma_detail: float = 0.6  # share of the surrogate's colour detail (a*, b* around its
+    # own mean skin colour) added to the photo's skin-tone class
+    exaggerate: float = 1.0  # caricature of the surrogate texture away from the bank mean
+    exaggerate_colour: float = 0.5  # at most this much caricature of the colour (a* b*-like)
     exaggerate_sigma: float = 0.0  # canonical px; >0: caricature only above this scale
-    geometry: float = 2.0  # how much of the surrogate's own face geometry (its landmark offsets
-    # from the mean shape, inner features only) is added to the input's landmarks
-    shrink: float = 0.7  # how much of the input's own inner-feature offset from the mean
-    # shape is removed (reduces what the raw geometry reveals; also damps expression)
-    jaw: float = 0.0  # share of the geometry change applied to the jaw line (face
-    # outline; the surroundings follow smoothly, anchored on a ring around the face)
+    geometry: float = 1.5  # the surrogate's own shape offset from the mean shape, × this
+    expression: float = 1.0  # share of the photo's expression parameters applied
+    tone_step: tuple[float, float, float] = (4.0, 3.0, 3.0)  # skin-tone class: mean skin
+    # L*, a*, b* of the photo quantised in these steps
+    light_step: float = 4.0  # lighting direction: the photo's lightness gradient across
+    # the face (L* per face width, horizontal and vertical) quantised in this step
+    seam_band: float = 0.12  # near the region's edge the photo's own low-frequency colour
+    # is restored over this band (no seam against the untouched skin around)
     mix: int = 1  # how many nearest synthetic identities are mixed
     temperature: float = 0.02  # softmax temperature on cosine similarity when mixing
 
@@ -181,10 +185,9 @@ class SurrogateGenerator(Generator):
         self._emb = self.bank.embedding(encoder).astype(np.float64)
         self.identity_dim = int(self._emb.shape[1])
         self.settings = settings or SurrogateSettings()
-        self._canon_pts = extend(self.bank.shape68)
         self._mean_texture = self.bank.textures.astype(np.float32).mean(axis=0)
         self._usable = usable_texture(self.bank.textures, self.bank.shape68)
-        self._outer_tri = triangulate(np.concatenate([self._canon_pts, ring(self.bank.shape68)]))
+        self._shape = canonical_shape_model(self.bank)
 
     def excluding(self, labels: set[str]) -> SurrogateGenerator:
         """This generator with the synthetic identities that ``labels`` contributed to
@@ -232,28 +235,35 @@ class SurrogateGenerator(Generator):
             sig = self.settings.exaggerate_sigma
             if sig > 0:  # feature edges only, not broad shading (which looks like dirt)
                 diff = diff - cv2.GaussianBlur(diff, (0, 0), sig)
-            out = out + np.float32(k) * diff
+            # lightness is caricatured fully, colour less (amplified colour reads as blotches)
+            grey = diff.mean(axis=2, keepdims=True)
+            kc = np.float32(min(k, self.settings.exaggerate_colour))
+            out = out + np.float32(k) * grey + kc * (diff - grey)
         return np.asarray(out, dtype=np.float32)
 
-    def target_landmarks(self, lm: np.ndarray, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """The face geometry to render: the input's landmarks plus ``geometry`` × the
-        surrogate's own offset from the mean shape, minus ``shrink`` × the input's offset
-        (both mapped into the face's pose by the least-squares similarity that fits the mean
-        shape to the input). Jaw points move by ``jaw`` × the same amounts."""
-        s = self.settings
-        if s.geometry == 0.0 and s.shrink == 0.0:
-            return lm
-        a = fit_similarity(self.bank.shape68, lm)
-        offset = np.tensordot(weights, self.bank.shapes[idx], axes=1) - self.bank.shape68
-        moved = offset @ a[:, :2].T
-        mean_here = self.bank.shape68 @ a[:, :2].T + a[:, 2]
-        delta = s.geometry * moved - s.shrink * (lm - mean_here)
-        delta[JAW] *= s.jaw
-        # expressive parts move as a whole (their placement is identity, their shape is
-        # expression): each brow, each eye and the mouth get their mean displacement
-        for part in EXPRESSIVE_PARTS:
-            delta[part] = delta[part].mean(axis=0)
-        return np.asarray(lm + delta)
+    def identity_offset(self, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(468, 2) canonical-frame shape offset of the chosen surrogate: its own 68-point
+        shape's offset from the mean shape (× ``geometry``), spread over the mesh."""
+        off68 = np.tensordot(weights, self.bank.shapes[idx], axes=1) - self.bank.shape68
+        sigma = 0.05 * float(np.ptp(self.bank.shape68[:, 0]))
+        return self.settings.geometry * interpolate_offsets(
+            self.bank.shape68, off68, self.bank.mesh, sigma
+        )
+
+    def target_mesh(
+        self, mesh3d: np.ndarray, idx: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, PoseExpression]:
+        """The face to render ((468, 2) photo pixels): the surrogate's shape with the
+        photo's pose and expression only (``dpface.generators.shape``), and that channel."""
+        pe = self._shape.decompose(mesh3d)
+        if self.settings.expression != 1.0:
+            pe = PoseExpression(
+                pe.scale,
+                pe.rotation,
+                pe.translation,
+                {k: v * self.settings.expression for k, v in pe.expression.items()},
+            )
+        return self._shape.compose(self.identity_offset(idx, weights), pe), pe
 
     # ------------------------------------------------------------------ record
 
@@ -263,31 +273,38 @@ class SurrogateGenerator(Generator):
         covered = [
             "choice and mix of the synthetic surrogate identity (from the privatised"
             f" {self.encoder} embedding only)",
-            "inner-face identity detail (the surrogate's lightness and colour detail"
-            " above the low band)",
-            "the surrogate's shape offset added to the landmarks",
+            "face shape inside the head outline: eyes, brows, nose, mouth and cheek shapes"
+            " and placement (the surrogate's shape, posed and animated by the uncovered"
+            " pose and expression parameters)",
+            "inner-face appearance: the surrogate's lightness and colour (shading, skin"
+            " detail, eyes, brows, lips)",
         ]
         uncovered = [
-            "face geometry: the input's 68 landmarks (face shape, pose, expression),"
-            f" of which {1 - s.shrink:.0%} of the inner features' offset from the"
-            " mean shape is kept",
-            "lighting and skin colour: low frequencies of the input face",
-            "hair, ears, face outline, neck, background, clothing (outside the mask)",
+            "head pose: a 3-D similarity (scale, rotation, position; 7 numbers) fitted to"
+            " the input's FaceMesh",
+            "expression: per lip, eye and brow a few clipped shape parameters (mouth"
+            " opening, width and curve; eye opening; brow raise, tilt and curve) from the"
+            " input's FaceMesh",
+            "lighting direction and skin-tone class: the input's mean skin colour"
+            f" (L*, a*, b* in steps of {s.tone_step[0]:g}/{s.tone_step[1]:g}/"
+            f"{s.tone_step[2]:g}) and its lightness gradient across the face (steps of"
+            f" {s.light_step:g} L*)",
+            "the input's own low-frequency colour in a band along the edge of the replaced"
+            " region (blends it into the untouched skin)",
+            "hair, ears, face outline (jaw and cheek line), neck, background, clothing"
+            " (outside the mask)",
             "the input's own pixels inside the mask where the surrogate texture ends"
             " (upper forehead) or would show hair",
+            "face size and position (the detected landmarks place the mask)",
         ]
         if s.fine_sigma > 0:
             uncovered.append("fine skin texture and image grain (finest band of the input)")
         if s.keep_eyes:
             uncovered.append("eye interiors: iris, sclera, gaze, eye state")
-        else:
-            uncovered.append("eye interiors' colour (iris, sclera; the shading is the surrogate's)")
         if s.keep_mouth:
-            uncovered.append("mouth interior: teeth, tongue")
+            uncovered.append("mouth interior: teeth, tongue (moved to the surrogate's lips)")
         if s.keep_lips:
-            uncovered.append(
-                "lips: the input's lip pixels (expression), placed at the target geometry"
-            )
+            uncovered.append("lips: the input's lip pixels, moved to the surrogate's lip shape")
         if attributes is not None:
             names = ", ".join(sorted(attributes.values))
             (covered if attributes.privatised else uncovered).append(
@@ -329,10 +346,13 @@ class SurrogateGenerator(Generator):
                     "(e.g. DP-Pix)"
                 ),
             )
-        target = self.target_landmarks(lm, idx, w)
-        anchors = ring(lm)
-        pts = np.concatenate([extend(lm), extend(target), anchors])
-        pad = 2.0
+        mesh3d = face_mesh_3d(img, lm)
+        mesh_in = mesh3d[:, :2]
+        mesh_t, pe = self.target_mesh(mesh3d, idx, w)
+        target = lm + interpolate_offsets(mesh_in, mesh_t - mesh_in, lm, 0.03 * fw)
+        target[JAW] = lm[JAW]  # the outline (and the mask's lower edge) stays the photo's
+        pts = np.concatenate([extend(lm), extend(target), mesh_in, mesh_t])
+        pad = 2.0 + 0.05 * fw
         x0 = int(max(0, np.floor(pts[:, 0].min() - pad)))
         y0 = int(max(0, np.floor(pts[:, 1].min() - pad)))
         x1 = int(min(w_img, np.ceil(pts[:, 0].max() + pad)))
@@ -348,7 +368,9 @@ class SurrogateGenerator(Generator):
         off = np.array([x0, y0], dtype=np.float64)
         usable = np.tensordot(w.astype(np.float32), self._usable[idx], axes=1)
         texture = np.dstack([self.surrogate_texture(idx, w), usable])
-        out_crop, alpha = self._replace(crop, lm - off, target - off, anchors - off, fw, texture)
+        out_crop, alpha = self._replace(
+            crop, lm - off, target - off, mesh_in - off, mesh_t - off, fw, texture
+        )
         out = img.copy()
         out[y0:y1, x0:x1] = out_crop
         return GeneratedFace(
@@ -362,6 +384,8 @@ class SurrogateGenerator(Generator):
                 "weights": w.tolist(),
                 "similarities": sims.tolist(),
                 "target_landmarks": target,
+                "target_mesh": mesh_t,
+                "pose_expression": pe.as_vector().tolist(),
             },
         )
 
@@ -412,12 +436,43 @@ class SurrogateGenerator(Generator):
             )
         return region, skin, keep
 
+    def tone_and_light(
+        self, lab: np.ndarray, skin: np.ndarray, lm: np.ndarray, fw: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The photo's skin-tone class and lighting direction: (mean skin L*, a*, b*
+        quantised by ``tone_step``; L* gradient per face width along x and y quantised by
+        ``light_step``). Nothing else of the photo's shading is read."""
+        s = self.settings
+        sel = skin > 0.5
+        if int(sel.sum()) < 12:
+            sel = skin > 0.0
+        ys, xs = np.nonzero(sel)
+        px = lab[ys, xs].astype(np.float64)
+        u = (xs - lm[30, 0]) / fw
+        v = (ys - lm[30, 1]) / fw
+        a = np.stack([np.ones_like(u), u - u.mean(), v - v.mean()], axis=1)
+        ok = np.ones(len(u), dtype=bool)
+        coef = np.zeros(3)
+        for _ in range(2):  # robust: hair, shadows and highlights over the skin do not count
+            coef = np.linalg.lstsq(a[ok], px[ok, 0], rcond=None)[0]
+            res = px[:, 0] - a @ coef
+            spread = max(float(np.std(res[ok])), 1.0)
+            ok = np.abs(res) <= 2.0 * spread
+            if int(ok.sum()) < 12:
+                ok = np.ones(len(u), dtype=bool)
+        step = np.asarray(s.tone_step, dtype=np.float64)
+        tone = np.round(np.array([coef[0], *px[ok, 1:].mean(axis=0)]) / step) * step
+        grad = np.clip(coef[1:], -MAX_LIGHT_GRADIENT, MAX_LIGHT_GRADIENT)
+        grad = np.round(grad / s.light_step) * s.light_step
+        return tone, grad
+
     def _replace(
         self,
         crop: np.ndarray,
         lm_in: np.ndarray,
         lm: np.ndarray,
-        anchors: np.ndarray,
+        mesh_in: np.ndarray,
+        mesh_t: np.ndarray,
         fw: float,
         texture: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -425,73 +480,78 @@ class SurrogateGenerator(Generator):
         shape = (crop.shape[0], crop.shape[1])
         pts_in = extend(lm_in)
         pts = np.concatenate([lm, pts_in[68:]])  # the forehead band stays where it was
-        if not np.array_equal(lm, lm_in):
-            # move the input's features (and, smoothly, its surroundings) to the target
-            # geometry; the anchor ring and everything outside it stay put
-            moved, inside_in = warp_piecewise(
-                crop,
-                np.concatenate([pts_in, anchors]),
-                np.concatenate([pts, anchors]),
-                self._outer_tri,
-                shape,
-            )
-            crop = np.where(inside_in[..., None], np.clip(np.round(moved), 0, 255), crop).astype(
-                np.uint8
-            )
-        mesh = face_mesh(crop, lm)
-        warped4, inside = warp_piecewise(texture, self.bank.mesh, mesh, self.bank.tri, shape)
+        warped4, inside = warp_piecewise(texture, self.bank.mesh, mesh_t, self.bank.tri, shape)
         warped, usable = warped4[..., :3], warped4[..., 3] * inside
         region, skin, keep = self._masks(shape, lm, pts, fw)
-        region = np.maximum(region, self._masks(shape, lm_in, pts_in, fw)[0])
+        region_in, skin_in, _ = self._masks(shape, lm_in, pts_in, fw)
+        region = np.maximum(region, region_in)
         skin *= inside.astype(np.float32)
-        # where the surrogate texture ends (FaceMesh stops a little above the brows) the
-        # input's own pixels continue, with a narrow soft edge; the blend region itself
-        # reaches higher, so its feathered edge never crosses the brows
         valid = feather(inside.astype(np.float32), max(0.6, s.texture_edge * fw))
         valid *= np.asarray(
             cv2.GaussianBlur(usable, (0, 0), max(0.6, s.texture_edge * fw)), dtype=np.float32
         )
         lab_in = rgb_to_lab(crop)
         lab_sur = rgb_to_lab(warped)
-        sig = max(1.0, s.light_sigma * fw)
-        low_in = masked_blur(lab_in, skin, sig)
-        low_sur = masked_blur(lab_sur, skin, sig)
-        lab = np.empty_like(lab_in)
-        # lightness: the surrogate's relative to its own local skin level, times the input's
-        # (reflectance-like: dark skin gets proportionally darker features, no bright halos)
-        c = np.float32(RATIO_OFFSET)
-        lab[..., 0] = low_in[..., 0] * (lab_sur[..., 0] + c) / (low_sur[..., 0] + c)
-        # colour: the input's skin colour at low frequency, plus a share of the surrogate's
-        # colour detail (lip and cheek tint); the input's full-resolution chroma would carry
-        # its own features (make-up edges, highlights) into the new face as ghosts. A grey
-        # photo (skin chroma near 0) gets no colour detail.
+        tone, grad = self.tone_and_light(lab_in, skin_in, lm_in, fw)
         sel = skin > 0.5
-        colourful = (
-            float(np.median(np.hypot(lab_in[..., 1][sel], lab_in[..., 2][sel])))
-            if sel.any()
-            else 0.0
-        )
+        if not sel.any():
+            sel = inside
+        sur_mean = lab_sur[sel].mean(axis=0) if sel.any() else np.zeros(3, np.float32)
+        # lighting: the surrogate's own shading relative to its mean skin lightness, times
+        # the photo's skin-tone lightness with the photo's lighting direction (a gradient)
+        ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+        u = (xs - np.float32(lm_in[30, 0])) / np.float32(fw)
+        v = (ys - np.float32(lm_in[30, 1])) / np.float32(fw)
+        plane = np.float32(tone[0]) + np.float32(grad[0]) * u + np.float32(grad[1]) * v
+        c = np.float32(RATIO_OFFSET)
+        lab = np.empty_like(lab_in)
+        ratio = (lab_sur[..., 0] + c) / (np.float32(sur_mean[0]) + c)
+        lab[..., 0] = plane * np.clip(ratio, np.float32(RATIO_RANGE[0]), np.float32(RATIO_RANGE[1]))
+        colourful = float(np.hypot(tone[1], tone[2]))
         cw = np.float32(s.chroma_detail * float(np.clip(colourful / GREY_CHROMA, 0.0, 1.0)))
-        lab[..., 1:] = low_in[..., 1:] + cw * (lab_sur[..., 1:] - low_sur[..., 1:])
-        if not s.keep_eyes:
-            # the eye interiors take their colour (sclera, iris) from the input: skin-toned
-            # or averaged surrogate colour there reads as red or bloodshot eyes
-            eyes = np.zeros(shape, dtype=np.float32)
-            for part in (LEFT_EYE, RIGHT_EYE):
-                eyes = np.maximum(eyes, polygon_mask(shape, lm[part]))
-            soft = np.asarray(
-                cv2.GaussianBlur(eyes, (0, 0), max(0.6, 0.006 * fw)), dtype=np.float32
-            )[..., None]
-            lab[..., 1:] = lab[..., 1:] * (1.0 - soft) + lab_in[..., 1:] * soft
+        lab[..., 1:] = tone[1:].astype(np.float32) + cw * (lab_sur[..., 1:] - sur_mean[1:])
+        eyes = np.zeros(shape, dtype=np.float32)
+        for part in (LEFT_EYE, RIGHT_EYE):
+            eyes = np.maximum(eyes, polygon_mask(shape, lm[part]))
+        soft = np.asarray(cv2.GaussianBlur(eyes, (0, 0), max(0.6, 0.01 * fw)), dtype=np.float32)[
+            ..., None
+        ]
+        # eye interiors: the surrogate's shading, desaturated (averaged or skin-toned
+        # colour there reads as red or bloodshot eyes)
+        lab[..., 1:] = lab[..., 1:] * (1.0 - soft * (1.0 - np.float32(s.eye_chroma)))
         if s.fine_sigma > 0:
             fs = max(0.5, s.fine_sigma * fw)
             lab = cv2.GaussianBlur(lab, (0, 0), fs) + lab_in - cv2.GaussianBlur(lab_in, (0, 0), fs)
         lab = valid[..., None] * lab + (1.0 - valid[..., None]) * lab_in
+        # no seam: along the region's edge the photo's own low-frequency colour comes back
+        band = max(1.0, s.seam_band * fw)
+        hard = (region > 0.5).astype(np.uint8)
+        dist = cv2.distanceTransform(hard, cv2.DIST_L2, 3)
+        edge_w = np.clip(1.0 - dist / band, 0.0, 1.0).astype(np.float32)
+        ring_w = skin_in * (edge_w > 0).astype(np.float32)
+        if ring_w.sum() > 0:
+            diff = masked_blur(lab_in - lab, ring_w, max(1.0, 0.5 * band))
+            lab = lab + (edge_w**2)[..., None] * diff
         rgb = lab_to_rgb(lab)
         src = crop.astype(np.float32)
-        rgb = rgb * (1.0 - keep[..., None]) + src * keep[..., None]
+        if keep.any():
+            moved, inside_in = warp_piecewise(crop, mesh_in, mesh_t, self.bank.tri, shape)
+            kept = np.where(inside_in[..., None], moved, src)
+            rgb = rgb * (1.0 - keep[..., None]) + kept * keep[..., None]
         if s.poisson:
             rgb = poisson_blend(rgb, crop, region)
         alpha = feather(region, max(0.8, s.feather_sigma * fw))
         out = src * (1.0 - alpha[..., None]) + rgb * alpha[..., None]
         return np.clip(np.round(out), 0, 255).astype(np.uint8), alpha
+
+
+def canonical_shape_model(bank: SurrogateBank) -> ShapeModel:
+    """The bank's canonical mean mesh with FaceMesh depth (FaceMesh run once on the bank's
+    mean texture, aligned onto the stored mean mesh) and its part membership."""
+    mean = np.clip(np.round(bank.textures.astype(np.float32).mean(axis=0)), 0, 255)
+    found = face_mesh_3d(mean.astype(np.uint8), bank.shape68)
+    a = fit_similarity(found[:, :2], bank.mesh)
+    scale = float(np.hypot(a[0, 0], a[1, 0]))
+    z = found[:, 2:3] * scale
+    mesh3d = np.concatenate([np.asarray(bank.mesh, dtype=np.float64), z - z.mean()], axis=1)
+    return ShapeModel(mesh3d, bank.shape68, int(bank.textures.shape[1]))
