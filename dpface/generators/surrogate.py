@@ -5,33 +5,33 @@ identities of the surrogate bank (``dpface.generators.bank``) nearest to it in t
 space (cosine; optionally restricted by an attribute channel ``{"male": p}``), mixes the top
 ``mix`` of them with softmax weights, and renders that identity into the photo:
 
-1. geometry: the input's 68 landmarks get the surrogate's own shape offset from the mean
-   shape (× ``geometry``) and lose part of their own (× ``shrink``); brows, eyes and mouth
-   move as wholes (placement changes, expression shape stays), the jaw line by ``jaw`` × the
-   offset (0 by default: moving the outline drags hair and background and costs SSIM). The
-   photo is warped accordingly inside a ring anchored around the face;
-2. dense placement: the surrogate's canonical texture (caricatured away from the bank's mean
-   face by ``exaggerate``) is warped through the 468 FaceMesh points of the re-shaped face;
-3. lighting and colour, in Lab, with low bands taken below ``light_sigma`` × face width
-   over skin only (eyes, brows, mouth and background do not bleed in):
-   lightness = the input's low band × the surrogate's lightness relative to its own low
-   band (a ratio, so dark skin gets proportionally dark features and no halos); colour =
-   the input's low-band skin colour + ``chroma_detail`` × the surrogate's colour detail
-   (none on grey photos). The input's full-resolution colour is *not* kept: it would carry
-   its make-up edges and highlights into the new face as ghosts. An optional finest band
-   (``fine_sigma``) restores the input's grain but hands identity back to the attacker, so
-   it is off by default;
-4. the input's lips and mouth interior (expression, teeth) are kept, and the colour of its
-   eye interiors (iris, sclera); the eyes' shading is the surrogate's (``keep_eyes=True``
-   keeps the whole eye interior: gaze, but measurably less protection);
-5. a feathered mask from the jaw to ``mask_lift`` above the brows blends the result in
-   (optionally a Poisson blend); where FaceMesh ends, a little above the brows, the input's
-   own pixels continue under the mask, so its soft edge never crosses the brows.
+1. shape (``dpface.generators.shape``): the photo's FaceMesh (468 points with depth) is
+   decomposed into a 3-D head pose and a few clipped expression parameters per lip, eye and
+   brow; the photo's own face shape is discarded. The face drawn is the bank's canonical
+   mean mesh moved by the surrogate's own landmark offsets (× ``geometry``), animated by the
+   expression parameters and posed by the pose;
+2. texture: the surrogate's canonical texture (caricatured away from the bank's mean face by
+   ``exaggerate``: lightness fully, colour up to ``exaggerate_colour``) is warped onto that
+   mesh;
+3. light and colour, in Lab: lightness = the surrogate's shading relative to its own mean
+   skin lightness × a plane (the photo's skin-tone lightness and lighting direction: its
+   robustly fitted lightness gradient across the face, quantised); colour = the photo's
+   quantised mean skin colour + ``chroma_detail`` × the surrogate's colour around its mean
+   (none on grey photos); eye interiors keep ``eye_chroma`` of it. Nothing else of the photo's
+   shading or colour is read, except in a band along the region's edge (``seam_band``),
+   where the photo's own low-frequency colour comes back so that no seam shows;
+4. the photo's mouth interior (teeth; ``keep_mouth``) is moved onto the surrogate's lips;
+   optionally its eye interiors (``keep_eyes``) and lips (``keep_lips``), off by default;
+5. a feathered mask from the jaw (inside the photo's outline) to ``mask_lift`` above the
+   brows blends the result in (optionally a Poisson blend); where FaceMesh ends, a little
+   above the brows, the photo's own pixels continue under the mask.
 
 Nothing is random and nothing depends on the raw identity: the same privatised embedding
 and the same photo give the same output. FaceMesh (a landmark model) runs on the photo; no
 identity model does, and dlib (the evaluation attacker) never runs here. The raw channels it
-keeps are listed in every result's ``ChannelRecord``.
+keeps (pose, expression, skin-tone class and lighting direction, the region's edge, the
+mouth interior, everything outside the mask) are listed in every result's
+``ChannelRecord``.
 """
 
 from __future__ import annotations
