@@ -107,6 +107,8 @@ _EXTRA_OF_MODULE = {
     "psycopg": "postgres",
     "dask": "distributed",
     "distributed": "distributed",
+    "fsspec": "distributed",
+    "pyarrow": "distributed",
     "opacus": "accounting",
     "diffprivlib": "diffprivlib",
     "sklearn": "diffprivlib",
