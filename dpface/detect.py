@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -207,7 +207,8 @@ def blazeface_raw(
         wts = np.array([dets[j][1] for j in group])
         box = np.einsum("g,gk->k", wts, np.stack([dets[j][0] for j in group])) / wts.sum()
         kps = np.einsum("g,gij->ij", wts, np.stack([dets[j][2] for j in group])) / wts.sum()
-        merged.append((tuple(float(v) for v in box), si, kps))  # type: ignore[arg-type]
+        x0, y0, x1, y1 = (float(v) for v in box)
+        merged.append(((x0, y0, x1, y1), si, kps))
     return merged
 
 
@@ -541,12 +542,18 @@ def _cf_raw(frame: np.ndarray, scale: float) -> list[_Raw]:
     return [_Raw(d.boxes[i], float(d.scores[i]), "centerface", d.points[i]) for i in range(len(d))]
 
 
+def _photo_box(r: _Raw) -> np.ndarray:
+    if r.photo_box is None:
+        raise AssertionError("a detection is merged before its photo box is known")
+    return r.photo_box
+
+
 def _merge(raws: list[_Raw]) -> list[_Raw]:
     """NMS over all detectors and frames (photo coordinates); a HOG or BlazeFace box that
     overlaps a CenterFace box is a second look at the same face and is dropped."""
     if not raws:
         return []
-    boxes = np.stack([r.photo_box for r in raws])  # type: ignore[misc]
+    boxes = np.stack([_photo_box(r) for r in raws])
     prio = np.array([r.score + (10.0 if r.detector == "centerface" else 0.0) for r in raws])
     keep = cf.nms(boxes, prio, 0.3)
     return [raws[i] for i in keep]
@@ -736,22 +743,22 @@ def detect_array(
     )
 
 
-def detect_file(path: str | Path, **kwargs: object) -> ImageFaces:
+def detect_file(path: str | Path, **kwargs: Any) -> ImageFaces:
     """Read (EXIF-upright) and detect; unreadable files give an error result, not raise."""
     try:
         img = load_rgb(path)
     except ImageError as err:
         return ImageFaces(str(path), [], error=str(err))
-    return detect_array(img, source=str(path), **kwargs)  # type: ignore[arg-type]
+    return detect_array(img, source=str(path), **kwargs)
 
 
-def detect_batch(inputs: Iterable[str | Path | np.ndarray], **kwargs: object) -> list[ImageFaces]:
+def detect_batch(inputs: Iterable[str | Path | np.ndarray], **kwargs: Any) -> list[ImageFaces]:
     """One ``ImageFaces`` per input, in order; a bad input never stops the batch."""
     out = []
     for k, item in enumerate(inputs):
         try:
             if isinstance(item, np.ndarray):
-                res = detect_array(item, source=f"<array {k}>", **kwargs)  # type: ignore[arg-type]
+                res = detect_array(item, source=f"<array {k}>", **kwargs)
                 out.append(res)
             else:
                 out.append(detect_file(item, **kwargs))

@@ -272,10 +272,10 @@ class FaceTracker:
             span = b.frame - a.frame
             for f in range(a.frame + 1, b.frame):
                 t = (f - a.frame) / span
-                box = tuple(float(u + t * (v - u)) for u, v in zip(a.box, b.box, strict=True))
+                x0, y0, x1, y1 = (float(u + t * (v - u)) for u, v in zip(a.box, b.box, strict=True))
                 lm = (1 - t) * a.landmarks + t * b.landmarks
                 track.frames[f] = TrackFrame(
-                    box,  # type: ignore[arg-type]
+                    (x0, y0, x1, y1),
                     lm,
                     "interpolated",
                     a.landmarks_ok and b.landmarks_ok,

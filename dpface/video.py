@@ -436,7 +436,7 @@ def _detections(index: int, faces: list[Any], encoder: Any) -> list[Detection]:
     return [
         Detection(
             index,
-            tuple(float(v) for v in f.box),  # type: ignore[arg-type]
+            f.box,
             np.asarray(f.landmarks68, dtype=np.float64),
             float(f.score),
             bool(f.uncertain),
