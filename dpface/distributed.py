@@ -49,6 +49,7 @@ fails has its photos reported as problems, and running the job again with ``resu
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -79,6 +80,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler given with --address
 # per worker process: run id -> its anonymiser (models loaded once per process and run)
 _BUILT: dict[str, Anonymizer] = {}
 _PREPARED: dict[str, Any] = {}
+_LOCK = threading.Lock()
 
 
 def groups(before: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -104,15 +106,31 @@ def groups(before: Sequence[Sequence[int]]) -> list[list[int]]:
     return [out[k] for k in sorted(out)]
 
 
+def _prepared(key: str, prepare: Prepare) -> Any:
+    """This worker process's ``prepare()`` result for the pool ``key`` (the models, loaded
+    once per process)."""
+    with _LOCK:  # a worker with several threads loads them once
+        if key not in _PREPARED:
+            os.environ["DPFACE_WORKER_PROCESS"] = "1"
+            _one_thread()
+            _PREPARED.clear()
+            _PREPARED[key] = prepare()  # loads the models
+        return _PREPARED[key]
+
+
+def _preload(key: str, prepare: Prepare) -> int:
+    """A task sent to every worker when the pool starts: load the models while the caller
+    plans and loads its own (as :class:`dpface.batch.WorkerPool`'s workers do)."""
+    _prepared(key, prepare)
+    return os.getpid()
+
+
 def _anonymizer(key: str, prepare: Prepare, run_id: str) -> Anonymizer:
     """This worker process's anonymiser for ``run_id`` (built on first use); ``key`` names the
     pool, whose ``prepare`` (the models) is run once per process."""
     if run_id not in _BUILT:
-        if key not in _PREPARED:
-            _one_thread()
-            _PREPARED.clear()
-            _PREPARED[key] = prepare()  # loads the models
-        _BUILT[run_id] = _PREPARED[key](run_id)  # opens the ledger under the caller's run id
+        # opens the ledger under the caller's run id
+        _BUILT[run_id] = _prepared(key, prepare)(run_id)
     return _BUILT[run_id]
 
 
@@ -176,6 +194,7 @@ class EnginePool(WorkerPool):
         self._cluster: Any = None
         self._started = False
         self._client: Any = None
+        self._preloads: list[Any] = []
         if engine == "dask":
             from dask.distributed import Client, LocalCluster
 
@@ -197,6 +216,14 @@ class EnginePool(WorkerPool):
                         "(`dask scheduler`, then `dask worker ADDRESS` on each machine) or "
                         "leave --address out for a local cluster"
                     ) from err
+            # every worker loads its models now, while the caller plans and loads its own;
+            # one thread per worker, so the run's tasks queue behind this one
+            self._preloads = [
+                self._client.submit(
+                    _preload, self.key, prepare, workers=[w], allow_other_workers=False, pure=False
+                )
+                for w in self._client.scheduler_info()["workers"]
+            ]
         else:
             import ray
 
