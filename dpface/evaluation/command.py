@@ -254,7 +254,7 @@ def register(app: typer.Typer) -> None:
                 ),
                 f"attackers: {', '.join(atts)} (mobileface is the encoder inside dpface's "
                 "mechanisms: white-box); PSR = share of outputs at or beyond the attacker's "
-                "threshold (dlib L2 0.6; FaceRes/MobileFace calibrated cosine)",
+                "threshold (dlib L2 0.6; FaceRes/MobileFace/FaceRes-deep calibrated cosine)",
                 *[f"note: {n}" for n in notes],
             ]
         )

@@ -220,7 +220,7 @@ def test_measured_rows_for_every_attacker(two_runs: tuple[Path, str, str]) -> No
     assert match["mechanism"] == "IdentityLaplace" and match["exact"]
     assert match["measured_epsilon"] == 6.0
     by_name = {a["attacker"]: a for a in match["attackers"]}
-    assert set(by_name) == {"dlib", "FaceRes", "MobileFace"}
+    assert set(by_name) == {"dlib", "FaceRes", "MobileFace", "FaceRes-deep"}
     # the numbers are docs/results/table51.md's (dpface Laplace ε=6), via dpface/data/measured.json
     measured = json.loads((Path(__file__).parents[2] / "dpface/data/measured.json").read_text())
     row = next(
@@ -255,7 +255,7 @@ def test_measured_nearest_epsilon_and_unmeasured_mechanisms() -> None:
     assert not matches["IdentityGaussian"]["measured"]
     assert "dpface evaluate" in matches["IdentityGaussian"]["note"]
     dp_pix = matches["DPPixelization"]
-    assert dp_pix["exact"] and len(dp_pix["attackers"]) == 3
+    assert dp_pix["exact"] and len(dp_pix["attackers"]) == 4
     assert not any(a["white_box"] for a in dp_pix["attackers"])  # DP-Pix has no encoder
     deltas = {p["epsilon"]: p["delta"] for p in rep["epsilon_plain"]["per_release"]}
     assert deltas == {1.0: 1e-6, 3.0: 0.0, 8.0: 0.0}
