@@ -921,40 +921,22 @@ class Ledger:
                 stored = self._pseudonym_row(subject, store_as)
                 if stored is not None:
                     return Release(stored, None, True)
-            result = self._try_charge(
+            charged = self._charge_and_draw(
+                con,
                 subject,
+                keep_as=store_as,
+                what="a pseudonym",
                 mechanism=mechanism,
                 cost=cost,
                 payload=payload,
                 note=note,
                 seeded=seeded,
                 is_dp=is_dp,
+                draw=draw,
             )
-            if isinstance(result, BudgetExceeded):
-                refusal: BudgetExceeded | None = result
-            else:
-                refusal, charge = None, result
-                vector = np.asarray(draw())
-                if store_as is not None:
-                    if vector.dtype.kind not in "biuf":
-                        raise TypeError(f"a pseudonym must be numeric, got {vector.dtype}")
-                    data = np.ascontiguousarray(vector)
-                    con.execute(
-                        "INSERT INTO pseudonyms(subject, key, vector, dtype, shape, entry_id, "
-                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            subject,
-                            store_as,
-                            data.tobytes(),
-                            data.dtype.str,
-                            json.dumps(data.shape),
-                            charge.id,
-                            charge.created_at,
-                        ),
-                    )
-        if refusal is not None:
-            raise refusal  # the refusal entry is committed
-        return Release(vector, charge, False)
+        if isinstance(charged, BudgetExceeded):
+            raise charged  # the refusal entry is committed
+        return Release(charged[1], charged[0], False)
 
     def release_once(
         self,
@@ -1011,38 +993,73 @@ class Ledger:
                     float(row[5]),
                 )
                 return Release(stored, earlier, False, resumed=True)
-            result = self._try_charge(
+            charged = self._charge_and_draw(
+                con,
                 subject,
+                keep_as=key,
+                what="a kept draw",
                 mechanism=mechanism,
                 cost=cost,
                 payload=payload,
                 note=note,
                 seeded=seeded,
                 is_dp=is_dp,
+                draw=draw,
             )
-            if isinstance(result, BudgetExceeded):
-                refusal: BudgetExceeded | None = result
-            else:
-                refusal, charge = None, result
-                data = np.ascontiguousarray(np.asarray(draw()))
-                if data.dtype.kind not in "biuf":
-                    raise TypeError(f"a kept draw must be numeric, got {data.dtype}")
-                con.execute(
-                    "INSERT INTO pseudonyms(subject, key, vector, dtype, shape, entry_id, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        subject,
-                        key,
-                        data.tobytes(),
-                        data.dtype.str,
-                        json.dumps(data.shape),
-                        charge.id,
-                        charge.created_at,
-                    ),
-                )
-        if refusal is not None:
-            raise refusal  # the refusal entry is committed
-        return Release(data, charge, False)
+        if isinstance(charged, BudgetExceeded):
+            raise charged  # the refusal entry is committed
+        return Release(charged[1], charged[0], False)
+
+    def _charge_and_draw(
+        self,
+        con: Any,
+        subject: str,
+        *,
+        keep_as: str | None,
+        what: str,
+        mechanism: str,
+        cost: ApproxDP,
+        payload: str,
+        note: str,
+        seeded: bool,
+        is_dp: bool,
+        draw: Callable[[], npt.ArrayLike],
+    ) -> tuple[Charge, npt.NDArray[Any]] | BudgetExceeded:
+        """Inside an open write transaction (shared by :meth:`release` and
+        :meth:`release_once`): record the charge -- or the refusal, returned, with nothing
+        drawn -- then call ``draw()`` and, with ``keep_as``, keep the value under that key
+        beside the charge's entry id, so a kept value never exists without its charge. If
+        ``draw()`` raises, the caller's transaction rolls the charge back."""
+        result = self._try_charge(
+            subject,
+            mechanism=mechanism,
+            cost=cost,
+            payload=payload,
+            note=note,
+            seeded=seeded,
+            is_dp=is_dp,
+        )
+        if isinstance(result, BudgetExceeded):
+            return result
+        value = np.asarray(draw())
+        if keep_as is not None:
+            if value.dtype.kind not in "biuf":
+                raise TypeError(f"{what} must be numeric, got {value.dtype}")
+            value = np.ascontiguousarray(value)
+            con.execute(
+                "INSERT INTO pseudonyms(subject, key, vector, dtype, shape, entry_id, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    subject,
+                    keep_as,
+                    value.tobytes(),
+                    value.dtype.str,
+                    json.dumps(value.shape),
+                    result.id,
+                    result.created_at,
+                ),
+            )
+        return result, value
 
     def forget_draws(self, prefix: str) -> int:
         """Remove the values :meth:`release_once` kept under keys starting with ``prefix``
