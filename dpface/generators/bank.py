@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -59,6 +60,9 @@ from dpface.generators.warp import (
     warp_piecewise,
 )
 from dpface.models.dlib_models import arcface_points
+
+if TYPE_CHECKING:
+    from dpface.models.samples import SampleFace
 
 BANK_VERSION = 9
 CANON = 384  # canonical frame side (ArcFace template scaled as insightface does for 384)
@@ -300,19 +304,19 @@ def bank_path() -> Path:
     return store.assets_dir() / ".cache" / f"surrogate-bank-{_source_key()}.npz"
 
 
-def _label(f: object) -> str:
-    return f"{f.photo}#{f.index}"  # type: ignore[attr-defined]
+def _label(f: SampleFace) -> str:
+    return f"{f.photo}#{f.index}"
 
 
 def select_contributors(
-    faces: Sequence[object], sims: dict[str, np.ndarray], thresholds: dict[str, float]
+    faces: Sequence[SampleFace], sims: dict[str, np.ndarray], thresholds: dict[str, float]
 ) -> tuple[list[int], dict[str, str]]:
     """Indices of one representative photo per person, and why the others were left out."""
     why: dict[str, str] = {}
     ok: list[int] = []
     for i, f in enumerate(faces):
-        lm = f.landmarks68  # type: ignore[attr-defined]
-        img = f.image  # type: ignore[attr-defined]
+        lm = f.landmarks68
+        img = f.image
         lab = _label(f)
         width = float(np.linalg.norm(lm[16] - lm[0]))
         h, w = img.shape[:2]
@@ -327,15 +331,15 @@ def select_contributors(
         else:
             ok.append(i)
     # one representative per person (label or either internal encoder says "same")
-    ok.sort(key=lambda i: abs(yaw_ratio(faces[i].landmarks68)))  # type: ignore[attr-defined]
+    ok.sort(key=lambda i: abs(yaw_ratio(faces[i].landmarks68)))
     chosen: list[int] = []
     for i in ok:
         dup = [
             j
             for j in chosen
-            if faces[i].identity == faces[j].identity  # type: ignore[attr-defined]
+            if faces[i].identity == faces[j].identity
             or (
-                faces[i].photo != faces[j].photo  # type: ignore[attr-defined]
+                faces[i].photo != faces[j].photo
                 and any(sims[e][i, j] >= thresholds[e] for e in sims)
             )
         ]

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from dpface.generators.base import AttributeChannel, Generator
+from dpface.models.encoders import FaceLike
 
 DEFAULT_FACES = (2, 5, 6, 10, 12, 15, 17, 19, 20, 21, 26, 27, 29, 33)
 DEFAULT_EPS = (math.inf, 6.0, 2.0, 0.5)
@@ -32,7 +33,7 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def sex_attributes(faces: Sequence[object], mode: str) -> list[AttributeChannel | None]:
+def sex_attributes(faces: Sequence[FaceLike], mode: str) -> list[AttributeChannel | None]:
     """Per face: None (``mode="none"``) or FaceRes's raw P(male) as a NOT privatised
     attribute channel (``mode="raw"``)."""
     if mode == "none":
@@ -41,7 +42,7 @@ def sex_attributes(faces: Sequence[object], mode: str) -> list[AttributeChannel 
         raise ValueError("sex channel must be 'raw' or 'none'")
     from dpface.models.attributes import age_gender
 
-    _, male = age_gender(faces)  # type: ignore[arg-type]
+    _, male = age_gender(faces)
     return [AttributeChannel({"male": float(p)}, privatised=False) for p in male]
 
 
