@@ -866,17 +866,18 @@ def anonymize_video(
     t = time.perf_counter()
     video_unit = anonymizer.ledger.unit_digest(b"video:" + ana.digest)
     enc: Any = None
-    if anonymizer.templates is not None and any(g.embedding is not None for g in groups):
+    templates = anonymizer.templates
+    if templates is not None and any(g.embedding is not None for g in groups):
         enc = anonymizer._encoder_for()
     for g in groups:
         first = g.tracks[0]
         if g.name is not None:
             g.subject, g.shown = g.name, anonymizer.subject_shown(g.name)
-            if enc is not None and g.embedding is not None:
-                anonymizer.templates.enroll(g.name, enc.name, g.embedding)  # type: ignore[union-attr]
+            if templates is not None and enc is not None and g.embedding is not None:
+                templates.enroll(g.name, enc.name, g.embedding)
             continue
-        if enc is not None and g.embedding is not None:
-            hit = anonymizer.templates.match(enc.name, g.embedding, enc.threshold)  # type: ignore[union-attr]
+        if templates is not None and enc is not None and g.embedding is not None:
+            hit = templates.match(enc.name, g.embedding, enc.threshold)
             if hit is not None:
                 from .pipeline import LINKED_UNIT
 

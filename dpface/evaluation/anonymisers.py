@@ -276,7 +276,7 @@ def product_regions(source: str) -> tuple[Region, ...]:
         anon.ledger.close()
     if not res.ok:
         raise RuntimeError(f"{source}: {res.error}")
-    return tuple(tuple(int(v) for v in r.box) for r in res.faces)  # type: ignore[misc]
+    return tuple(r.box for r in res.faces)
 
 
 def release_photo(
@@ -309,10 +309,7 @@ def release_photo(
     dt = time.perf_counter() - t
     if not res.ok or res.image is None:
         raise RuntimeError(f"{source}: the product failed: {res.error}")
-    faces = [
-        FaceOutcome(tuple(int(v) for v in r.box), r.protection, r.refused)  # type: ignore[arg-type]
-        for r in res.faces
-    ]
+    faces = [FaceOutcome(r.box, r.protection, r.refused) for r in res.faces]
     return PhotoRelease(np.asarray(res.image), faces, dt, seed)
 
 

@@ -95,7 +95,7 @@ def sample_faces() -> list[EvalFace]:
                 src,
                 f.index,
                 f.identity,
-                tuple(float(v) for v in f.box),  # type: ignore[arg-type]
+                f.box,
                 np.asarray(f.landmarks68, dtype=np.float64),
                 True,
                 f.collection if f.collection == "face-api" else "",
@@ -137,7 +137,7 @@ def folder_faces(folder: Path, detector: str = "hog") -> tuple[list[EvalFace], l
                     str(p),
                     k,
                     f"{p.name}#{k}",
-                    tuple(float(v) for v in f.box),  # type: ignore[arg-type]
+                    f.box,
                     np.asarray(f.landmarks68, dtype=np.float64),
                     False,
                 )
