@@ -765,7 +765,7 @@ def _process(
 ) -> _Outcome:
     """Anonymise one planned photo and write its output and receipt. Never raises: every
     failure is a problem of this photo. ``charged`` is called once its ledger work is over."""
-    from .models.images import ImageError, ImageTooLarge, check_pixels, image_size
+    from .models.images import ImageError, ImageTooLarge, check_pixels, image_frames, image_size
 
     counts: Counter[str] = Counter()
     problems: list[Problem] = []
@@ -835,6 +835,16 @@ def _process(
             receipt["output"] = None
             _try_write(receipt_path, receipt)
             return failed(res.error or "failed")
+        frames = image_frames(item.source)
+        if frames > 1:  # nothing of the others is written: said, not silently dropped
+            problems.append(
+                Problem(
+                    where,
+                    f"only the first of its {frames} frames/pages was anonymised and written; "
+                    f"the other {frames - 1} were not written (save them as separate images, "
+                    "or give the clip as a video)",
+                )
+            )
         note = res.receipt.get("detection_note")
         if not res.faces:
             counts["no_face"] += 1

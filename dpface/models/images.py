@@ -65,6 +65,19 @@ class ImageTooLarge(ImageError):
     """The image's header declares more pixels than the caller allows (nothing decoded)."""
 
 
+def image_frames(path: str | Path) -> int:
+    """How many frames or pages the image file holds (an animated WebP/GIF, a multi-page
+    TIFF); 1 for an ordinary photo or a file that cannot be opened. Only the first is read by
+    :func:`load_rgb`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(Path(path)) as opened:
+                return max(1, int(getattr(opened, "n_frames", 1)))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 1
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the file's header only; ``ImageError`` if it is not an image."""
     p = Path(path)

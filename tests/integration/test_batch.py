@@ -354,6 +354,30 @@ def test_a_photo_without_a_face_is_written_unchanged_or_withheld(tmp_path: Path)
     assert not (tmp_path / "strict" / "wall.png").exists()
 
 
+@pytest.mark.parametrize("suffix", [".tif", ".webp"])
+def test_a_multi_frame_image_says_only_its_first_frame_was_written(
+    tmp_path: Path, suffix: str
+) -> None:
+    """A multi-page TIFF or an animated WebP: the first frame is anonymised and written, and
+    the summary says the other frames were not written (never dropped silently)."""
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    face = Image.open(SAMPLES / "fr-obama.jpg").convert("RGB")
+    other = face.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    face.save(src / f"clip{suffix}", save_all=True, append_images=[other, face])
+    summary = _config(tmp_path).run([src], tmp_path / "out")
+    assert summary.images == 1 and summary.counts.get("pixelized", 0) >= 1
+    notes = [p.reason for p in summary.problems]
+    assert any("only the first of its 3 frames/pages" in n for n in notes), notes
+    with Image.open(tmp_path / "out" / "clip.png") as out:
+        assert getattr(out, "n_frames", 1) == 1
+        first = np.asarray(out.convert("RGB"))
+    assert not np.array_equal(first, np.asarray(face))  # its face was protected
+
+
 def test_a_subject_map_charges_one_budget_for_two_photos_of_one_person(
     photos: Path, tmp_path: Path
 ) -> None:
