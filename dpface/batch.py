@@ -765,7 +765,7 @@ def _process(
 ) -> _Outcome:
     """Anonymise one planned photo and write its output and receipt. Never raises: every
     failure is a problem of this photo. ``charged`` is called once its ledger work is over."""
-    from .models.images import ImageError, ImageTooLarge, check_pixels, image_frames, image_size
+    from .models.images import ImageError, ImageTooLarge, check_pixels, image_header
 
     counts: Counter[str] = Counter()
     problems: list[Problem] = []
@@ -812,8 +812,10 @@ def _process(
             if counts["videos"] and digest is not None and ctx.job is not None:
                 _mark_done(ctx, item, digest, outcome)
             return outcome
+        frames = 1
         try:
-            check_pixels(image_size(item.source), ctx.max_megapixels * 1e6, name=where)
+            size, frames = image_header(item.source)
+            check_pixels(size, ctx.max_megapixels * 1e6, name=where)
         except ImageTooLarge as err:
             return failed(f"not processed: {err}; nothing was charged")
         except ImageError:
@@ -835,7 +837,6 @@ def _process(
             receipt["output"] = None
             _try_write(receipt_path, receipt)
             return failed(res.error or "failed")
-        frames = image_frames(item.source)
         if frames > 1:  # nothing of the others is written: said, not silently dropped
             problems.append(
                 Problem(

@@ -65,28 +65,22 @@ class ImageTooLarge(ImageError):
     """The image's header declares more pixels than the caller allows (nothing decoded)."""
 
 
-def image_frames(path: str | Path) -> int:
-    """How many frames or pages the image file holds (an animated WebP/GIF, a multi-page
-    TIFF); 1 for an ordinary photo or a file that cannot be opened. Only the first is read by
-    :func:`load_rgb`."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(Path(path)) as opened:
-                return max(1, int(getattr(opened, "n_frames", 1)))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return 1
-
-
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the file's header only; ``ImageError`` if it is not an image."""
+    return image_header(path)[0]
+
+
+def image_header(path: str | Path) -> tuple[tuple[int, int], int]:
+    """((width, height), frames) without decoding pixels; ``ImageError`` if it is not an
+    image. ``frames`` counts the frames or pages (an animated WebP/GIF, a multi-page TIFF): 1
+    for an ordinary photo. Only the first is read by :func:`load_rgb`."""
     p = Path(path)
     try:
         with warnings.catch_warnings():  # the caller checks the size: PIL's warning is noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as opened:  # lazy: reads the header, decodes nothing
                 w, h = opened.size
-                return int(w), int(h)
+                return (int(w), int(h)), max(1, int(getattr(opened, "n_frames", 1)))
     except FileNotFoundError as err:
         raise ImageError(f"{p}: no such file") from err
     except Image.DecompressionBombError as err:  # PIL's own cap, checked on open
