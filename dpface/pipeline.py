@@ -852,15 +852,20 @@ class Anonymizer:
         ]
         if linked:
             items.append(LINKING_UNCOVERED)
-        if self.seeded:
-            items.insert(
-                0,
-                "EVERYTHING released with seeded randomness: the noise is "
-                "reproducible by anyone who knows the seed",
-            )
+        return [*self.release_caveats(), *items]
+
+    def release_caveats(self) -> list[str]:
+        """What heads every receipt's ``not_protected`` list (photo and video): a release
+        that is not differentially private, and one whose noise was seeded."""
+        caveats = []
         if not self.mechanism.guarantee.is_dp:
-            items.insert(0, "this release is NOT differentially private (see mechanism)")
-        return items
+            caveats.append("this release is NOT differentially private (see mechanism)")
+        if self.seeded:
+            caveats.append(
+                "EVERYTHING released with seeded randomness: the noise is "
+                "reproducible by anyone who knows the seed"
+            )
+        return caveats
 
     def _receipt(self, source: str, records: list[FaceRecord], found: ImageFaces) -> dict[str, Any]:
         gen = self.generator

@@ -1156,14 +1156,7 @@ def _receipt(
         not_protected.insert(2, AUDIO_UNCOVERED)
     if any(g.linked for g in groups):
         not_protected.append(VIDEO_LINK_UNCOVERED)
-    if anon.seeded:
-        not_protected.insert(
-            0,
-            "EVERYTHING released with seeded randomness: the noise is reproducible by "
-            "anyone who knows the seed",
-        )
-    if not anon.mechanism.guarantee.is_dp:
-        not_protected.insert(0, "this release is NOT differentially private (see mechanism)")
+    not_protected = [*anon.release_caveats(), *not_protected]
     with_faces = sum(1 for r in regions if r)
     return {
         "schema": VIDEO_RECEIPT_SCHEMA,
