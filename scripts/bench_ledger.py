@@ -24,26 +24,25 @@ machine's cores, so the numbers are for one box; the table says how many cores i
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime as dt
 import multiprocessing as mp
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
+from scripts.bench_anonymize import _commit  # noqa: E402  (the shared machine helpers)
+from scripts.local_postgres import start_postgres  # noqa: E402
+
 DEFAULT_OUT = ROOT / "docs" / "results" / "ledger.md"
 LOADS = ("distinct", "one subject")
 SUBJECTS_PER_WRITER = 100
@@ -131,23 +130,6 @@ class Writers:
 
 
 # ====================================================================== locations
-def _start_postgres() -> tuple[str, Any]:
-    """A PostgreSQL server from the pgserver wheel in a temporary folder: its admin URL."""
-    import psycopg
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-
-        folder = Path(tempfile.mkdtemp(prefix="dpface-bench-pg-"))
-        # registered first, so it runs after pgserver's own clean-up (which stops the server)
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        srv = pgserver.get_server(folder / "data", cleanup_mode="delete")
-    params = psycopg.conninfo.conninfo_to_dict(srv.get_uri())
-    host = urllib.parse.quote(str(params["host"]), safe="")
-    return f"postgresql://{params.get('user', 'postgres')}@{host}/{params['dbname']}", srv
-
-
 def _postgres_location(server: str) -> str:
     import psycopg
 
@@ -196,20 +178,6 @@ def _fsync_rate(folder: Path) -> str:
 
 
 # ====================================================================== report
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _table(rows: list[dict[str, Any]], writers: list[int]) -> str:
     lines = [
         "| writers | "
@@ -299,7 +267,7 @@ def _engine_job(engine: str | None, workers: int, server: str, mechanism: str) -
 
 
 def engines_main(opts: argparse.Namespace) -> int:
-    server, handle = (opts.postgres, None) if opts.postgres else _start_postgres()
+    server, handle = (opts.postgres, None) if opts.postgres else start_postgres("dpface-bench-pg-")
     rows = []
     for engine in ("dask", "ray"):
         r = _engine_overhead(engine, 2, opts.tasks)
@@ -320,7 +288,7 @@ def engines_main(opts: argparse.Namespace) -> int:
         "## Engines",
         "",
         f"Written by `.venv/bin/python scripts/bench_ledger.py --engines` on "
-        f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, commit {_git_commit()}, "
+        f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, commit {_commit()}, "
         f"{os.cpu_count()} cores, 1-minute load average {os.getloadavg()[0]:.1f} at the end.",
         "",
         "| engine | local cluster of 2 processes started in | per no-op task |",
@@ -375,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server, handle = (opts.postgres, None) if opts.postgres else (None, None)
     if "postgresql" in backends and server is None:
-        server, handle = _start_postgres()
+        server, handle = start_postgres("dpface-bench-pg-")
     pg_facts = _server_facts(server) if server else ""
     tmp = Path(tempfile.mkdtemp(prefix="dpface-bench-ledger-"))
     fsync_before = _fsync_rate(tmp)
@@ -415,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             "percentile latency of one charge. Written by `scripts/bench_ledger.py` "
             "(method in its docstring).",
             "",
-            f"* date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, commit "
-            f"{_git_commit()}",
+            f"* date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, commit {_commit()}",
             f"* machine: {platform.machine()}, {cores} cores, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}; writers, server and disk "
             "on this one machine; 1-minute load average "

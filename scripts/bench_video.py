@@ -260,18 +260,7 @@ def unprotected(
 ) -> tuple[int, int, list[float]]:
     """(frames with a visible face, frames with an unprotected visible face, per-face MADs)
     comparing the output with the input inside each true box."""
-    import av
-
-    def frames(path: Path) -> list[np.ndarray]:
-        with av.open(str(path)) as c:
-            out = []
-            for fr in c.decode(video=0):
-                rgb = fr.to_ndarray(format="rgb24")
-                rot = round((fr.rotation or 0) / 90) % 4
-                out.append(np.rot90(rgb, rot) if rot else rgb)
-            return out
-
-    src, dst = frames(clip.path), frames(output)
+    src, dst = _decode(clip.path), _decode(output)
     if len(src) != len(dst):
         raise AssertionError(f"frame counts differ: {len(src)} in, {len(dst)} out")
     with_face = bad = 0

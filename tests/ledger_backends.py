@@ -16,12 +16,7 @@ with the reason -- it is never skipped silently; deselect them explicitly with
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
-import urllib.parse
 import uuid
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,17 +37,9 @@ def _start_server() -> str:
     try:
         import psycopg
 
-        with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" (pgserver)
-            warnings.simplefilter("ignore")
-            import pgserver
+        from scripts.local_postgres import start_postgres
 
-            folder = Path(tempfile.mkdtemp(prefix="dpface-pg-"))
-            # registered first, so it runs after pgserver's own clean-up (which stops the server)
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
-            srv = pgserver.get_server(folder / "data", cleanup_mode="delete")
-        params = psycopg.conninfo.conninfo_to_dict(srv.get_uri())
-        host = urllib.parse.quote(str(params["host"]), safe="")
-        url = f"postgresql://{params.get('user', 'postgres')}@{host}/{params['dbname']}"
+        url, srv = start_postgres()
         with psycopg.connect(url, autocommit=True) as con:
             con.execute("SELECT 1")
     except Exception as err:  # any failure: reported (once) by every test
