@@ -217,6 +217,8 @@ COUNT_KEYS = (
     "refused",
     "uncertain",
     "fallback",
+    "head_released",
+    "head_masked",
     "no_face",
     "withheld",
     "failed",
@@ -878,7 +880,12 @@ def _process(
                 face_counts["uncertain"] += 1
             if f.protection == "dp-fallback":
                 face_counts["fallback"] += 1
-        charges = sum(1 for f in res.faces if f.ledger_event is not None)
+            if f.head is not None:
+                released = f.head["protection"] == "dp-pix"
+                face_counts["head_released" if released else "head_masked"] += 1
+        charges = sum(1 for f in res.faces if f.ledger_event is not None) + sum(
+            1 for f in res.faces if f.head is not None and f.head["ledger_event"] is not None
+        )
         t = time.perf_counter()
         try:
             write_atomic(target, png_bytes(res.image))

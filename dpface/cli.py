@@ -57,6 +57,7 @@ from .config import (
     PseudonymPolicy,
 )
 from .errors import DpfaceError, UsageError
+from .head import HeadMode
 
 # `mechanisms-demo` writes a summary of three synthetic-embedding releases, not a face
 # receipt: it has a schema name of its own (face receipts: dpface.pipeline.RECEIPT_SCHEMA)
@@ -393,6 +394,11 @@ def _run_and_print(
             f"{c.get('fallback', 0)} face(s) the generator could not take were protected by "
             "the DP fallback (charged); see each receipt's detection block"
         )
+    if c.get("head_released") or c.get("head_masked"):
+        console.print(
+            f"heads around the faces: {c.get('head_released', 0)} released with DP-Pix "
+            f"(charged), {c.get('head_masked', 0)} painted grey"
+        )
     if c.get("videos"):
         console.print(f"{c['videos']} video(s), {c['frames']} frames (a video's faces: tracks)")
     if c.get("skipped"):
@@ -487,6 +493,19 @@ def anonymize(
         PseudonymPolicy,
         typer.Option(help="fresh: new noise per photo; reuse: one per named subject."),
     ] = "fresh",
+    head: Annotated[
+        HeadMode,
+        typer.Option(
+            help="The head around a generated face (hair, ears, outline): keep (as in the "
+            "photo), dp-pix (released with DP-Pix at --head-epsilon, charged: a photo then costs "
+            "--epsilon + --head-epsilon) or mask (painted grey). Identity mechanisms, photos "
+            "only; see docs/generator.md for what each measurably protects."
+        ),
+    ] = "keep",
+    head_epsilon: Annotated[
+        float | None,
+        typer.Option(help="epsilon of the head release with --head dp-pix (default: --epsilon)."),
+    ] = None,
     encoder: Annotated[
         str, typer.Option(help=f"Identity encoder inside the generator ({', '.join(ENCODERS)}).")
     ] = "mobileface",
@@ -648,6 +667,8 @@ def anonymize(
         budget=budget,
         composition=composition,
         pseudonym=pseudonym,
+        head=head,
+        head_epsilon=head_epsilon,
         encoder=encoder,
         encoder_model=encoder_model,
         swap_model=swap_model,

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from mechanisms import registry as mechanism_registry
 
 from .errors import UsageError
+from .head import HEAD_MODES, HeadMode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -143,7 +144,11 @@ class AnonymizeConfig:
     ``epsilon``/``delta``: the cost of one release. ``budget``: total epsilon of a subject seen
     for the first time (default ``5 * epsilon``). ``composition``: how the ledger adds up a
     subject's releases. ``pseudonym``: "fresh" (new noise per photo) or "reuse" (one privatised
-    identity per named subject). ``encoder``/``encoder_model``/``swap_model``/
+    identity per named subject). ``head``: "keep" (default) leaves the head around a generated
+    face as in the photo; "dp-pix" also releases each face's head box (hair, ears, outline)
+    with DP-Pix at ``head_epsilon`` (default: ``epsilon``), charged to the face's unit, so a
+    photo costs ``epsilon + head_epsilon``; "mask" paints it grey (:mod:`dpface.head`;
+    identity mechanisms, photos only). ``encoder``/``encoder_model``/``swap_model``/
     ``swap_latent_map``: the identity encoder and generator. ``block``/``pixels``: DP-Pix cell
     size and m. ``detector``: "full" (default: CenterFace at full resolution, turned copies
     searched when the photo looks turned), "centerface", "hog" or "blazeface". ``seed``:
@@ -176,6 +181,8 @@ class AnonymizeConfig:
     budget: float | None = None
     composition: CompositionName = "basic"
     pseudonym: PseudonymPolicy = "fresh"
+    head: HeadMode = "keep"
+    head_epsilon: float | None = None
     encoder: str = "mobileface"
     encoder_model: Path | None = None
     swap_model: Path | None = None
@@ -208,15 +215,16 @@ class AnonymizeConfig:
         delta = _number("delta", "--delta", self.delta)
         if not 0 < delta < 1:
             raise UsageError(f"delta (--delta) must lie strictly between 0 and 1, got {delta!r}")
+        self._check_head()
         if self.budget is not None:
             total = _number("budget", "--budget", self.budget)
             if not (math.isfinite(total) and total > 0):
                 raise UsageError(f"budget (--budget) must be a finite number > 0, got {total!r}")
-            if total < eps * (1 - 1e-12):
+            if total < self.photo_epsilon * (1 - 1e-12):
                 raise UsageError(
-                    f"budget (--budget) {total:g} is less than one release (--epsilon {eps:g}): "
-                    "every face of a new subject would be masked; raise --budget or lower "
-                    "--epsilon"
+                    f"budget (--budget) {total:g} is less than one photo's releases "
+                    f"({self._photo_cost()}): every face of a new subject would be masked; "
+                    "raise --budget or lower --epsilon"
                 )
         _choice("composition", "--composition", self.composition, ("basic", "pld"))
         _choice("pseudonym", "--pseudonym", self.pseudonym, ("fresh", "reuse"))
@@ -254,6 +262,42 @@ class AnonymizeConfig:
         # the mechanism's own checks, and one probe draw on public dummy data: a setting the
         # exact sampler cannot serve is refused here, never after a budget was charged
         self._checked_mechanism(self._provisional_dim(), probe=True)
+
+    def _check_head(self) -> None:
+        _choice("head", "--head", self.head, HEAD_MODES)
+        if self.head_epsilon is not None:
+            h = _number("head_epsilon", "--head-epsilon", self.head_epsilon)
+            if not (math.isfinite(h) and h > 0):
+                raise UsageError(
+                    f"head_epsilon (--head-epsilon) must be a finite number > 0, got {h!r}"
+                )
+            if self.head != "dp-pix":
+                raise UsageError(
+                    "head_epsilon (--head-epsilon) is the cost of releasing the head with "
+                    "--head dp-pix; give --head dp-pix with it"
+                )
+        if self.head != "keep" and not self.is_identity:
+            raise UsageError(
+                f"--head {self.head} protects the head around a generated face: use it with an "
+                f"identity mechanism ({', '.join(IDENTITY_MECHANISMS)}); --mechanism "
+                f"{self.mechanism} releases the face region itself"
+            )
+
+    @property
+    def head_eps(self) -> float:
+        """ε of one head release (``head="dp-pix"``): ``head_epsilon`` or ``epsilon``."""
+        return float(self.epsilon if self.head_epsilon is None else self.head_epsilon)
+
+    @property
+    def photo_epsilon(self) -> float:
+        """ε one face of one photo costs: the release, plus the head release with
+        ``head="dp-pix"``."""
+        return float(self.epsilon) + (self.head_eps if self.head == "dp-pix" else 0.0)
+
+    def _photo_cost(self) -> str:
+        if self.head != "dp-pix":
+            return f"--epsilon {self.epsilon:g}"
+        return f"--epsilon {self.epsilon:g} + --head-epsilon {self.head_eps:g}"
 
     def _check_workers(self) -> None:
         if self.workers is None:
@@ -433,8 +477,9 @@ class AnonymizeConfig:
 
     @property
     def total_epsilon(self) -> float:
-        """A new subject's epsilon budget: ``budget`` or ``DEFAULT_RELEASES * epsilon``."""
-        return DEFAULT_RELEASES * self.epsilon if self.budget is None else float(self.budget)
+        """A new subject's epsilon budget: ``budget`` or ``DEFAULT_RELEASES`` photos'
+        releases (``DEFAULT_RELEASES * photo_epsilon``)."""
+        return DEFAULT_RELEASES * self.photo_epsilon if self.budget is None else float(self.budget)
 
     def default_budget(self) -> Budget:
         """The budget a subject gets the first time it is charged."""
@@ -589,6 +634,8 @@ class AnonymizeConfig:
                 ledger=ledger,
                 detector=self.detector,
                 pseudonym=self.pseudonym,
+                head=self.head,
+                head_epsilon=self.head_eps,
                 templates=templates,
                 encoder=encoder,
                 receipt_subjects="digest" if self.names == "hash" else "name",

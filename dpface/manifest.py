@@ -90,6 +90,7 @@ FINGERPRINT_KEYS = (
     "encoder",
     "generator",
     "pseudonym",
+    "head",
     "linking",
     "attribute_steering",
     "model_hashes",

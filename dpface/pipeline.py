@@ -30,7 +30,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -46,7 +46,19 @@ from mechanisms.registry import specs as mechanism_specs
 
 from .detect import DEFAULT_DETECTOR, ImageFaces, detect_array
 from .face import Face
-from .generators.base import Generator
+from .generators.base import GeneratedFace, Generator
+from .head import (
+    HEAD_CELLS,
+    HEAD_MODES,
+    HEAD_PIXELS,
+    HEAD_SCALE,
+    FaceLayer,
+    HeadMode,
+    ProtectedRegion,
+    head_block,
+    head_box,
+    head_channels,
+)
 from .ledger import BudgetExceeded, Ledger, event_to_json
 from .linking import TemplateStore
 from .models.images import ImageError, array_to_rgb8, load_rgb
@@ -97,6 +109,7 @@ class FaceRecord:
     protection: str = "none"  # "generator" | "mechanism" | "dp-fallback" | "mask"
     uncertain: bool = False  # the detector was unsure this is a face; protected all the same
     detector: str | None = None  # which detector found it
+    head: dict[str, Any] | None = None  # head protection (dpface.head): box, how, ledger event
 
     def as_dict(self) -> dict[str, Any]:
         """Everything, including the trusted-side subject (for the caller, not for receipts)."""
@@ -110,6 +123,8 @@ class FaceRecord:
         if self.linked:
             for key in ("spent", "remaining_epsilon", "ledger_event"):
                 out[key] = None
+            if out["head"] is not None:
+                out["head"]["ledger_event"] = None
         return out
 
 
@@ -241,6 +256,9 @@ class Anonymizer:
         fallback: Fallback = "dp-pix",
         fallback_epsilon: float | None = None,
         fallback_cells: int = 8,
+        head: HeadMode = "keep",
+        head_epsilon: float | None = None,
+        head_cells: int = HEAD_CELLS,
     ) -> None:
         """``templates``: opt-in face linking. Named faces are enrolled in the template store
         (raw face templates: keep it on the trusted side, apart from outputs and ledger) and
@@ -258,7 +276,15 @@ class Anonymizer:
         (default: the mechanism's epsilon), cells sized so the region is at most
         ``fallback_cells`` cells across, charged to the face's unit like any release;
         ``"mask"`` covers it with flat grey (releases nothing, charges nothing). A refused
-        fallback is masked. No face is ever returned unprotected."""
+        fallback is masked. No face is ever returned unprotected.
+
+        ``head`` (identity mechanisms; :mod:`dpface.head`): ``"keep"`` (default) leaves the
+        head around a generated face -- hair, ears, outline -- as in the photo; ``"dp-pix"``
+        releases every face's head box with DP-Pix at ``head_epsilon`` (default: the
+        mechanism's epsilon), ``head_cells`` cells across, charged to the face's unit (a photo
+        then costs the identity release plus the head release; a refused head is masked);
+        ``"mask"`` paints the head box grey (nothing charged). The face's own protection is
+        put back on top either way."""
         if encoder is not None and generator is not None and encoder.name != generator.encoder:
             raise ValueError(
                 f"the generator reads {generator.encoder} identities but the "
@@ -305,6 +331,30 @@ class Anonymizer:
         eps = fallback_epsilon if fallback_epsilon is not None else _epsilon_of(mechanism)
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
             raise ValueError("fallback_epsilon must be a finite number > 0")
+        if head not in HEAD_MODES:
+            raise ValueError(f"head must be one of {', '.join(HEAD_MODES)}")
+        if head != "keep" and spec.consumes != "embedding":
+            raise ValueError(
+                "head protection is for identity mechanisms (a generated face with the photo's "
+                "head around it); an image mechanism releases the face region itself"
+            )
+        h_eps = head_epsilon if head_epsilon is not None else _epsilon_of(mechanism)
+        if not (
+            isinstance(h_eps, (int, float))
+            and not isinstance(h_eps, bool)
+            and math.isfinite(h_eps)
+            and h_eps > 0
+        ):
+            raise ValueError("head_epsilon must be a finite number > 0")
+        if (
+            isinstance(head_cells, bool)
+            or not isinstance(head_cells, int)
+            or not (1 <= head_cells <= 64)
+        ):
+            raise ValueError("head_cells must be an integer from 1 to 64")
+        self.head: HeadMode = head
+        self.head_epsilon = float(h_eps)
+        self.head_cells = head_cells
         self.fallback: Fallback = fallback
         self.fallback_epsilon = float(eps)
         self.fallback_cells = fallback_cells
@@ -408,8 +458,18 @@ class Anonymizer:
             "linking": "template matching (trusted side)" if self.templates else "none",
             "attribute_steering": None if self.steering is None else self.steering.describe(),
             "channels": channels,
+            "head": self.head_settings(),
             "model_hashes": _model_hashes(),
         }
+
+    def head_settings(self) -> dict[str, Any]:
+        """Head protection as receipts and the ledger record it (:mod:`dpface.head`)."""
+        if self.head == "keep":
+            return {"mode": "keep"}
+        out: dict[str, Any] = {"mode": self.head, "box": f"{HEAD_SCALE:g} face widths, square"}
+        if self.head == "dp-pix":
+            out.update(epsilon=self.head_epsilon, cells=self.head_cells, m=HEAD_PIXELS)
+        return out
 
     # ------------------------------------------------------------------ main entry
     def anonymize(
@@ -484,7 +544,7 @@ class Anonymizer:
                 records.append(rec)
         else:
             assert embeddings is not None or not faces
-            out, records = self._replace_faces(out, faces, regions, units, embeddings)
+            out, records = self._replace_faces(out, faces, regions, units, embeddings, rgb)
         receipt = self._receipt(source, records, found)
         return AnonymizationResult(source, out, records, receipt, timings=dict(self._timings))
 
@@ -635,38 +695,19 @@ class Anonymizer:
     ) -> tuple[np.ndarray, FaceRecord]:
         """Release the region with an image mechanism, charged first (``why``: the reason a
         fallback was needed; None when ``mech`` is the run's own mechanism)."""
-        t = time.perf_counter()
         key = None if self._release_key is None else f"{self._release_key}:{index}"
         if key is not None and why is not None:
             key += ":fallback"
         x0, y0, x1, y1 = region
-        kept: np.ndarray | None = None
         try:
-            if key is None:
-                charge = self.ledger.charge(unit.subject, **self._release_args(mech))
-            else:
-                # charged, drawn and kept in one transaction: a resumed job republishes it
-                rel = self.ledger.release_once(
-                    unit.subject,
-                    key=key,
-                    draw=lambda: np.asarray(mech(img, region))[y0:y1, x0:x1],
-                    **self._release_args(mech),
-                )
-                assert rel.charge is not None
-                charge, kept = rel.charge, rel.vector
+            event, pixels = self._release_region(img, region, unit.subject, mech, key)
         except (BudgetExceeded, KeyError) as err:
-            self._tick("charge", t)
             reason = f"budget refused: {self._refusal(err)}"
             if why is not None:
                 reason = f"{why}; its DP fallback was refused too: {self._refusal(err)}"
             return self._masked(img, face, region, index, unit, reason, refused=True)
-        t = self._tick("charge", t)
-        if kept is None:
-            out = np.asarray(mech(img, region))
-        else:  # outside the region the mechanism releases the pixels unchanged
-            out = img.copy()
-            out[y0:y1, x0:x1] = kept
-        self._tick("privatise", t)
+        out = img.copy()  # outside the region the mechanism releases the pixels unchanged
+        out[y0:y1, x0:x1] = pixels
         spent, left = self._spent(unit.subject)
         uncertain, _, detector = _face_flags(face)
         channels: dict[str, list[str]] = {
@@ -690,7 +731,7 @@ class Anonymizer:
             unit.shown,
             "pixelized",
             reason=why,
-            ledger_event=charge.id,
+            ledger_event=event,
             spent=spent,
             remaining_epsilon=left,
             channels=channels,
@@ -700,6 +741,40 @@ class Anonymizer:
             detector=detector,
         )
         return out, rec
+
+    def _release_region(
+        self,
+        img: np.ndarray,
+        region: tuple[int, int, int, int],
+        subject: str,
+        mech: DPPixelization | DPBlur,
+        key: str | None,
+    ) -> tuple[int, np.ndarray]:
+        """Charge ``subject`` one release of the image mechanism ``mech``, then draw it over
+        ``region`` of ``img``: (ledger event, the region's released pixels). Under a job's
+        release ``key`` the charge, the draw and the kept pixels are one ledger transaction
+        (a resumed job republishes them). Raises BudgetExceeded or KeyError before any noise
+        is drawn."""
+        x0, y0, x1, y1 = region
+        t, stage = time.perf_counter(), "charge"
+
+        def draw() -> np.ndarray:
+            return np.asarray(mech(img, region))[y0:y1, x0:x1]
+
+        try:
+            if key is None:
+                event = self.ledger.charge(subject, **self._release_args(mech)).id
+                t, stage = self._tick("charge", t), "privatise"
+                pixels = draw()
+            else:
+                rel = self.ledger.release_once(
+                    subject, key=key, draw=draw, **self._release_args(mech)
+                )
+                assert rel.charge is not None
+                event, pixels = rel.charge.id, np.asarray(rel.vector)
+        finally:
+            self._tick(stage, t)
+        return event, pixels
 
     def _privatise(
         self, unit: _Unit, emb: np.ndarray, index: int | None = None
@@ -746,9 +821,13 @@ class Anonymizer:
         regions: list[tuple[int, int, int, int]],
         units: list[_Unit],
         embeddings: np.ndarray | None,
+        original: np.ndarray,
     ) -> tuple[np.ndarray, list[FaceRecord]]:
+        """Every face replaced by the generator (or its fallback, or masked), then, with head
+        protection, every head released around them. ``original``: the photo as read."""
         assert self.generator is not None
         records: list[FaceRecord] = []
+        layers: dict[int, FaceLayer] = {}
         if not faces or embeddings is None:
             return img, records
         for i, (face, region, unit, emb) in enumerate(
@@ -803,6 +882,9 @@ class Anonymizer:
                 records.append(rec)
                 continue
             img = result.image
+            layer = self._face_layer(result)
+            if layer is not None:
+                layers[i] = layer
             channels = _with_note(result.channels.as_dict(), steer_note)
             if unit.linked:
                 channels = {**channels, "uncovered": [*channels["uncovered"], LINKING_UNCOVERED]}
@@ -823,7 +905,93 @@ class Anonymizer:
                     detector=detector,
                 )
             )
-        return img, records
+        if self.head == "keep":
+            return img, records
+        tops: list[FaceLayer | ProtectedRegion] = []
+        for rec in records:
+            x0, y0, x1, y1 = rec.box
+            tops.append(layers.get(rec.index) or ProtectedRegion(rec.box, img[y0:y1, x0:x1].copy()))
+        return self._protect_heads(original, img, faces, records, tops)
+
+    def _face_layer(self, result: GeneratedFace) -> FaceLayer | None:
+        """What head protection puts back of a generated face (None: no head protection, or
+        a generator that gives no layer -- then its whole region goes back as it is)."""
+        if self.head == "keep" or result.region is None:
+            return None
+        if result.alpha is None or result.layer is None:
+            return None
+        return FaceLayer(result.region, result.alpha, result.layer)
+
+    def head_mechanism(self, box: tuple[int, int, int, int]) -> DPPixelization:
+        """DP-Pix for one head box: ``head_cells`` cells across, m = ``HEAD_PIXELS``, at
+        ``head_epsilon`` (seeded runs draw from the run's seeded stream, labelled NOT private)."""
+        shared = self.mechanism.randomness if self.seeded else None
+        return DPPixelization(
+            epsilon=self.head_epsilon,
+            block=head_block(box, self.head_cells),
+            m=HEAD_PIXELS,
+            randomness=shared,
+        )
+
+    def _protect_heads(
+        self,
+        original: np.ndarray,
+        img: np.ndarray,
+        faces: list[Face],
+        records: list[FaceRecord],
+        tops: list[FaceLayer | ProtectedRegion],
+    ) -> tuple[np.ndarray, list[FaceRecord]]:
+        """Head protection (:mod:`dpface.head`): each face's head box is released from the
+        ORIGINAL photo's pixels with DP-Pix, charged to the face's unit first (or painted
+        grey: ``head="mask"``, a refused head, or a face whose own release was refused), in
+        face order; then each face's own protection (``tops``) goes back on top."""
+        canvas = img.copy()
+        out: list[FaceRecord] = []
+        for rec, face in zip(records, faces, strict=True):
+            box = head_box(face.box, original.shape)
+            x0, y0, x1, y1 = box
+            info: dict[str, Any] = {"box": list(box), "ledger_event": None}
+            if self.head == "mask" or rec.refused:
+                canvas[y0:y1, x0:x1] = MASK_VALUE
+                why = "head='mask'" if self.head == "mask" else "the face's own release was refused"
+                info.update(protection="mask", reason=why)
+                how = f"painted flat grey ({why}; nothing released)"
+            else:
+                mech = self.head_mechanism(box)
+                key = None if self._release_key is None else f"{self._release_key}:{rec.index}"
+                try:
+                    event, pixels = self._release_region(
+                        original, box, rec.subject, mech, None if key is None else key + ":head"
+                    )
+                except (BudgetExceeded, KeyError) as err:
+                    canvas[y0:y1, x0:x1] = MASK_VALUE
+                    why = f"head release refused: {self._refusal(err)}"
+                    info.update(protection="mask", reason=why, refused=True)
+                    how = f"painted flat grey ({why})"
+                else:
+                    canvas[y0:y1, x0:x1] = pixels
+                    info.update(
+                        protection="dp-pix",
+                        ledger_event=event,
+                        cells=self.head_cells,
+                        guarantee=mech.statement(),
+                    )
+                    how = f"DP-Pix from the photo's pixels: {mech.statement()}"
+            spent, left = (
+                self._spent(rec.subject) if rec.spent is not None else (None, rec.remaining_epsilon)
+            )
+            out.append(
+                replace(
+                    rec,
+                    head=info,
+                    channels=head_channels(rec.channels or {}, box, how),
+                    spent=spent,
+                    remaining_epsilon=left,
+                )
+            )
+        for top in tops:
+            top.over(canvas)
+        return canvas, out
 
     # ------------------------------------------------------------------ receipts
     def _mechanism_block(self) -> dict[str, Any]:
@@ -845,7 +1013,9 @@ class Anonymizer:
     def _not_protected(self, linked: bool) -> list[str]:
         items = [
             "faces the detector missed (see detection_note)",
-            "everything outside the replaced face regions",
+            "everything outside the replaced face regions"
+            if self.head == "keep"
+            else "everything outside the faces' head boxes",
             "different photos of an unnamed person: each photo's face is its own privacy unit, "
             "so their releases are not composed (name the person to join them)",
             "metadata is dropped from written images; in-memory arrays carry none",
@@ -895,6 +1065,7 @@ class Anonymizer:
             "generator": None if gen is None else {"name": gen.name, "encoder": gen.encoder},
             "attribute_steering": None if self.steering is None else self.steering.describe(),
             "pseudonym": self.pseudonym,
+            "head": self.head_settings(),
             "ledger": {"run_id": self.ledger.run_id, "composition": self.ledger.composition},
             "faces": [r.as_receipt() for r in records],
             "detection": detection,
@@ -963,6 +1134,11 @@ class Anonymizer:
         (``pip install 'dpface[video]'``)."""
         from .video import anonymize_video
 
+        if self.head != "keep":
+            raise ValueError(
+                f"head protection (head={self.head!r}) is for photos only so far: a video's "
+                "heads are not released through a mechanism; anonymise videos with head='keep'"
+            )
         return anonymize_video(self, source, dest, **options)
 
     def _failed(self, source: str, error: str) -> AnonymizationResult:

@@ -70,6 +70,7 @@ KNOWN_SETTINGS: tuple[tuple[str, str], ...] = (
     ("is_dp", "Differential privacy"),
     ("seeded", "Randomness"),
     ("pseudonym", "Pseudonym"),
+    ("head", "Head around generated faces"),
     ("linking", "Linking faces to people"),
     ("names", "Names of people"),
     ("attribute_steering", "Attribute steering"),
@@ -104,6 +105,17 @@ SUMMARY_COUNTS: tuple[tuple[str, str, str], ...] = (
         "fallback",
         "Faces protected by the DP fallback",
         "found, but too small, turned or unsure for the generator: DP pixelization, charged",
+    ),
+    (
+        "head_released",
+        "Heads released with DP-Pix",
+        "--head dp-pix: the head box around the face (hair, ears, outline) released from "
+        "the photo with DP-Pix, charged to the face's person on top of its own release",
+    ),
+    (
+        "head_masked",
+        "Heads painted grey",
+        "--head mask, or a head release the budget refused: nothing of the head was released",
     ),
     (
         "no_face",

@@ -118,6 +118,8 @@ def summarise(
         "label": cond.label,
         "family": cond.family,
         "epsilon": None if math.isnan(cond.epsilon) else cond.epsilon,
+        "head": cond.head,
+        "head_epsilon": cond.head_epsilon,
         "faces": len(faces),
         "draws": d,
         "metrics": {k: [e.mean, e.half_width] for k, e in m.items()},

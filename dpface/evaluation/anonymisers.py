@@ -67,6 +67,8 @@ class Condition:
     epsilon: float = math.nan  # nan: not DP; inf: generator without noise
     params: tuple[tuple[str, float], ...] = ()
     random: bool = False  # output depends on the random stream
+    head: str = "keep"  # the product's head protection (dpface.head): keep | dp-pix | mask
+    head_epsilon: float = 0.0  # ε of the head release (head "dp-pix")
 
     def param(self, key: str) -> float:
         """A numeric parameter."""
@@ -82,7 +84,7 @@ class Condition:
         """ε the ledger is charged per release of a face under this condition (0: none)."""
         if self.family == "generator":
             return NOISELESS_CHARGE
-        return self.epsilon if self.product else 0.0
+        return self.epsilon + self.head_epsilon if self.product else 0.0
 
 
 def baselines() -> list[Condition]:
@@ -115,22 +117,41 @@ def generator_inf() -> Condition:
     )
 
 
-def identity(mechanism: str, epsilon: float) -> Condition:
-    """dpface: the product with identity mechanism ``mechanism`` at ``epsilon``."""
+def identity(
+    mechanism: str, epsilon: float, head: str = "keep", head_epsilon: float | None = None
+) -> Condition:
+    """dpface: the product with identity mechanism ``mechanism`` at ``epsilon`` and head
+    protection ``head`` (``--head``; ``head_epsilon``: ``--head-epsilon``, default ``epsilon``)."""
+    from dpface.head import HEAD_MODES
+
     if mechanism not in IDENTITY_MECHANISMS:
         raise ValueError(f"unknown identity mechanism {mechanism!r}; use {IDENTITY_MECHANISMS}")
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise ValueError("epsilon must be finite and > 0 (use the generator row for ε=∞)")
+    if head not in HEAD_MODES:
+        raise ValueError(f"unknown head protection {head!r}; use {', '.join(HEAD_MODES)}")
+    h_eps = 0.0
+    if head == "dp-pix":
+        h_eps = float(epsilon if head_epsilon is None else head_epsilon)
+        if not (h_eps > 0 and math.isfinite(h_eps)):
+            raise ValueError("the head's epsilon must be finite and > 0")
     short = {"identity-laplace": "Laplace", "identity-gaussian": "Gaussian", "identity-vmf": "vMF"}[
         mechanism
     ]
     extra = f", δ={GAUSSIAN_DELTA:g}" if mechanism == "identity-gaussian" else ""
+    name, label = f"{mechanism}@eps={epsilon:g}", f"dpface {short} ε={epsilon:g}{extra}"
+    if head == "dp-pix":
+        name, label = name + f"+head=dp-pix@{h_eps:g}", label + f" + head DP-Pix ε={h_eps:g}"
+    elif head == "mask":
+        name, label = name + "+head=mask", label + " + head masked"
     return Condition(
-        f"{mechanism}@eps={epsilon:g}",
+        name,
         mechanism,
-        f"dpface {short} ε={epsilon:g}{extra}",
+        label,
         epsilon=float(epsilon),
         random=True,
+        head=head,
+        head_epsilon=h_eps,
     )
 
 
@@ -177,6 +198,8 @@ def product_config(cond: Condition, seed: int, ledger: str | Path) -> Any:
         return AnonymizeConfig(
             mechanism=cond.family,  # checked: an identity mechanism
             epsilon=cond.epsilon,
+            head=cond.head,  # type: ignore[arg-type]  # checked by identity()
+            head_epsilon=cond.head_epsilon if cond.head == "dp-pix" else None,
             delta=GAUSSIAN_DELTA,
             seed=seed,
             ledger=Path(ledger),
@@ -234,6 +257,8 @@ def product_anonymizer(
         ledger=ledger,
         detector=config.detector,
         pseudonym=config.pseudonym,
+        head=config.head,
+        head_epsilon=config.head_eps,
         encoder=enc,
         receipt_subjects="digest" if config.names == "hash" else "name",
     )
@@ -428,12 +453,35 @@ def parse_epsilons(text: str | Sequence[float]) -> list[float]:
     return vals
 
 
+def parse_heads(text: str) -> list[tuple[str, float | None]]:
+    """``--heads`` ("keep,dp-pix:2,mask"): (head protection, head ε or None for the
+    identity ε) pairs."""
+    from dpface.head import HEAD_MODES
+
+    out: list[tuple[str, float | None]] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        mode, _, eps = item.partition(":")
+        if mode not in HEAD_MODES or (eps and mode != "dp-pix"):
+            raise ValueError(f"--heads: {item!r} is not keep, mask, dp-pix or dp-pix:EPS")
+        try:
+            value = float(eps) if eps else None
+        except ValueError as err:
+            raise ValueError(f"--heads: {item!r}: {eps!r} is not a number") from err
+        out.append((mode, value))
+    return out or [("keep", None)]
+
+
 def build_conditions(
-    mechanisms: Sequence[str], epsilons: Sequence[float], dppix: Sequence[tuple[float, int, int]]
+    mechanisms: Sequence[str],
+    epsilons: Sequence[float],
+    dppix: Sequence[tuple[float, int, int]],
+    heads: Sequence[tuple[str, float | None]] = (("keep", None),),
 ) -> list[Condition]:
     """Conditions from mechanism group names: ``original``, ``baselines`` (or single
     baseline names), ``dp-pix`` (over ``dppix`` (ε, b, m) triples), ``generator`` (ε = ∞),
-    and identity mechanisms (over ``epsilons``)."""
+    and identity mechanisms (over ``epsilons`` × ``heads``, see :func:`parse_heads`)."""
     by_name = {c.name: c for c in baselines()}
     out: list[Condition] = []
     for m in mechanisms:
@@ -449,7 +497,7 @@ def build_conditions(
         elif m == "generator":
             out.append(generator_inf())
         elif m in IDENTITY_MECHANISMS:
-            out.extend(identity(m, e) for e in epsilons)
+            out.extend(identity(m, e, h, he) for e in epsilons for h, he in heads)
         elif m:
             raise ValueError(
                 f"unknown mechanism {m!r}; use original, baselines, {', '.join(by_name)},"

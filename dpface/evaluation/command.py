@@ -93,6 +93,13 @@ def register(app: typer.Typer) -> None:
                 "anonymize's --block and --pixels)."
             ),
         ] = DEFAULT_DPPIX,
+        heads: Annotated[
+            str,
+            typer.Option(
+                help="Head protection of the identity rows (anonymize's --head), comma list: "
+                "keep, mask, dp-pix (head ε = the row's ε) or dp-pix:EPS."
+            ),
+        ] = "keep",
         draws: Annotated[int, typer.Option(min=1, help="Releases measured per face.")] = 2,
         averaging: Annotated[
             str,
@@ -136,7 +143,7 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
         from dpface.evaluation.aggregate import summarise
-        from dpface.evaluation.anonymisers import build_conditions, parse_epsilons
+        from dpface.evaluation.anonymisers import build_conditions, parse_epsilons, parse_heads
         from dpface.evaluation.attacks import ATTACKERS
         from dpface.evaluation.faces import folder_faces, sample_faces
         from dpface.evaluation.report import write_plots, write_tables
@@ -151,7 +158,7 @@ def register(app: typer.Typer) -> None:
             )
         try:
             eps = parse_epsilons(epsilons)
-            conds = build_conditions(_list(mechanisms), eps, _dppix(dppix))
+            conds = build_conditions(_list(mechanisms), eps, _dppix(dppix), parse_heads(heads))
             avg = tuple(sorted({int(v) for v in _list(averaging)}))
             avg_eps = tuple(parse_epsilons(averaging_epsilons))
         except ValueError as err:

@@ -94,7 +94,10 @@ def _eps(summary: dict[str, Any]) -> str:
     e = summary["epsilon"]
     if e is None:
         return "–"
-    return "∞" if math.isinf(e) else f"{e:g}"
+    if math.isinf(e):
+        return "∞"
+    head = summary.get("head_epsilon") or 0.0
+    return f"{e:g} + {head:g} (head)" if head > 0 else f"{e:g}"
 
 
 def main_columns(attackers: Sequence[str]) -> list[tuple[str, str, int]]:
@@ -321,7 +324,8 @@ def write_plots(
         for ax, a in zip(axes[0], attackers, strict=True):
             for f in fams:
                 rows = sorted(
-                    (s for s in summaries if s["family"] == f), key=lambda s: s["epsilon"]
+                    (s for s in summaries if s["family"] == f and s.get("head", "keep") == "keep"),
+                    key=lambda s: s["epsilon"],
                 )
                 xs = [s["epsilon"] for s in rows]
                 ys = [_metric(s, f"psr_{a}") for s in rows]

@@ -63,7 +63,10 @@ class GeneratedFace:
     and ``reason`` says why (the caller must then apply another protection or report it).
     ``image`` is always the full photo (unchanged when untouched). ``region`` is the
     (x0, y0, x1, y1) pixel box the generator may have changed; ``alpha`` the soft mask of
-    the replacement inside that box (None when untouched)."""
+    the replacement inside that box and ``layer`` the replacement's own colours there (float,
+    (h, w, 3), before blending), so that ``image[region] == round(alpha * layer + (1 - alpha)
+    * photo[region])``; both None when untouched. Head protection (:mod:`dpface.head`) puts
+    ``layer`` back over a released head through ``alpha``."""
 
     image: np.ndarray = field(repr=False)
     status: str
@@ -71,6 +74,7 @@ class GeneratedFace:
     reason: str | None = None
     region: tuple[int, int, int, int] | None = None
     alpha: np.ndarray | None = field(default=None, repr=False)
+    layer: np.ndarray | None = field(default=None, repr=False)
     details: Mapping[str, object] = field(default_factory=dict)
 
     @property

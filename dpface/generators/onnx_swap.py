@@ -208,4 +208,11 @@ class OnnxFaceSwapGenerator(Generator):
         blended = region * (1.0 - alpha[..., None]) + back * alpha[..., None]
         out = img.copy()
         out[y0:y1, x0:x1] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
-        return GeneratedFace(out, "replaced", record, region=(x0, y0, x1, y1), alpha=alpha)
+        return GeneratedFace(
+            out,
+            "replaced",
+            record,
+            region=(x0, y0, x1, y1),
+            alpha=alpha,
+            layer=np.asarray(back, dtype=np.float32),
+        )

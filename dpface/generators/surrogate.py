@@ -368,7 +368,7 @@ class SurrogateGenerator(Generator):
         off = np.array([x0, y0], dtype=np.float64)
         usable = np.tensordot(w.astype(np.float32), self._usable[idx], axes=1)
         texture = np.dstack([self.surrogate_texture(idx, w), usable])
-        out_crop, alpha = self._replace(
+        out_crop, alpha, layer = self._replace(
             crop, lm - off, target - off, mesh_in - off, mesh_t - off, fw, texture
         )
         out = img.copy()
@@ -379,6 +379,7 @@ class SurrogateGenerator(Generator):
             record,
             region=(x0, y0, x1, y1),
             alpha=alpha,
+            layer=layer,
             details={
                 "surrogates": idx.tolist(),
                 "weights": w.tolist(),
@@ -475,7 +476,8 @@ class SurrogateGenerator(Generator):
         mesh_t: np.ndarray,
         fw: float,
         texture: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(blended crop, soft mask, the replacement's own colours before blending)."""
         s = self.settings
         shape = (crop.shape[0], crop.shape[1])
         pts_in = extend(lm_in)
@@ -542,7 +544,7 @@ class SurrogateGenerator(Generator):
             rgb = poisson_blend(rgb, crop, region)
         alpha = feather(region, max(0.8, s.feather_sigma * fw))
         out = src * (1.0 - alpha[..., None]) + rgb * alpha[..., None]
-        return np.clip(np.round(out), 0, 255).astype(np.uint8), alpha
+        return np.clip(np.round(out), 0, 255).astype(np.uint8), alpha, rgb.astype(np.float32)
 
 
 def canonical_shape_model(bank: SurrogateBank) -> ShapeModel:

@@ -104,6 +104,30 @@ def test_main_job_anonymises_every_bundled_sample(tmp_path: Path) -> None:
     assert not (out / "ledger.db").exists()  # the ledger outlives output folders
 
 
+def test_head_protection_from_the_command_line_is_charged_and_in_every_receipt(
+    photos: Path, tmp_path: Path
+) -> None:
+    ledger, out = tmp_path / "l.db", tmp_path / "out"
+    res = runner.invoke(
+        app,
+        [
+            *("anonymize", str(photos), "-o", str(out), "--ledger", str(ledger)),
+            *("--head", "dp-pix", "--head-epsilon", "2", "--workers", "1", "--json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["problems"] == []
+    for name in SMALL:
+        receipt = json.loads((out / name).with_suffix(".receipt.json").read_text())
+        assert receipt["head"]["mode"] == "dp-pix" and receipt["head"]["epsilon"] == 2.0
+        (face,) = receipt["faces"]
+        assert face["head"]["protection"] == "dp-pix"
+        assert face["spent"]["epsilon"] == 8.0  # the identity release and the head release
+        assert face["remaining_epsilon"] == 32.0  # default budget: 5 photos at 6 + 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["totals"]["releases"] == 2 * len(SMALL)
+
+
 def test_the_summary_prints_the_ledger_path(
     photos: Path, tmp_path: Path, _private_default_ledger: Path
 ) -> None:
@@ -146,6 +170,11 @@ BAD_OPTIONS = [
     (["--encoder-model", "x.onnx"], "only for --encoder arcface-onnx"),
     (["--swap-latent-map", "graph"], "needs --swap-model"),
     (["-m", "dp-pix", "--swap-model", "x.onnx"], "identity mechanism"),
+    (["--head", "blur"], "--head"),
+    (["-m", "dp-pix", "--head", "mask"], "identity mechanism"),
+    (["--head-epsilon", "2"], "give --head dp-pix"),
+    (["--head", "dp-pix", "--head-epsilon", "0"], "--head-epsilon"),
+    (["--head", "dp-pix", "--head-epsilon", "2", "--budget", "7"], "--head-epsilon 2"),
 ]
 
 

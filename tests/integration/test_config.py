@@ -64,7 +64,7 @@ def test_fields_are_keyword_only_and_frozen() -> None:
         ({"delta": 0.0}, "--delta"),
         ({"delta": 1.0}, "--delta"),
         ({"budget": float("inf")}, "--budget"),
-        ({"budget": 1.0}, "less than one release"),
+        ({"budget": 1.0}, "less than one photo.s releases"),
         ({"names": "secret"}, "--names"),
         ({"composition": "sum"}, "--composition"),
         ({"pseudonym": "sometimes"}, "--pseudonym"),
@@ -73,6 +73,13 @@ def test_fields_are_keyword_only_and_frozen() -> None:
         ({"encoder": "dlib"}, "evaluation attacker"),
         ({"encoder": "arcface-onnx"}, "--encoder-model"),
         ({"swap_latent_map": "graph"}, "needs --swap-model"),
+        ({"head": "blur"}, "--head"),
+        ({"head": "dp-pix", "head_epsilon": 0.0}, "--head-epsilon"),
+        ({"head": "dp-pix", "head_epsilon": float("nan")}, "--head-epsilon"),
+        ({"head_epsilon": 2.0}, "give --head dp-pix"),
+        ({"head": "dp-pix", "mechanism": "dp-pix"}, "identity mechanism"),
+        ({"head": "mask", "mechanism": "dp-blur"}, "identity mechanism"),
+        ({"head": "dp-pix", "head_epsilon": 2.0, "budget": 7.0}, "--head-epsilon 2"),
     ],
 )
 def test_unusable_settings_are_usage_errors_naming_the_option(
