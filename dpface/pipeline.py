@@ -352,6 +352,8 @@ class Anonymizer:
             or not (1 <= head_cells <= 64)
         ):
             raise ValueError("head_cells must be an integer from 1 to 64")
+        if head != "keep" and generator is not None:
+            generator = generator.for_released_head()  # nothing of the photo to blend into
         self.head: HeadMode = head
         self.head_epsilon = float(h_eps)
         self.head_cells = head_cells

@@ -104,6 +104,12 @@ class Generator(ABC):
         """Replace one face. ``image``: RGB uint8 (H, W, 3), never modified in place;
         ``identity``: the PRIVATISED embedding (``identity_dim``,)."""
 
+    def for_released_head(self) -> Generator:
+        """The generator to use when the head around the face is released or masked instead of
+        kept (:mod:`dpface.head`): one that needs none of the photo's pixels to blend into.
+        Default: this generator unchanged."""
+        return self
+
     def check_identity(self, identity: np.ndarray) -> np.ndarray:
         """The privatised embedding as a finite float64 vector of the right size."""
         v = np.asarray(identity, dtype=np.float64).reshape(-1)

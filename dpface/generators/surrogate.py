@@ -37,6 +37,7 @@ mouth interior, everything outside the mask) are listed in every result's
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -109,6 +110,11 @@ class SurrogateSettings:
     # the face (L* per face width, horizontal and vertical) quantised in this step
     seam_band: float = 0.12  # near the region's edge the photo's own low-frequency colour
     # is restored over this band (no seam against the untouched skin around)
+    own_outline: bool = False  # True: the jaw line and the replaced region follow the
+    # surrogate's posed shape, not the photo's (for a head that is not kept)
+    photo_fill: bool = True  # where the surrogate has no texture (upper forehead, hair
+    # areas) the photo's own pixels, and the seam band; False: the skin-tone class lit by
+    # the lighting direction there, and no seam band (for a head that is not kept)
     mix: int = 1  # how many nearest synthetic identities are mixed
     temperature: float = 0.02  # softmax temperature on cosine similarity when mixing
 
@@ -197,6 +203,18 @@ class SurrogateGenerator(Generator):
         other.bank = self.bank.without(labels)
         other._emb = other.bank.embedding(self.encoder).astype(np.float64)
         other._usable = usable_texture(other.bank.textures, other.bank.shape68)
+        return other
+
+    def for_released_head(self) -> SurrogateGenerator:
+        """This generator as head protection uses it (:mod:`dpface.head`): with the head
+        around the face released or masked there is nothing of the photo to blend into, so
+        none of the photo's pixels are used inside the mask either -- no photo fill where the
+        surrogate has no texture, no seam band, no mouth interior -- and the jaw line and
+        mask follow the surrogate's posed shape instead of the photo's outline."""
+        other = copy.copy(self)
+        other.settings = dataclasses.replace(
+            self.settings, photo_fill=False, keep_mouth=False, own_outline=True
+        )
         return other
 
     # ------------------------------------------------------------------ identity -> surrogate
@@ -289,14 +307,23 @@ class SurrogateGenerator(Generator):
             f" (L*, a*, b* in steps of {s.tone_step[0]:g}/{s.tone_step[1]:g}/"
             f"{s.tone_step[2]:g}) and its lightness gradient across the face (steps of"
             f" {s.light_step:g} L*)",
-            "the input's own low-frequency colour in a band along the edge of the replaced"
-            " region (blends it into the untouched skin)",
-            "hair, ears, face outline (jaw and cheek line), neck, background, clothing"
-            " (outside the mask)",
-            "the input's own pixels inside the mask where the surrogate texture ends"
-            " (upper forehead) or would show hair",
+            "hair, ears, neck, background, clothing (outside the mask)",
             "face size and position (the detected landmarks place the mask)",
         ]
+        if s.own_outline:
+            covered.append(
+                "face outline: the jaw and cheek line and the replaced region's edge follow"
+                " the surrogate's posed shape"
+            )
+        else:
+            uncovered.append("face outline: the input's jaw and cheek line (outside the mask)")
+        if s.photo_fill:
+            uncovered += [
+                "the input's own low-frequency colour in a band along the edge of the"
+                " replaced region (blends it into the untouched skin)",
+                "the input's own pixels inside the mask where the surrogate texture ends"
+                " (upper forehead) or would show hair",
+            ]
         if s.fine_sigma > 0:
             uncovered.append("fine skin texture and image grain (finest band of the input)")
         if s.keep_eyes:
@@ -350,7 +377,8 @@ class SurrogateGenerator(Generator):
         mesh_in = mesh3d[:, :2]
         mesh_t, pe = self.target_mesh(mesh3d, idx, w)
         target = lm + interpolate_offsets(mesh_in, mesh_t - mesh_in, lm, 0.03 * fw)
-        target[JAW] = lm[JAW]  # the outline (and the mask's lower edge) stays the photo's
+        if not self.settings.own_outline:
+            target[JAW] = lm[JAW]  # the outline (and the mask's lower edge) stays the photo's
         pts = np.concatenate([extend(lm), extend(target), mesh_in, mesh_t])
         pad = 2.0 + 0.05 * fw
         x0 = int(max(0, np.floor(pts[:, 0].min() - pad)))
@@ -486,7 +514,8 @@ class SurrogateGenerator(Generator):
         warped, usable = warped4[..., :3], warped4[..., 3] * inside
         region, skin, keep = self._masks(shape, lm, pts, fw)
         region_in, skin_in, _ = self._masks(shape, lm_in, pts_in, fw)
-        region = np.maximum(region, region_in)
+        if not s.own_outline:  # the photo's face is covered wherever it reaches
+            region = np.maximum(region, region_in)
         skin *= inside.astype(np.float32)
         valid = feather(inside.astype(np.float32), max(0.6, s.texture_edge * fw))
         valid *= np.asarray(
@@ -524,16 +553,22 @@ class SurrogateGenerator(Generator):
         if s.fine_sigma > 0:
             fs = max(0.5, s.fine_sigma * fw)
             lab = cv2.GaussianBlur(lab, (0, 0), fs) + lab_in - cv2.GaussianBlur(lab_in, (0, 0), fs)
-        lab = valid[..., None] * lab + (1.0 - valid[..., None]) * lab_in
-        # no seam: along the region's edge the photo's own low-frequency colour comes back
-        band = max(1.0, s.seam_band * fw)
-        hard = (region > 0.5).astype(np.uint8)
-        dist = cv2.distanceTransform(hard, cv2.DIST_L2, 3)
-        edge_w = np.clip(1.0 - dist / band, 0.0, 1.0).astype(np.float32)
-        ring_w = skin_in * (edge_w > 0).astype(np.float32)
-        if ring_w.sum() > 0:
-            diff = masked_blur(lab_in - lab, ring_w, max(1.0, 0.5 * band))
-            lab = lab + (edge_w**2)[..., None] * diff
+        if not s.photo_fill:
+            # where the surrogate has no texture: the skin-tone class lit by the lighting
+            # direction, nothing of the photo's pixels; no seam band
+            fill = np.dstack([plane, *(np.full(shape, np.float32(t)) for t in tone[1:])])
+            lab = valid[..., None] * lab + (1.0 - valid[..., None]) * fill
+        else:
+            lab = valid[..., None] * lab + (1.0 - valid[..., None]) * lab_in
+            # no seam: along the region's edge the photo's own low-frequency colour comes back
+            band = max(1.0, s.seam_band * fw)
+            hard = (region > 0.5).astype(np.uint8)
+            dist = cv2.distanceTransform(hard, cv2.DIST_L2, 3)
+            edge_w = np.clip(1.0 - dist / band, 0.0, 1.0).astype(np.float32)
+            ring_w = skin_in * (edge_w > 0).astype(np.float32)
+            if ring_w.sum() > 0:
+                diff = masked_blur(lab_in - lab, ring_w, max(1.0, 0.5 * band))
+                lab = lab + (edge_w**2)[..., None] * diff
         rgb = lab_to_rgb(lab)
         src = crop.astype(np.float32)
         if keep.any():
