@@ -504,7 +504,7 @@ def anonymize(
     ] = "keep",
     head_epsilon: Annotated[
         float | None,
-        typer.Option(help="epsilon of the head release with --head dp-pix (default: --epsilon)."),
+        typer.Option(help="epsilon of the head release with --head dp-pix (default: 1)."),
     ] = None,
     encoder: Annotated[
         str, typer.Option(help=f"Identity encoder inside the generator ({', '.join(ENCODERS)}).")

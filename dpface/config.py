@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from mechanisms import registry as mechanism_registry
 
 from .errors import UsageError
-from .head import HEAD_MODES, HeadMode
+from .head import HEAD_EPSILON, HEAD_MODES, HeadMode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -146,7 +146,7 @@ class AnonymizeConfig:
     subject's releases. ``pseudonym``: "fresh" (new noise per photo) or "reuse" (one privatised
     identity per named subject). ``head``: "keep" (default) leaves the head around a generated
     face as in the photo; "dp-pix" also releases each face's head box (hair, ears, outline)
-    with DP-Pix at ``head_epsilon`` (default: ``epsilon``), charged to the face's unit, so a
+    with DP-Pix at ``head_epsilon`` (default 1), charged to the face's unit, so a
     photo costs ``epsilon + head_epsilon``; "mask" paints it grey (:mod:`dpface.head`;
     identity mechanisms, photos only). ``encoder``/``encoder_model``/``swap_model``/
     ``swap_latent_map``: the identity encoder and generator. ``block``/``pixels``: DP-Pix cell
@@ -285,8 +285,8 @@ class AnonymizeConfig:
 
     @property
     def head_eps(self) -> float:
-        """ε of one head release (``head="dp-pix"``): ``head_epsilon`` or ``epsilon``."""
-        return float(self.epsilon if self.head_epsilon is None else self.head_epsilon)
+        """ε of one head release (``head="dp-pix"``): ``head_epsilon`` or ``HEAD_EPSILON``."""
+        return float(HEAD_EPSILON if self.head_epsilon is None else self.head_epsilon)
 
     @property
     def photo_epsilon(self) -> float:

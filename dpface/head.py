@@ -32,6 +32,7 @@ HeadMode = Literal["keep", "dp-pix", "mask"]
 HEAD_MODES: tuple[HeadMode, ...] = ("keep", "dp-pix", "mask")
 HEAD_SCALE = 1.6  # head box side, in face-box widths (measured: 2.0 protects no better)
 HEAD_LIFT = 0.15  # head box centre above the face box centre, in face-box widths
+HEAD_EPSILON = 1.0  # default ε of the head release (measured: protects as well as 2 or 6)
 HEAD_CELLS = 6  # default DP-Pix cells across the head box (measured: 6 protects more than 8)
 HEAD_PIXELS = 16  # m of the head's DP-Pix release
 

@@ -49,6 +49,7 @@ from .face import Face
 from .generators.base import GeneratedFace, Generator
 from .head import (
     HEAD_CELLS,
+    HEAD_EPSILON,
     HEAD_MODES,
     HEAD_PIXELS,
     HEAD_SCALE,
@@ -280,8 +281,8 @@ class Anonymizer:
 
         ``head`` (identity mechanisms; :mod:`dpface.head`): ``"keep"`` (default) leaves the
         head around a generated face -- hair, ears, outline -- as in the photo; ``"dp-pix"``
-        releases every face's head box with DP-Pix at ``head_epsilon`` (default: the
-        mechanism's epsilon), ``head_cells`` cells across, charged to the face's unit (a photo
+        releases every face's head box with DP-Pix at ``head_epsilon`` (default
+        ``HEAD_EPSILON`` = 1), ``head_cells`` cells across, charged to the face's unit (a photo
         then costs the identity release plus the head release; a refused head is masked);
         ``"mask"`` paints the head box grey (nothing charged). The face's own protection is
         put back on top either way."""
@@ -338,7 +339,7 @@ class Anonymizer:
                 "head protection is for identity mechanisms (a generated face with the photo's "
                 "head around it); an image mechanism releases the face region itself"
             )
-        h_eps = head_epsilon if head_epsilon is not None else _epsilon_of(mechanism)
+        h_eps = head_epsilon if head_epsilon is not None else HEAD_EPSILON
         if not (
             isinstance(h_eps, (int, float))
             and not isinstance(h_eps, bool)

@@ -121,8 +121,9 @@ def identity(
     mechanism: str, epsilon: float, head: str = "keep", head_epsilon: float | None = None
 ) -> Condition:
     """dpface: the product with identity mechanism ``mechanism`` at ``epsilon`` and head
-    protection ``head`` (``--head``; ``head_epsilon``: ``--head-epsilon``, default ``epsilon``)."""
-    from dpface.head import HEAD_MODES
+    protection ``head`` (``--head``; ``head_epsilon``: ``--head-epsilon``, default
+    ``HEAD_EPSILON``)."""
+    from dpface.head import HEAD_EPSILON, HEAD_MODES
 
     if mechanism not in IDENTITY_MECHANISMS:
         raise ValueError(f"unknown identity mechanism {mechanism!r}; use {IDENTITY_MECHANISMS}")
@@ -132,7 +133,7 @@ def identity(
         raise ValueError(f"unknown head protection {head!r}; use {', '.join(HEAD_MODES)}")
     h_eps = 0.0
     if head == "dp-pix":
-        h_eps = float(epsilon if head_epsilon is None else head_epsilon)
+        h_eps = float(HEAD_EPSILON if head_epsilon is None else head_epsilon)
         if not (h_eps > 0 and math.isfinite(h_eps)):
             raise ValueError("the head's epsilon must be finite and > 0")
     short = {"identity-laplace": "Laplace", "identity-gaussian": "Gaussian", "identity-vmf": "vMF"}[

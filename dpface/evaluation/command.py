@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 help="Head protection of the identity rows (anonymize's --head), comma list: "
-                "keep, mask, dp-pix (head ε = the row's ε) or dp-pix:EPS."
+                "keep, mask, dp-pix (head ε 1, the default) or dp-pix:EPS."
             ),
         ] = "keep",
         draws: Annotated[int, typer.Option(min=1, help="Releases measured per face.")] = 2,
