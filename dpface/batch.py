@@ -997,6 +997,8 @@ def _process_video(
         counts["refused"] += int(t.refused)
         counts["uncertain"] += int(t.uncertain)
         counts["fallback"] += int(t.protection == "dp-fallback" or t.fallback_frames > 0)
+        if t.head is not None and t.head["protection"] != "none":
+            counts["head_released" if t.head["protection"] == "dp-pix" else "head_masked"] += 1
     return outcome
 
 

@@ -1134,14 +1134,10 @@ class Anonymizer:
         person-track, released once and reused on every frame. See
         :func:`dpface.video.anonymize_video` for the options (``audio``, ``detect_every``,
         ``subject``/``subjects``, ``link_tracks``, ``progress``...); needs PyAV
-        (``pip install 'dpface[video]'``)."""
+        (``pip install 'dpface[video]'``). With head protection each person's head box is
+        released on every frame under ONE head release per person (docs/video.md)."""
         from .video import anonymize_video
 
-        if self.head != "keep":
-            raise ValueError(
-                f"head protection (head={self.head!r}) is for photos only so far: a video's "
-                "heads are not released through a mechanism; anonymise videos with head='keep'"
-            )
         return anonymize_video(self, source, dest, **options)
 
     def _failed(self, source: str, error: str) -> AnonymizationResult:

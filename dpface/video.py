@@ -18,6 +18,10 @@
    for DP-Pix/DP-Blur the face regions of all the group's frames form one release (see
    docs/video.md for the neighbouring relation). Landmarks are smoothed over time (One Euro),
    so the surrogate does not flicker. A refused budget masks the group's faces on every frame.
+   With head protection (``Anonymizer(head="dp-pix" | "mask")``, :mod:`dpface.head`) each
+   face's head box is then released on every frame with DP-Pix from that frame's pixels
+   (fresh noise per frame, ONE head release charged per group at its first frame) or painted
+   grey, and the face's own protection is put back on top.
 
 Output: the same container type, resolution (upright), frame count and timestamps (pts in
 the input's time base, variable frame rate kept); audio streams copied (not re-encoded) or
@@ -276,12 +280,16 @@ class TrackRecord:
     enrolled_link: bool = False  # charged to an enrolled subject by template matching
     uncertain: bool = False  # no confident detection in the track
     channels: dict[str, list[str]] | None = None
+    # head protection (dpface.head): protection, ledger event, frames released / masked...
+    head: dict[str, Any] | None = None
 
     def as_receipt(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "subject"}
         if self.enrolled_link:
             for key in ("spent", "remaining_epsilon", "ledger_event", "fallback_event"):
                 out[key] = None
+            if out["head"] is not None:
+                out["head"] = {**out["head"], "ledger_event": None}
         return out
 
 
@@ -300,6 +308,10 @@ class VideoResult:
     timings: dict[str, float] = field(default_factory=dict)
     # per frame: (track number, protected region (x0, y0, x1, y1), how) for every face
     regions: list[list[tuple[int, tuple[int, int, int, int], str]]] = field(
+        default_factory=list, repr=False
+    )
+    # per frame, with head protection: (track number, head box, "dp-pix" | "mask")
+    heads: list[list[tuple[int, tuple[int, int, int, int], str]]] = field(
         default_factory=list, repr=False
     )
     predicted_frames: int = 0  # frames where some face was protected only by prediction
@@ -516,6 +528,10 @@ class _Group:
     refused: str | None = None
     fallback_event: int | None = None
     fallback_refused: str | None = None
+    head: str | None = None  # head protection once decided: "dp-pix" | "mask"
+    head_event: int | None = None  # the group's one head release
+    head_reason: str | None = None  # why the head is grey
+    head_refused: bool = False  # the head release was refused by the budget
     channel: Any = None  # attribute channel (steering), released once per group
     steer_note: str | None = None
     channels: dict[str, list[str]] | None = None
@@ -669,6 +685,9 @@ def _region(box: tuple[float, ...], lm: np.ndarray, frame: np.ndarray) -> Any:
     return face, _face_region(face, frame.shape)
 
 
+_Box = tuple[int, int, int, int]
+
+
 class _Renderer:
     def __init__(self, anonymizer: Anonymizer, groups: list[_Group]) -> None:
         self.anon = anonymizer
@@ -677,9 +696,12 @@ class _Renderer:
         self.masked_frames: dict[int, int] = {}
         self.channels: dict[int, dict[str, list[str]]] = {}
         self.timings: dict[str, float] = {}
+        # head protection, per track: frames released / painted grey, first frame's head box
+        self.head_frames: dict[int, dict[str, int]] = {}
+        self.head_boxes: dict[int, tuple[int, _Box]] = {}
 
     def _fallback(
-        self, img: np.ndarray, g: _Group, tr: Track, region: tuple[int, int, int, int]
+        self, img: np.ndarray, g: _Group, tr: Track, region: _Box
     ) -> tuple[np.ndarray, str]:
         """The group's DP-Pix fallback (charged once per group, on first need) or a mask."""
         from .ledger import BudgetExceeded
@@ -699,19 +721,93 @@ class _Renderer:
         self.fallback_frames[tr.number] = self.fallback_frames.get(tr.number, 0) + 1
         return np.asarray(anon.fallback_mechanism(region)(img, region)), "dp-fallback"
 
-    def _masked(
-        self, img: np.ndarray, tr: Track, region: tuple[int, int, int, int]
-    ) -> tuple[np.ndarray, str]:
+    def _masked(self, img: np.ndarray, tr: Track, region: _Box) -> tuple[np.ndarray, str]:
         self.masked_frames[tr.number] = self.masked_frames.get(tr.number, 0) + 1
         _mask(img, region)
         return img, "mask"
 
+    def _head_decision(self, g: _Group, box: _Box) -> str:
+        """The group's head protection, decided at its first need and kept for every frame:
+        grey for ``head="mask"`` or a group whose own release was refused (nothing charged),
+        else ONE DP-Pix head release charged to the group's unit (grey when refused)."""
+        from .ledger import BudgetExceeded
+
+        if g.head is not None:
+            return g.head
+        anon = self.anon
+        own_refused = g.refused is not None or (
+            g.kind == "fallback" and g.fallback_refused is not None
+        )
+        if anon.head == "mask":
+            g.head, g.head_reason = "mask", "head='mask'"
+        elif own_refused:
+            g.head, g.head_reason = "mask", "the person's own release was refused"
+        else:
+            try:
+                g.head_event = anon.charge_release(g.subject, anon.head_mechanism(box))
+                g.head = "dp-pix"
+            except (BudgetExceeded, KeyError) as err:
+                g.head, g.head_refused = "mask", True
+                g.head_reason = f"head release refused: {anon._refusal(err)}"
+        return g.head
+
+    def _heads(
+        self,
+        rgb: np.ndarray,
+        index: int,
+        img: np.ndarray,
+        drawn: list[tuple[Track, tuple[float, ...], Any]],
+    ) -> tuple[np.ndarray, list[tuple[int, _Box, str]]]:
+        """Head protection on one frame (:mod:`dpface.head`): each drawn face's head box is
+        released from the ORIGINAL frame ``rgb`` with a fresh DP-Pix draw (the group's one
+        head release) or painted grey, in face order; then each face's own protection from
+        the first pass ``img`` goes back on top (a generated face through its soft mask)."""
+        from .head import FaceLayer, ProtectedRegion, head_box
+        from .pipeline import MASK_VALUE
+
+        anon = self.anon
+        tops: list[FaceLayer | ProtectedRegion] = []
+        for _, _, top in drawn:
+            if isinstance(top, FaceLayer):
+                tops.append(top)
+            else:
+                x0, y0, x1, y1 = top
+                tops.append(ProtectedRegion(top, img[y0:y1, x0:x1].copy()))
+        canvas = img.copy()
+        heads: list[tuple[int, _Box, str]] = []
+        for tr, box_f, _ in drawn:
+            box = head_box(box_f, rgb.shape)
+            x0, y0, x1, y1 = box
+            if x1 <= x0 or y1 <= y0:
+                continue
+            g = self.by_track[tr.number]
+            how = self._head_decision(g, box)
+            if how == "dp-pix":
+                mech = anon.head_mechanism(box)
+                canvas[y0:y1, x0:x1] = np.asarray(mech(rgb, box))[y0:y1, x0:x1]
+            else:
+                canvas[y0:y1, x0:x1] = MASK_VALUE
+            counts = self.head_frames.setdefault(tr.number, {"dp-pix": 0, "mask": 0})
+            counts[how] += 1
+            self.head_boxes.setdefault(tr.number, (index, box))
+            heads.append((tr.number, box, how))
+        for top in tops:
+            top.over(canvas)
+        return canvas, heads
+
     def render(
         self, rgb: np.ndarray, index: int, tracks: list[Track]
-    ) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int, int], str]]]:
+    ) -> tuple[np.ndarray, list[tuple[int, _Box, str]], list[tuple[int, _Box, str]]]:
+        """One frame: every face's own protection, then (with head protection) the heads.
+        Returns (frame, [(track, face region, how)], [(track, head box, how)])."""
+        from .head import FaceLayer
+
         anon = self.anon
         img = rgb.copy()
-        done: list[tuple[int, tuple[int, int, int, int], str]] = []
+        done: list[tuple[int, _Box, str]] = []
+        # what head protection puts back on top of each drawn face: a FaceLayer, or the
+        # region whose first-pass pixels go back unchanged
+        drawn: list[tuple[Track, tuple[float, ...], FaceLayer | _Box]] = []
         for tr in tracks:
             tf = tr.frames.get(index)
             if tf is None:
@@ -722,6 +818,7 @@ class _Renderer:
             if x1 - x0 < 2 or y1 - y0 < 2:
                 continue  # outside the picture
             t = time.perf_counter()
+            top: FaceLayer | _Box = region
             if g.refused is not None:
                 img, how = self._masked(img, tr, region)
             elif g.kind == "mechanism":
@@ -736,11 +833,22 @@ class _Renderer:
                     img, how = res.image, "generator"
                     if tr.number not in self.channels:
                         self.channels[tr.number] = res.channels.as_dict()
+                    if res.region is not None:
+                        top = res.region
+                        if res.alpha is not None and res.layer is not None:
+                            top = FaceLayer(res.region, res.alpha, res.layer)
                 else:
                     img, how = self._fallback(img, g, tr, region)
             _tick(self.timings, "generate" if how == "generator" else "privatise", t)
             done.append((tr.number, region, how))
-        return img, done
+            if how != "none":
+                drawn.append((tr, tf.box, top))
+        if anon.head == "keep" or not drawn:
+            return img, done, []
+        t = time.perf_counter()
+        img, heads = self._heads(rgb, index, img, drawn)
+        _tick(self.timings, "privatise", t)
+        return img, done, heads
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -915,6 +1023,7 @@ def anonymize_video(
     # ---- render (second decode)
     renderer = _Renderer(anonymizer, groups)
     regions: list[list[tuple[int, tuple[int, int, int, int], str]]] = []
+    heads: list[list[tuple[int, tuple[int, int, int, int], str]]] = []
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.part{os.getpid()}{out.suffix}")
     written_pts: list[int] = []
@@ -938,11 +1047,12 @@ def anonymize_video(
                 rgb = _upright(frame, ana.rotation)
                 p = clock.pts(frame)
                 tt = _tick(timings, "decode", tt)
-                img, done = renderer.render(rgb, index, by_frame.get(index, []))
+                img, done, head = renderer.render(rgb, index, by_frame.get(index, []))
                 tt = time.perf_counter()
                 writer.frame(img, p)
                 _tick(timings, "encode", tt)
                 regions.append(done)
+                heads.append(head)
                 written_pts.append(p)
                 index += 1
                 if progress is not None:
@@ -984,6 +1094,7 @@ def anonymize_video(
         frames=len(regions),
         timings=timings,
         regions=regions,
+        heads=heads if anonymizer.head != "keep" else [],
         predicted_frames=predicted,
         pts=written_pts,
     )
@@ -1047,6 +1158,9 @@ def _records(anon: Anonymizer, groups: list[_Group], r: _Renderer) -> list[Track
                         "by the track's DP fallback" + (" (masked: refused)" if masked else "")
                     )
             channels = _channels(anon, g, r.channels.get(tr.number))
+            head = _head_record(anon, g, r, tr)
+            if head is not None:
+                channels = _head_channels(channels, r.head_boxes.get(tr.number), head["how"])
             out.append(
                 TrackRecord(
                     track=tr.number,
@@ -1075,9 +1189,70 @@ def _records(anon: Anonymizer, groups: list[_Group], r: _Renderer) -> list[Track
                     enrolled_link=g.enrolled_link,
                     uncertain=_uncertain(tr),
                     channels=channels,
+                    head=head,
                 )
             )
     out.sort(key=lambda rec: rec.track)
+    return out
+
+
+def _head_record(anon: Anonymizer, g: _Group, r: _Renderer, tr: Track) -> dict[str, Any] | None:
+    """A track's head protection for its record (None with ``head="keep"``): the group's
+    one decision, its head release, and this track's frames released / painted grey."""
+    if anon.head == "keep":
+        return None
+    from .head import HEAD_PIXELS
+
+    counts = r.head_frames.get(tr.number, {"dp-pix": 0, "mask": 0})
+    first = r.head_boxes.get(tr.number)
+    info: dict[str, Any] = {
+        "protection": g.head or "none",
+        "ledger_event": g.head_event,
+        "refused": g.head_refused,
+        "reason": g.head_reason,
+        "frames_released": counts["dp-pix"],
+        "frames_masked": counts["mask"],
+        "first_frame": None if first is None else first[0],
+        "first_box": None if first is None else list(first[1]),
+    }
+    if g.head == "dp-pix":
+        info.update(epsilon=anon.head_epsilon, cells=anon.head_cells, m=HEAD_PIXELS)
+        info["how"] = (
+            f"DP-Pix from each frame's own pixels, fresh noise on every frame, ONE release "
+            f"for the whole track (charged once, ledger event {g.head_event}): "
+            f"{anon.head_epsilon:g}-DP for any {HEAD_PIXELS} pixel(s) in total over all the "
+            f"frames of the track ({anon.head_cells} cells across the head box on each frame, "
+            "each frame's noise calibrated to its own cell size)"
+        )
+    elif g.head == "mask":
+        info["how"] = (
+            f"painted flat grey on every frame ({g.head_reason})"
+            if g.head_refused
+            else f"painted flat grey on every frame ({g.head_reason}; nothing released)"
+        )
+    else:
+        info["reason"] = "no frame of the track was drawn"
+        info["how"] = "none (no frame of the track was drawn)"
+    return info
+
+
+def _head_channels(
+    channels: dict[str, list[str]], first: tuple[int, tuple[int, int, int, int]] | None, how: str
+) -> dict[str, list[str]]:
+    """A track's channel record with its head protected (:func:`dpface.head.head_channels`),
+    worded for a box that follows the face from frame to frame."""
+    from .head import head_channels
+
+    if first is None:
+        return {**channels, "notes": [*channels.get("notes", []), f"head protection: {how}"]}
+    frame, box = first
+    out = head_channels(channels, box, how)
+    x0, y0, x1, y1 = box
+    where = f"{x1 - x0}x{y1 - y0} px at ({x0}, {y0})"
+    moving = f"on every frame, following the face; {where} on frame {frame}"
+    out["covered"] = [
+        c.replace(where, moving, 1) if c.startswith("the head box") else c for c in out["covered"]
+    ]
     return out
 
 
@@ -1145,7 +1320,9 @@ def _receipt(
     )
     not_protected = [
         "faces the detector missed on every frame of their appearance (see detection)",
-        "everything outside the protected face regions",
+        "everything outside the protected face regions"
+        if anon.head == "keep"
+        else "everything outside the faces' head boxes and protected face regions",
         TRACKING_UNCOVERED,
         "different videos (or photos) of an unnamed person: each video's tracks are their own "
         "privacy units, so their releases are not composed (name the person to join them)",
@@ -1167,6 +1344,7 @@ def _receipt(
         "mechanism": anon.mechanism_block(),
         "generator": None if gen is None else {"name": gen.name, "encoder": gen.encoder},
         "pseudonym": anon.pseudonym,
+        "head": anon.head_settings(),
         "ledger": {"run_id": anon.ledger.run_id, "composition": anon.ledger.composition},
         "video": {
             "frames": n,
@@ -1205,7 +1383,8 @@ def _receipt(
         },
         "tracks": [r.as_receipt() for r in records],
         "releases": sum(1 for g in groups if g.event is not None)
-        + sum(1 for g in groups if g.fallback_event is not None),
+        + sum(1 for g in groups if g.fallback_event is not None)
+        + sum(1 for g in groups if g.head_event is not None),
         "not_protected": not_protected,
         "privacy_units": (
             "one release per person-track: named tracks are charged to the named subject; an "

@@ -37,7 +37,19 @@ def _config(meta: dict[str, object], ledger: Path) -> AnonymizeConfig:
             ledger=ledger,
         )
     assert cond.startswith("identity-laplace")
-    return AnonymizeConfig(mechanism="identity-laplace", epsilon=eps, seed=seed, ledger=ledger)
+    head, head_eps = "keep", None
+    if "+head=dp-pix@" in cond:
+        head, head_eps = "dp-pix", float(cond.rsplit("@", 1)[1])
+    elif cond.endswith("+head=mask"):
+        head = "mask"
+    return AnonymizeConfig(
+        mechanism="identity-laplace",
+        epsilon=eps,
+        head=head,  # type: ignore[arg-type]
+        head_epsilon=head_eps,
+        seed=seed,
+        ledger=ledger,
+    )
 
 
 def test_evaluate_dpface_rows_are_the_anonymizers_own_images(tmp_path: Path) -> None:
@@ -56,6 +68,8 @@ def test_evaluate_dpface_rows_are_the_anonymizers_own_images(tmp_path: Path) -> 
         "6",
         "--dppix",
         "2:16:16",
+        "--heads",
+        "keep,dp-pix:1,mask",
         "--draws",
         "1",
         "--averaging",
@@ -75,7 +89,12 @@ def test_evaluate_dpface_rows_are_the_anonymizers_own_images(tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     assert "budget refusals: 0" in (out / "table51.md").read_text()
     saved = sorted((out / "images").rglob("*.json"))
-    assert {p.parent.name for p in saved} == {"identity-laplace_eps6", "dp-pix_eps2_b16_m16"}
+    assert {p.parent.name for p in saved} == {
+        "identity-laplace_eps6",
+        "identity-laplace_eps6+headdp-pix_1",
+        "identity-laplace_eps6+headmask",
+        "dp-pix_eps2_b16_m16",
+    }
     rgb = load_image(str(folder / "fr-obama.jpg"))
     for k, meta_path in enumerate(saved):
         meta = json.loads(meta_path.read_text())
@@ -148,3 +167,25 @@ def test_the_protocol_budget_covers_every_release(family: str) -> None:
     # 16 + 1 releases at 2 and 6, 2 + 1 at DP-Pix 1 and at the reference, fallbacks doubled
     assert eps == pytest.approx(2 * (17 * 2 + 17 * 6 + 3 * 1 + 3 * A.NOISELESS_CHARGE) + 1)
     assert delta == (0.5 if family == "identity-gaussian" else 0.0)
+
+
+def test_head_rows_are_parsed_named_and_charged() -> None:
+    assert A.parse_heads("keep, dp-pix:2,mask,dp-pix") == [
+        ("keep", None),
+        ("dp-pix", 2.0),
+        ("mask", None),
+        ("dp-pix", None),
+    ]
+    assert A.parse_heads("") == [("keep", None)]
+    for bad in ("blur", "mask:2", "dp-pix:x"):
+        with pytest.raises(ValueError, match="--heads"):
+            A.parse_heads(bad)
+    rows = A.build_conditions(["identity-laplace"], [6.0], [], A.parse_heads("keep,dp-pix,mask"))
+    assert [c.name for c in rows] == [
+        "identity-laplace@eps=6",
+        "identity-laplace@eps=6+head=dp-pix@1",
+        "identity-laplace@eps=6+head=mask",
+    ]
+    assert [c.charge for c in rows] == [6.0, 7.0, 6.0]  # the head release is charged too
+    config = A.product_config(rows[1], 3, ":memory:")
+    assert (config.head, config.head_eps, config.photo_epsilon) == ("dp-pix", 1.0, 7.0)

@@ -3,7 +3,8 @@
 Checked: every frame with a visible face has it protected, a track costs one ledger release,
 re-running a clip charges the same units, a detector miss is protected by prediction, a
 re-entering person is linked to one release, a refused budget masks a track on every frame,
-audio kept/dropped, metadata stripped, timestamps (also VFR), rotation, containers, a corrupt
+head protection (one head release per person, fresh DP-Pix every frame, or grey), audio
+kept/dropped, metadata stripped, timestamps (also VFR), rotation, containers, a corrupt
 file reported. Runs where the real detector is not the point use a detector that returns the
 clip's true boxes (fast); the others run the default detector and generator.
 """
@@ -23,6 +24,7 @@ pytest.importorskip("motpy")
 from dpface import Anonymizer, Ledger, SurrogateGenerator  # noqa: E402
 from dpface.detect import ImageFaces, shape_from_box  # noqa: E402
 from dpface.face import Face  # noqa: E402
+from dpface.pipeline import MASK_VALUE  # noqa: E402
 from dpface.tracking import one_euro, smooth_track  # noqa: E402
 from dpface.video import anonymize_video, find_tracks, is_video, mean_identity, probe  # noqa: E402
 from mechanisms import ApproxDP, DPBlur, DPPixelization, IdentityLaplace, PureDP  # noqa: E402
@@ -329,6 +331,174 @@ def test_named_subject_charged_to_the_subject(clips: dict[str, Clip], tmp_path: 
         clip.path, tmp_path / "p.mp4", detect=_truth(clip), subjects={3: "Bob"}
     )
     assert not bad.ok and "track 3" in (bad.error or "")
+
+
+# ----------------------------------------------------------------------------- head protection
+
+
+def _head_anon(generator: SurrogateGenerator, budget: float, head: str) -> Anonymizer:
+    """identity-laplace (epsilon 6) with head protection at epsilon 2, pure-DP ledger."""
+    return Anonymizer(
+        mechanism=IdentityLaplace(epsilon=6.0, dim=generator.identity_dim),
+        generator=generator,
+        ledger=Ledger(":memory:", default_budget=PureDP(budget)),
+        head=head,  # type: ignore[arg-type]
+        head_epsilon=2.0,
+    )
+
+
+def _grey_corners(frame: np.ndarray, box: tuple[int, int, int, int]) -> bool:
+    """The head box's two top corners (inset past the codec's chroma bleed) are flat grey:
+    no face is drawn there."""
+    x0, y0, x1, _ = box
+    for patch in (
+        frame[y0 + 4 : y0 + 16, x0 + 4 : x0 + 16],
+        frame[y0 + 4 : y0 + 16, x1 - 16 : x1 - 4],
+    ):
+        if np.abs(patch.astype(int) - MASK_VALUE).mean() > 6:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def head_run(clips: dict[str, Clip], generator: SurrogateGenerator, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Two people crossing (10 frames), head="dp-pix": the true boxes as detections."""
+    anon = _head_anon(generator, 100.0, "dp-pix")
+    out = tmp_path_factory.mktemp("head") / "cross.mp4"
+    clip = clips["cross"]
+    return anon, anon.anonymize_video(clip.path, out, detect=_truth(clip)), out
+
+
+def test_video_head_dp_pix_is_one_release_per_person_however_many_frames(
+    clips: dict[str, Clip], head_run
+) -> None:  # type: ignore[no-untyped-def]
+    anon, res, out = head_run
+    clip = clips["cross"]
+    assert res.ok, res.error
+    people = [t for t in res.tracks if t.frames >= clip.frames - 1]
+    assert len(people) == 2 and len({t.group for t in people}) == 2
+    for t in people:
+        assert t.protection == "generator" and t.head is not None
+        assert t.head["protection"] == "dp-pix" and not t.head["refused"]
+        assert t.head["frames_released"] == t.frames and t.head["frames_masked"] == 0
+        events = anon.ledger.events(t.subject)
+        # the identity release, ONE head release for all the frames (and the DP fallback's
+        # one release if some frame needed it): never one per frame
+        assert [e["id"] for e in events if e["mechanism"] == "IdentityLaplace"] == [t.ledger_event]
+        pix = sorted(e["id"] for e in events if e["mechanism"] == "DPPixelization")
+        assert pix == sorted(e for e in (t.head["ledger_event"], t.fallback_event) if e)
+        head = next(e for e in events if e["id"] == t.head["ledger_event"])
+        assert head["epsilon"] == 2.0 and head["kind"] == "release"
+        assert t.spent is not None and t.spent["epsilon"] == pytest.approx(
+            sum(e["epsilon"] for e in events)
+        )
+    # every frame: a head box per face drawn, released from the frame and no longer the input
+    src, _ = _frames(clip.path)
+    dst, _ = _frames(out)
+    assert len(res.heads) == clip.frames
+    for i in range(clip.frames):
+        assert [n for n, _, _ in res.heads[i]] == [
+            n for n, _, how in res.regions[i] if how != "none"
+        ]
+        for _, (x0, y0, x1, y1), how in res.heads[i]:
+            assert how == "dp-pix"
+            ring = np.abs(src[i][y0:y1, x0:x1].astype(int) - dst[i][y0:y1, x0:x1]).mean()
+            assert ring > 10, (i, ring)
+    assert _unprotected(clip, res, out) == []
+
+
+def test_video_head_leaves_everything_outside_the_head_boxes_and_faces(
+    clips: dict[str, Clip], head_run
+) -> None:  # type: ignore[no-untyped-def]
+    _, res, out = head_run
+    src, _ = _frames(clips["cross"].path)
+    dst, _ = _frames(out)
+    h, w = src[0].shape[:2]
+    for i in range(len(src)):
+        keep = np.ones((h, w), dtype=bool)
+        for _, (x0, y0, x1, y1), _ in res.regions[i] + res.heads[i]:
+            # 8 px beyond the boxes: H.264 (lossy, 4:2:0) smears their edges
+            keep[max(0, y0 - 8) : y1 + 8, max(0, x0 - 8) : x1 + 8] = False
+        assert keep.mean() > 0.25
+        diff = np.abs(src[i][keep].astype(int) - dst[i][keep])
+        assert diff.mean() < 3.0, (i, diff.mean())  # the codec's error only (measured ~1.6)
+
+
+def test_video_head_receipt_says_what_the_head_got(head_run) -> None:  # type: ignore[no-untyped-def]
+    anon, res, _ = head_run
+    r = res.receipt
+    assert r["head"] == {
+        "mode": "dp-pix",
+        "box": "1.6 face widths, square",
+        "epsilon": 2.0,
+        "cells": 6,
+        "m": 16,
+    }
+    heads = {t.head["ledger_event"] for t in res.tracks if t.head and t.head["ledger_event"]}
+    releases = [e for e in anon.ledger.events() if e["kind"] == "release"]
+    assert r["releases"] == len(releases) and len(heads) == 2
+    assert (
+        "everything outside the faces' head boxes and protected face regions"
+        in (r["not_protected"])
+    )
+    for t in r["tracks"]:
+        if t["head"]["protection"] != "dp-pix":
+            continue
+        covered = t["channels"]["covered"][-1]
+        assert (
+            covered.startswith("the head box") and "on every frame, following the face" in covered
+        )
+        assert "ONE release for the whole track" in covered and "over all the frames" in covered
+        assert not any("outside the soft paste-back mask" in u for u in t["channels"]["uncovered"])
+        assert any("beyond the head box" in u for u in t["channels"]["uncovered"])
+
+
+def test_video_head_mask_is_grey_on_every_frame_and_charges_nothing(
+    clips: dict[str, Clip], generator: SurrogateGenerator, tmp_path: Path
+) -> None:
+    clip = clips["still"]
+    anon = _head_anon(generator, 100.0, "mask")
+    res = anon.anonymize_video(clip.path, tmp_path / "o.mp4", detect=_truth(clip))
+    (t,) = res.tracks
+    assert t.status == "replaced" and t.head is not None
+    assert t.head["protection"] == "mask" and t.head["ledger_event"] is None
+    assert t.head["frames_masked"] == clip.frames and t.head["frames_released"] == 0
+    assert [e["mechanism"] for e in anon.ledger.events(t.subject)] == ["IdentityLaplace"]
+    dst, _ = _frames(tmp_path / "o.mp4")
+    for i, frame in enumerate(dst):
+        ((_, box, how),) = res.heads[i]
+        assert how == "mask" and _grey_corners(frame, box), i
+    assert res.receipt["head"] == {"mode": "mask", "box": "1.6 face widths, square"}
+
+
+def test_video_head_refused_is_grey_and_the_refusal_recorded_once(
+    clips: dict[str, Clip], generator: SurrogateGenerator, tmp_path: Path
+) -> None:
+    clip = clips["still"]
+    anon = _head_anon(generator, 6.0, "dp-pix")  # the identity release only
+    res = anon.anonymize_video(clip.path, tmp_path / "o.mp4", detect=_truth(clip))
+    (t,) = res.tracks
+    assert t.status == "replaced" and t.head is not None
+    assert t.head["protection"] == "mask" and t.head["refused"]
+    assert "head release refused" in t.head["reason"] and t.head["frames_masked"] == clip.frames
+    assert [e["mechanism"] for e in anon.ledger.events(t.subject)] == ["IdentityLaplace"]
+    assert len(anon.ledger.events(t.subject, kinds=("refusal",))) == 1  # not one per frame
+    dst, _ = _frames(tmp_path / "o.mp4")
+    assert all(_grey_corners(dst[i], res.heads[i][0][1]) for i in range(clip.frames))
+    assert res.receipt["tracks"][0]["head"]["refused"] is True
+    # a person whose own release is refused: grey head, nothing charged for it
+    broke = _head_anon(generator, 1.0, "dp-pix")
+    res = broke.anonymize_video(clip.path, tmp_path / "b.mp4", detect=_truth(clip))
+    (t,) = res.tracks
+    assert t.refused and t.status == "masked" and t.head is not None
+    assert t.head["protection"] == "mask" and not t.head["refused"]
+    assert t.head["reason"] == "the person's own release was refused"
+    assert [e["kind"] for e in broke.ledger.events(t.subject, kinds=("release", "refusal"))] == [
+        "refusal"
+    ]
+    dst, _ = _frames(tmp_path / "b.mp4")
+    x0, y0, x1, y1 = res.heads[3][0][1]
+    assert np.abs(dst[3][y0 + 4 : y1 - 4, x0 + 4 : x1 - 4].astype(int) - MASK_VALUE).mean() < 4
 
 
 # ----------------------------------------------------------------------------- I/O
