@@ -9,7 +9,10 @@ charged to the face's privacy unit like any release, and the face's own protecti
 back on top: a generated face through its soft mask (``layer`` and ``alpha`` of
 :class:`~dpface.generators.base.GeneratedFace`), so where the mask fades out the face blends
 into the released head, never into the photo's pixels; a DP fallback region or a mask as it
-was. ``head="mask"`` paints the head box flat grey instead (nothing released, nothing charged).
+was. The released cells are drawn smoothly, interpolated between their centres
+(:func:`smooth_cells`, post-processing): a soft blur rather than a mosaic, measured to protect
+as well. ``head="mask"`` paints the head box flat grey instead (nothing released, nothing
+charged).
 
 **Guarantee.** The head box's pixels are covered by DP-Pix's m-pixel guarantee at the head's
 ε (``mechanisms.pixelization``): it hides any m pixels of the box, not the hair or outline as
@@ -120,3 +123,17 @@ def head_channels(
             "the head box's position and size (from the detection)",
         ],
     }
+
+
+def smooth_cells(pixels: np.ndarray, block: int) -> np.ndarray:
+    """A DP-Pix release drawn smoothly: the cell values (``block`` px cells anchored at the
+    top-left corner of ``pixels``) interpolated bilinearly between cell centres instead of
+    flat squares. It reads only the released cell values, so it is post-processing and
+    changes no guarantee."""
+    import cv2
+
+    h, w = pixels.shape[:2]
+    ny, nx = -(-h // block), -(-w // block)
+    grid = np.ascontiguousarray(pixels[::block, ::block][:ny, :nx]).astype(np.float32)
+    up = cv2.resize(grid, (nx * block, ny * block), interpolation=cv2.INTER_LINEAR)
+    return np.clip(np.round(up[:h, :w]), 0, 255).astype(np.uint8)

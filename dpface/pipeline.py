@@ -59,6 +59,7 @@ from .head import (
     head_block,
     head_box,
     head_channels,
+    smooth_cells,
 )
 from .ledger import BudgetExceeded, Ledger, event_to_json
 from .linking import TemplateStore
@@ -972,14 +973,17 @@ class Anonymizer:
                     info.update(protection="mask", reason=why, refused=True)
                     how = f"painted flat grey ({why})"
                 else:
-                    canvas[y0:y1, x0:x1] = pixels
+                    canvas[y0:y1, x0:x1] = smooth_cells(pixels, mech.block)
                     info.update(
                         protection="dp-pix",
                         ledger_event=event,
                         cells=self.head_cells,
                         guarantee=mech.statement(),
                     )
-                    how = f"DP-Pix from the photo's pixels: {mech.statement()}"
+                    how = (
+                        "DP-Pix from the photo's pixels, its cells drawn smoothly between their "
+                        f"centres (post-processing): {mech.statement()}"
+                    )
             spent, left = (
                 self._spent(rec.subject) if rec.spent is not None else (None, rec.remaining_epsilon)
             )

@@ -762,7 +762,7 @@ class _Renderer:
         released from the ORIGINAL frame ``rgb`` with a fresh DP-Pix draw (the group's one
         head release) or painted grey, in face order; then each face's own protection from
         the first pass ``img`` goes back on top (a generated face through its soft mask)."""
-        from .head import FaceLayer, ProtectedRegion, head_box
+        from .head import FaceLayer, ProtectedRegion, head_box, smooth_cells
         from .pipeline import MASK_VALUE
 
         anon = self.anon
@@ -784,7 +784,8 @@ class _Renderer:
             how = self._head_decision(g, box)
             if how == "dp-pix":
                 mech = anon.head_mechanism(box)
-                canvas[y0:y1, x0:x1] = np.asarray(mech(rgb, box))[y0:y1, x0:x1]
+                released = np.asarray(mech(rgb, box))[y0:y1, x0:x1]
+                canvas[y0:y1, x0:x1] = smooth_cells(released, mech.block)
             else:
                 canvas[y0:y1, x0:x1] = MASK_VALUE
             counts = self.head_frames.setdefault(tr.number, {"dp-pix": 0, "mask": 0})
