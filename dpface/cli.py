@@ -498,8 +498,8 @@ def anonymize(
         typer.Option(
             help="The head around a generated face (hair, ears, outline): keep (as in the "
             "photo), dp-pix (released with DP-Pix at --head-epsilon, charged: a photo then costs "
-            "--epsilon + --head-epsilon) or mask (painted grey). Identity mechanisms, photos "
-            "only; see docs/generator.md for what each measurably protects."
+            "--epsilon + --head-epsilon; a video: once per person) or mask (painted grey). "
+            "Identity mechanisms; see docs/generator.md for what each measurably protects."
         ),
     ] = "keep",
     head_epsilon: Annotated[

@@ -148,7 +148,7 @@ class AnonymizeConfig:
     face as in the photo; "dp-pix" also releases each face's head box (hair, ears, outline)
     with DP-Pix at ``head_epsilon`` (default 1), charged to the face's unit, so a
     photo costs ``epsilon + head_epsilon``; "mask" paints it grey (:mod:`dpface.head`;
-    identity mechanisms, photos only). ``encoder``/``encoder_model``/``swap_model``/
+    identity mechanisms; photos and videos). ``encoder``/``encoder_model``/``swap_model``/
     ``swap_latent_map``: the identity encoder and generator. ``block``/``pixels``: DP-Pix cell
     size and m. ``detector``: "full" (default: CenterFace at full resolution, turned copies
     searched when the photo looks turned), "centerface", "hog" or "blazeface". ``seed``:
