@@ -5,6 +5,7 @@ The bank is built on first use (about a minute) and cached under ``assets/.cache
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -396,22 +397,31 @@ def test_expression_is_carried(gen: SurrogateGenerator) -> None:
         assert np.ptp(t[p, 1]) < 0.6 * np.ptp(canon[p, 1])
 
 
+def _product_metrics(cond: Any, tmp_path: Path) -> dict[str, list[float]]:
+    """``dpface evaluate``'s metrics for one product condition on the sample faces: every
+    attacker, seed 2024, three draws, no averaging or parrot attack, one process."""
+    from dpface.evaluation.aggregate import summarise
+    from dpface.evaluation.faces import sample_faces as eval_faces
+    from dpface.evaluation.runner import RunConfig, run_all
+
+    faces = eval_faces()
+    cfg = RunConfig(seed=2024, draws=3, averaging=(), parrot=False)
+    files, _ = run_all([cond], faces, cfg, tmp_path, workers=1)
+    metrics: dict[str, list[float]] = summarise(
+        cond, faces, {k: p for (_, k), p in files.items()}, cfg
+    )["metrics"]
+    return metrics
+
+
 @pytest.mark.slow
 def test_per_attacker_protection_floor_through_the_product(tmp_path: Path) -> None:
     """Regression floor on PSR for every attacker (dlib, FaceRes, MobileFace, FaceRes-deep),
     measured the way ``dpface evaluate`` measures: the product's own Anonymizer on the
     sample photos, IdentityLaplace at ε = 6, three draws. The floors sit below the values in
     docs/generator.md (issue 17) so that only real regressions fail (about 3 minutes)."""
-    from dpface.evaluation.aggregate import summarise
     from dpface.evaluation.anonymisers import build_conditions
-    from dpface.evaluation.faces import sample_faces as eval_faces
-    from dpface.evaluation.runner import RunConfig, run_all
 
-    faces = eval_faces()
-    conds = build_conditions(["identity-laplace"], [6.0], [])
-    cfg = RunConfig(seed=2024, draws=3, averaging=(), parrot=False)
-    files, _ = run_all(conds, faces, cfg, tmp_path, workers=1)
-    m = summarise(conds[0], faces, {k: p for (_, k), p in files.items()}, cfg)["metrics"]
+    m = _product_metrics(build_conditions(["identity-laplace"], [6.0], [])[0], tmp_path)
     floors = {"dlib": 0.85, "faceres": 0.75, "mobileface": 0.25, "faceres-deep": 0.80}
     for attacker, floor in floors.items():
         assert m[f"psr_{attacker}"][0] >= floor, (attacker, m[f"psr_{attacker}"])
@@ -425,17 +435,11 @@ def test_head_protection_floor_through_the_product(tmp_path: Path) -> None:
     draws, every attacker's PSR and rank-1 (docs/results/head.md: PSR 0.94-1.00, rank-1
     0.09-0.19). Floors and ceilings sit outside those values so that only real regressions
     fail (about 3 minutes)."""
-    from dpface.evaluation.aggregate import summarise
     from dpface.evaluation.anonymisers import build_conditions, parse_heads
-    from dpface.evaluation.faces import sample_faces as eval_faces
-    from dpface.evaluation.runner import RunConfig, run_all
 
-    faces = eval_faces()
-    conds = build_conditions(["identity-laplace"], [6.0], [], parse_heads("dp-pix"))
-    assert conds[0].head == "dp-pix" and conds[0].head_epsilon == 1.0
-    cfg = RunConfig(seed=2024, draws=3, averaging=(), parrot=False)
-    files, _ = run_all(conds, faces, cfg, tmp_path, workers=1)
-    m = summarise(conds[0], faces, {k: p for (_, k), p in files.items()}, cfg)["metrics"]
+    (cond,) = build_conditions(["identity-laplace"], [6.0], [], parse_heads("dp-pix"))
+    assert cond.head == "dp-pix" and cond.head_epsilon == 1.0
+    m = _product_metrics(cond, tmp_path)
     floors = {"dlib": 0.93, "faceres": 0.93, "mobileface": 0.85, "faceres-deep": 0.93}
     for attacker, floor in floors.items():
         assert m[f"psr_{attacker}"][0] >= floor, (attacker, m[f"psr_{attacker}"])

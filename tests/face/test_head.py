@@ -16,8 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dpface.face import Face
-from dpface.generators.base import AttributeChannel, ChannelRecord, GeneratedFace, Generator
+from dpface.generators.base import GeneratedFace, Generator
 from dpface.generators.surrogate import SurrogateGenerator
 from dpface.head import (
     AROUND_THE_FACE,
@@ -35,39 +34,15 @@ from mechanisms.budgets import PureDP
 from mechanisms.identity import IdentityLaplace
 from mechanisms.pixelization import DPPixelization
 
+from .recording import RecordingGenerator
+
 OBAMA = "samples/fr-obama.jpg"
 GROUP = "samples/face-api-sample2.jpg"
 
 
-class KeepingGenerator(Generator):
-    """The real surrogate generator, keeping every result it returns."""
-
-    def __init__(self, inner: SurrogateGenerator, results: list[GeneratedFace] | None = None):
-        self.inner = inner
-        self.name, self.encoder, self.identity_dim = inner.name, inner.encoder, inner.identity_dim
-        self.results: list[GeneratedFace] = [] if results is None else results
-
-    def for_released_head(self) -> KeepingGenerator:
-        return KeepingGenerator(self.inner.for_released_head(), self.results)
-
-    def channels(self, attributes: AttributeChannel | None = None) -> ChannelRecord:
-        return self.inner.channels(attributes)
-
-    def generate(
-        self,
-        image: np.ndarray,
-        face: Face,
-        identity: np.ndarray,
-        attributes: AttributeChannel | None = None,
-    ) -> GeneratedFace:
-        res = self.inner.generate(image, face, identity, attributes)
-        self.results.append(res)
-        return res
-
-
 @pytest.fixture()
-def keeping(generator: SurrogateGenerator) -> KeepingGenerator:
-    return KeepingGenerator(generator)
+def keeping(generator: SurrogateGenerator) -> RecordingGenerator:
+    return RecordingGenerator(generator)
 
 
 def _anon(gen: Generator, ledger: Ledger, **kw: Any) -> Anonymizer:
@@ -149,7 +124,7 @@ def test_the_receipt_channels_no_longer_call_the_head_raw(generator: SurrogateGe
 
 # ---------------------------------------------------------------- the product path
 def test_dp_pix_head_is_charged_released_from_the_photo_and_the_face_put_back(
-    tmp_path: Path, keeping: KeepingGenerator
+    tmp_path: Path, keeping: RecordingGenerator
 ) -> None:
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
     anon = _anon(keeping, led, head="dp-pix", head_epsilon=2.0)
@@ -191,7 +166,7 @@ def test_dp_pix_head_is_charged_released_from_the_photo_and_the_face_put_back(
 
 
 def test_a_masked_head_shows_the_generated_face_over_grey_and_nothing_of_the_photo(
-    tmp_path: Path, keeping: KeepingGenerator
+    tmp_path: Path, keeping: RecordingGenerator
 ) -> None:
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
     anon = _anon(keeping, led, head="mask")

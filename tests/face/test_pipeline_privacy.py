@@ -20,14 +20,7 @@ from PIL import Image
 import dpface
 from dpface.detect import detect_array
 from dpface.errors import UsageError
-from dpface.face import Face
 from dpface.generators import surrogate
-from dpface.generators.base import (
-    AttributeChannel,
-    ChannelRecord,
-    GeneratedFace,
-    Generator,
-)
 from dpface.generators.surrogate import SurrogateGenerator
 from dpface.ledger import Ledger
 from dpface.linking import TemplateStore
@@ -37,6 +30,8 @@ from dpface.pipeline import LINKED_UNIT, MASK_VALUE, Anonymizer
 from mechanisms.budgets import PureDP
 from mechanisms.identity import IdentityLaplace
 from mechanisms.pixelization import DPPixelization
+
+from .recording import RecordingGenerator
 
 
 class RecordingLaplace(IdentityLaplace):
@@ -52,43 +47,23 @@ class RecordingLaplace(IdentityLaplace):
         return y
 
 
-class SpyGenerator(Generator):
-    """The real surrogate generator, keeping a copy of every identity it is handed."""
-
-    def __init__(self, inner: SurrogateGenerator) -> None:
-        self.inner = inner
-        self.name, self.encoder, self.identity_dim = inner.name, inner.encoder, inner.identity_dim
-        self.seen: list[np.ndarray] = []
-
-    def channels(self, attributes: AttributeChannel | None = None) -> ChannelRecord:
-        return self.inner.channels(attributes)
-
-    def generate(
-        self,
-        image: np.ndarray,
-        face: Face,
-        identity: np.ndarray,
-        attributes: AttributeChannel | None = None,
-    ) -> GeneratedFace:
-        self.seen.append(np.array(identity, dtype=np.float64, copy=True))
-        return self.inner.generate(image, face, identity, attributes)
-
-
 @pytest.fixture(scope="module")
 def surrogate_gen() -> SurrogateGenerator:
     return SurrogateGenerator()
 
 
 @pytest.fixture()
-def spy(surrogate_gen: SurrogateGenerator) -> SpyGenerator:
-    return SpyGenerator(surrogate_gen)
+def spy(surrogate_gen: SurrogateGenerator) -> RecordingGenerator:
+    return RecordingGenerator(surrogate_gen)
 
 
 OBAMA = "samples/fr-obama.jpg"
 GROUP = "samples/face-api-sample1.jpg"
 
 
-def _identity(spy: SpyGenerator, ledger: Ledger, **kw: Any) -> tuple[Anonymizer, RecordingLaplace]:
+def _identity(
+    spy: RecordingGenerator, ledger: Ledger, **kw: Any
+) -> tuple[Anonymizer, RecordingLaplace]:
     mech_kw = {k: kw.pop(k) for k in ("seed",) if k in kw}
     mech = RecordingLaplace(epsilon=6.0, dim=spy.identity_dim, **mech_kw)
     return Anonymizer(mechanism=mech, generator=spy, ledger=ledger, **kw), mech
@@ -107,7 +82,7 @@ def _outside_unchanged(before: np.ndarray, after: np.ndarray, box: tuple[int, ..
 
 # ---------------------------------------------------------------- what the generator sees
 def test_the_generator_receives_exactly_the_privatised_identity(
-    tmp_path: Path, spy: SpyGenerator
+    tmp_path: Path, spy: RecordingGenerator
 ) -> None:
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
     anon, mech = _identity(spy, led)
@@ -122,7 +97,7 @@ def test_the_generator_receives_exactly_the_privatised_identity(
 
 
 def test_a_reused_pseudonym_is_the_first_release_and_is_charged_once(
-    tmp_path: Path, spy: SpyGenerator
+    tmp_path: Path, spy: RecordingGenerator
 ) -> None:
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
     anon, mech = _identity(spy, led, pseudonym="reuse")
@@ -136,7 +111,7 @@ def test_a_reused_pseudonym_is_the_first_release_and_is_charged_once(
 
 # ---------------------------------------------------------------- refused and unreplaceable
 def test_a_refused_face_is_masked_pixel_for_pixel_and_the_refusal_recorded(
-    tmp_path: Path, spy: SpyGenerator
+    tmp_path: Path, spy: RecordingGenerator
 ) -> None:
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(6.0))
     anon, mech = _identity(spy, led)
@@ -164,7 +139,7 @@ def _cells_are_flat(img: np.ndarray, region: tuple[int, ...], block: int) -> boo
 
 
 def test_a_face_the_generator_cannot_replace_gets_the_dp_fallback(
-    tmp_path: Path, spy: SpyGenerator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, spy: RecordingGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the real generator's own refusal path: every face is "too small" for it
     monkeypatch.setattr(surrogate, "MIN_FACE_WIDTH", 1e9)
@@ -185,7 +160,7 @@ def test_a_face_the_generator_cannot_replace_gets_the_dp_fallback(
 
 
 def test_with_the_mask_fallback_an_unreplaceable_face_is_masked_pixel_for_pixel(
-    tmp_path: Path, spy: SpyGenerator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, spy: RecordingGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(surrogate, "MIN_FACE_WIDTH", 1e9)
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
@@ -200,7 +175,7 @@ def test_with_the_mask_fallback_an_unreplaceable_face_is_masked_pixel_for_pixel(
 
 
 def test_a_refused_fallback_is_masked(
-    tmp_path: Path, spy: SpyGenerator, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, spy: RecordingGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(surrogate, "MIN_FACE_WIDTH", 1e9)
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(6.0))  # the identity draw uses it all
@@ -260,7 +235,7 @@ def test_subject_names_are_normalised(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- seeded and non-DP
 def test_a_seeded_run_is_labelled_everywhere_and_never_reused(
-    tmp_path: Path, spy: SpyGenerator
+    tmp_path: Path, spy: RecordingGenerator
 ) -> None:
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
     seeded, smech = _identity(spy, led, pseudonym="reuse", seed=7)
@@ -281,7 +256,9 @@ def test_a_seeded_run_is_labelled_everywhere_and_never_reused(
     assert [e["seeded"] for e in led.events("obama")] == [True, False]
 
 
-def test_a_non_dp_release_is_never_reused_by_a_dp_run(tmp_path: Path, spy: SpyGenerator) -> None:
+def test_a_non_dp_release_is_never_reused_by_a_dp_run(
+    tmp_path: Path, spy: RecordingGenerator
+) -> None:
     led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
     paper = IdentityLaplace.paper_compatible(
         epsilon=6.0, dim=spy.identity_dim, measured_sensitivity=1.0
@@ -298,7 +275,7 @@ def test_a_non_dp_release_is_never_reused_by_a_dp_run(tmp_path: Path, spy: SpyGe
 
 
 def test_pseudonym_keys_differ_for_every_parameter_of_the_guarantee(
-    spy: SpyGenerator,
+    spy: RecordingGenerator,
 ) -> None:
     led = Ledger(":memory:", default_budget=PureDP(30.0))
 
@@ -368,7 +345,7 @@ def test_receipts_say_what_is_not_protected_and_carry_no_paths(tmp_path: Path) -
     assert named.faces[0].subject == "obama"  # the caller still knows who it was
 
 
-def test_settings_record_the_run_provenance(spy: SpyGenerator) -> None:
+def test_settings_record_the_run_provenance(spy: RecordingGenerator) -> None:
     anon, _ = _identity(spy, Ledger(":memory:", default_budget=PureDP(30.0)))
     s = anon.settings()
     assert s["mechanism"] == "RecordingLaplace" and s["encoder"] == spy.encoder
