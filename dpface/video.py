@@ -1223,7 +1223,8 @@ def _head_record(anon: Anonymizer, g: _Group, r: _Renderer, tr: Track) -> dict[s
             f"for the whole track (charged once, ledger event {g.head_event}): "
             f"{anon.head_epsilon:g}-DP for any {HEAD_PIXELS} pixel(s) in total over all the "
             f"frames of the track ({anon.head_cells} cells across the head box on each frame, "
-            "each frame's noise calibrated to its own cell size)"
+            "each frame's noise calibrated to its own cell size; cells drawn smoothly between "
+            "their centres, post-processing)"
         )
     elif g.head == "mask":
         info["how"] = (
