@@ -760,15 +760,19 @@ class Anonymizer:
         (a resumed job republishes them). Raises BudgetExceeded or KeyError before any noise
         is drawn."""
         x0, y0, x1, y1 = region
-        t, stage = time.perf_counter(), "charge"
+        drawn = 0.0
 
         def draw() -> np.ndarray:
-            return np.asarray(mech(img, region))[y0:y1, x0:x1]
+            nonlocal drawn
+            t0 = time.perf_counter()
+            released = np.asarray(mech(img, region))[y0:y1, x0:x1]
+            drawn += time.perf_counter() - t0
+            return released
 
+        t = time.perf_counter()
         try:
             if key is None:
                 event = self.ledger.charge(subject, **self._release_args(mech)).id
-                t, stage = self._tick("charge", t), "privatise"
                 pixels = draw()
             else:
                 rel = self.ledger.release_once(
@@ -776,8 +780,11 @@ class Anonymizer:
                 )
                 assert rel.charge is not None
                 event, pixels = rel.charge.id, np.asarray(rel.vector)
-        finally:
-            self._tick(stage, t)
+        finally:  # the draw is "privatise", the ledger's work "charge"
+            self._timings["privatise"] = self._timings.get("privatise", 0.0) + drawn
+            self._timings["charge"] = (
+                self._timings.get("charge", 0.0) + time.perf_counter() - t - drawn
+            )
         return event, pixels
 
     def _privatise(
