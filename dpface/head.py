@@ -11,8 +11,10 @@ back on top: a generated face through its soft mask (``layer`` and ``alpha`` of
 into the released head, never into the photo's pixels; a DP fallback region or a mask as it
 was. The released cells are drawn smoothly, interpolated between their centres
 (:func:`smooth_cells`, post-processing): a soft blur rather than a mosaic, measured to protect
-as well. ``head="mask"`` paints the head box flat grey instead (nothing released, nothing
-charged).
+as well. A grey photo (every pixel outside the head boxes and face regions has equal R, G
+and B) gets its released heads drawn in grey too (the channels' mean, post-processing; the
+choice reads only pixels published unchanged). ``head="mask"`` paints the head box flat grey
+instead (nothing released, nothing charged).
 
 **Guarantee.** The head box's pixels are covered by DP-Pix's m-pixel guarantee at the head's
 ε (``mechanisms.pixelization``): it hides any m pixels of the box, not the hair or outline as
@@ -137,3 +139,23 @@ def smooth_cells(pixels: np.ndarray, block: int) -> np.ndarray:
     grid = np.ascontiguousarray(pixels[::block, ::block][:ny, :nx]).astype(np.float32)
     up = cv2.resize(grid, (nx * block, ny * block), interpolation=cv2.INTER_LINEAR)
     return np.clip(np.round(up[:h, :w]), 0, 255).astype(np.uint8)
+
+
+def grey_outside(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]]) -> bool:
+    """True when every pixel of ``image`` outside ``boxes`` has equal R, G and B (a grey
+    photo). It reads only pixels that are published unchanged, so the choice it drives (a
+    grey head for a grey photo) reveals nothing about the protected ones; False when nothing
+    lies outside."""
+    keep = np.ones(image.shape[:2], dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        keep[y0:y1, x0:x1] = False
+    if not keep.any():
+        return False
+    px = image[keep]
+    return bool(np.array_equal(px[:, 0], px[:, 1]) and np.array_equal(px[:, 1], px[:, 2]))
+
+
+def as_grey(pixels: np.ndarray) -> np.ndarray:
+    """A released head drawn in grey (the mean of its colour channels; post-processing)."""
+    mean = np.rint(pixels.astype(np.float32).mean(axis=2, keepdims=True))
+    return np.repeat(np.clip(mean, 0, 255).astype(np.uint8), 3, axis=2)

@@ -56,6 +56,8 @@ from .head import (
     FaceLayer,
     HeadMode,
     ProtectedRegion,
+    as_grey,
+    grey_outside,
     head_block,
     head_box,
     head_channels,
@@ -958,8 +960,9 @@ class Anonymizer:
         face order; then each face's own protection (``tops``) goes back on top."""
         canvas = img.copy()
         out: list[FaceRecord] = []
-        for rec, face in zip(records, faces, strict=True):
-            box = head_box(face.box, original.shape)
+        boxes = [head_box(face.box, original.shape) for face in faces]
+        grey = grey_outside(original, [*boxes, *(r.box for r in records)])
+        for rec, box in zip(records, boxes, strict=True):
             x0, y0, x1, y1 = box
             info: dict[str, Any] = {"box": list(box), "ledger_event": None}
             if self.head == "mask" or rec.refused:
@@ -980,7 +983,8 @@ class Anonymizer:
                     info.update(protection="mask", reason=why, refused=True)
                     how = f"painted flat grey ({why})"
                 else:
-                    canvas[y0:y1, x0:x1] = smooth_cells(pixels, mech.block)
+                    drawn = smooth_cells(pixels, mech.block)
+                    canvas[y0:y1, x0:x1] = as_grey(drawn) if grey else drawn
                     info.update(
                         protection="dp-pix",
                         ledger_event=event,

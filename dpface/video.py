@@ -762,7 +762,14 @@ class _Renderer:
         released from the ORIGINAL frame ``rgb`` with a fresh DP-Pix draw (the group's one
         head release) or painted grey, in face order; then each face's own protection from
         the first pass ``img`` goes back on top (a generated face through its soft mask)."""
-        from .head import FaceLayer, ProtectedRegion, head_box, smooth_cells
+        from .head import (
+            FaceLayer,
+            ProtectedRegion,
+            as_grey,
+            grey_outside,
+            head_box,
+            smooth_cells,
+        )
         from .pipeline import MASK_VALUE
 
         anon = self.anon
@@ -775,6 +782,8 @@ class _Renderer:
                 tops.append(ProtectedRegion(top, img[y0:y1, x0:x1].copy()))
         canvas = img.copy()
         heads: list[tuple[int, _Box, str]] = []
+        covered = [head_box(b, rgb.shape) for _, b, _ in drawn] + [t.region for t in tops]
+        grey = grey_outside(rgb, covered)
         for tr, box_f, _ in drawn:
             box = head_box(box_f, rgb.shape)
             x0, y0, x1, y1 = box
@@ -785,7 +794,8 @@ class _Renderer:
             if how == "dp-pix":
                 mech = anon.head_mechanism(box)
                 released = np.asarray(mech(rgb, box))[y0:y1, x0:x1]
-                canvas[y0:y1, x0:x1] = smooth_cells(released, mech.block)
+                smooth = smooth_cells(released, mech.block)
+                canvas[y0:y1, x0:x1] = as_grey(smooth) if grey else smooth
             else:
                 canvas[y0:y1, x0:x1] = MASK_VALUE
             counts = self.head_frames.setdefault(tr.number, {"dp-pix": 0, "mask": 0})

@@ -289,3 +289,25 @@ def test_head_protection_uses_the_generator_without_the_photos_pixels(
     assert any(c.startswith("face outline") for c in channels["covered"])
     kept = _anon(generator, led)  # the default keeps the head, and the generator as it was
     assert kept.generator is generator
+
+
+def test_a_grey_photo_gets_a_grey_head_and_a_colour_photo_a_colour_one(
+    tmp_path: Path, keeping: RecordingGenerator
+) -> None:
+    """DP-Pix noise is drawn per colour channel; on a grey photo the released head is drawn
+    in grey (post-processing, decided from the pixels published unchanged)."""
+    led = Ledger(tmp_path / "l.db", default_budget=PureDP(30.0))
+    colour = load_rgb(store.path(OBAMA))
+    grey = np.repeat(colour.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    for photo, want_grey in ((grey, True), (colour, False)):
+        keeping.results.clear()
+        anon = _anon(keeping, led, head="dp-pix")
+        res = anon.anonymize(photo)
+        (face,) = res.faces
+        assert face.head is not None and face.head["protection"] == "dp-pix"
+        x0, y0, x1, y1 = face.head["box"]
+        shows = _alpha_canvas(photo.shape, keeping.results)[y0:y1, x0:x1] > 0
+        assert res.image is not None
+        head = res.image[y0:y1, x0:x1][~shows]
+        is_grey = np.array_equal(head[:, 0], head[:, 1]) and np.array_equal(head[:, 1], head[:, 2])
+        assert is_grey == want_grey
