@@ -65,7 +65,7 @@ from .head import (
 )
 from .ledger import BudgetExceeded, Ledger, event_to_json
 from .linking import TemplateStore
-from .models.images import ImageError, array_to_rgb8, load_rgb
+from .models.images import ImageError, array_to_rgb8, image_header, load_rgb
 from .steering import AttributeSteering
 
 if TYPE_CHECKING:
@@ -524,6 +524,7 @@ class Anonymizer:
         t = time.perf_counter()
         try:
             rgb = load_rgb(image) if not isinstance(image, np.ndarray) else array_to_rgb8(image)
+            frames = 1 if isinstance(image, np.ndarray) else image_header(image)[1]
         except (ImageError, OSError) as err:
             return self._failed(source, f"could not read the image: {err}")
         t = self._tick("read", t)
@@ -552,6 +553,12 @@ class Anonymizer:
             assert embeddings is not None or not faces
             out, records = self._replace_faces(out, faces, regions, units, embeddings, rgb)
         receipt = self._receipt(source, records, found)
+        if frames > 1:  # the others are in no result: said, not silently dropped
+            receipt["input_note"] = (
+                f"only the first of the input's {frames} frames/pages was read and anonymised; "
+                f"the other {frames - 1} are not in this result (save them as separate images, "
+                "or give the clip as a video)"
+            )
         return AnonymizationResult(source, out, records, receipt, timings=dict(self._timings))
 
     def _given_names(

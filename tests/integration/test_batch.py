@@ -372,6 +372,17 @@ def test_a_multi_frame_image_says_only_its_first_frame_was_written(
     assert summary.images == 1 and summary.counts.get("pixelized", 0) >= 1
     notes = [p.reason for p in summary.problems]
     assert any("only the first of its 3 frames/pages" in n for n in notes), notes
+    receipt = json.loads((tmp_path / "out" / "clip.receipt.json").read_text())
+    assert "first of the input's 3 frames/pages" in receipt["input_note"]  # beside the output
+    # and the library says it too, to a caller that never goes through the batch
+    anon = _config(tmp_path).build_anonymizer()
+    try:
+        direct = anon.anonymize(src / f"clip{suffix}")
+        array = anon.anonymize(np.asarray(face))
+    finally:
+        anon.ledger.close()
+    assert "the other 2 are not in this result" in direct.receipt["input_note"]
+    assert "input_note" not in array.receipt
     with Image.open(tmp_path / "out" / "clip.png") as out:
         assert getattr(out, "n_frames", 1) == 1
         first = np.asarray(out.convert("RGB"))
