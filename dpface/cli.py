@@ -144,6 +144,21 @@ class _Group(TyperGroup):
             raise _internal_error(err) from None
 
 
+# the head options, shared by `anonymize` and `demo`
+HeadOption = Annotated[
+    HeadMode,
+    typer.Option(
+        help="The head around a generated face (hair, ears, outline): keep (as in the "
+        "photo), dp-pix (released with DP-Pix at --head-epsilon, charged: a photo then costs "
+        "--epsilon + --head-epsilon; a video: once per person) or mask (painted grey). "
+        "Identity mechanisms; see docs/generator.md for what each measurably protects."
+    ),
+]
+HeadEpsilonOption = Annotated[
+    float | None,
+    typer.Option(help="epsilon of the head release with --head dp-pix (default: 1)."),
+]
+
 app = typer.Typer(
     cls=_Group,
     help="dpface: de-identify faces with formal, tested differential-privacy guarantees.\n\n"
@@ -493,19 +508,8 @@ def anonymize(
         PseudonymPolicy,
         typer.Option(help="fresh: new noise per photo; reuse: one per named subject."),
     ] = "fresh",
-    head: Annotated[
-        HeadMode,
-        typer.Option(
-            help="The head around a generated face (hair, ears, outline): keep (as in the "
-            "photo), dp-pix (released with DP-Pix at --head-epsilon, charged: a photo then costs "
-            "--epsilon + --head-epsilon; a video: once per person) or mask (painted grey). "
-            "Identity mechanisms; see docs/generator.md for what each measurably protects."
-        ),
-    ] = "keep",
-    head_epsilon: Annotated[
-        float | None,
-        typer.Option(help="epsilon of the head release with --head dp-pix (default: 1)."),
-    ] = None,
+    head: HeadOption = "keep",
+    head_epsilon: HeadEpsilonOption = None,
     encoder: Annotated[
         str, typer.Option(help=f"Identity encoder inside the generator ({', '.join(ENCODERS)}).")
     ] = "mobileface",
@@ -711,6 +715,8 @@ def demo(
         Path | None,
         typer.Option("--ledger", help="Ledger database (default: the per-user ledger)."),
     ] = None,
+    head: HeadOption = "keep",
+    head_epsilon: HeadEpsilonOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """The main job: anonymise the bundled sample photos (images, receipts, report in OUT).
@@ -724,10 +730,10 @@ def demo(
     samples = assets_dir() / "samples"
     if not samples.is_dir():
         raise UsageError(f"no sample photos at {samples}; run ./dev setup first")
-    if ledger_path is None:
-        config = AnonymizeConfig(mechanism=mechanism, epsilon=epsilon)
-    else:
-        config = AnonymizeConfig(mechanism=mechanism, epsilon=epsilon, ledger=ledger_path)
+    where: dict[str, Any] = {} if ledger_path is None else {"ledger": ledger_path}
+    config = AnonymizeConfig(
+        mechanism=mechanism, epsilon=epsilon, head=head, head_epsilon=head_epsilon, **where
+    )
     _run_and_print(config, [samples], out, subject=None, subjects=None, json_output=json_output)
 
 

@@ -128,6 +128,14 @@ def test_head_protection_from_the_command_line_is_charged_and_in_every_receipt(
     assert report["totals"]["releases"] == 2 * len(SMALL)
 
 
+def test_the_demo_takes_the_head_options_through_the_same_checks(tmp_path: Path) -> None:
+    res = runner.invoke(
+        app, ["demo", "-o", str(tmp_path / "o"), "-m", "dp-pix", "--head", "mask", "--json"]
+    )
+    assert res.exit_code == 2 and "identity mechanism" in _flat(res.output), res.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_summary_prints_the_ledger_path(
     photos: Path, tmp_path: Path, _private_default_ledger: Path
 ) -> None:
