@@ -836,7 +836,7 @@ def build_report(ledger: Ledger, *, run_id: str | None = None) -> dict[str, Any]
             "summary": {
                 "status": status,
                 "released": (
-                    f"{len(releases)} de-identified face release(s) for {people} privacy unit(s)"
+                    f"{len(releases)} release(s) through a mechanism for {people} privacy unit(s)"
                     + (f" ({unnamed} of them unnamed faces)" if unnamed else "")
                 ),
                 "guarantee": guarantee_line or "nothing was released",
