@@ -65,7 +65,7 @@ from .head import (
 )
 from .ledger import BudgetExceeded, Ledger, event_to_json
 from .linking import TemplateStore
-from .models.images import ImageError, array_to_rgb8, image_header, load_rgb
+from .models.images import ImageError, array_to_rgb8, load_rgb_frames
 from .steering import AttributeSteering
 
 if TYPE_CHECKING:
@@ -523,8 +523,10 @@ class Anonymizer:
         self._timings = {}
         t = time.perf_counter()
         try:
-            rgb = load_rgb(image) if not isinstance(image, np.ndarray) else array_to_rgb8(image)
-            frames = 1 if isinstance(image, np.ndarray) else image_header(image)[1]
+            if isinstance(image, np.ndarray):
+                rgb, frames = array_to_rgb8(image), 1
+            else:
+                rgb, frames = load_rgb_frames(image)
         except (ImageError, OSError) as err:
             return self._failed(source, f"could not read the image: {err}")
         t = self._tick("read", t)

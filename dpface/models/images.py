@@ -108,14 +108,21 @@ def load_rgb(path: str | Path, *, max_pixels: float | None = None) -> np.ndarray
 
     ``max_pixels``: refuse (:class:`ImageTooLarge`) an image whose header declares more
     pixels, before decoding it."""
+    return load_rgb_frames(path, max_pixels=max_pixels)[0]
+
+
+def load_rgb_frames(path: str | Path, *, max_pixels: float | None = None) -> tuple[np.ndarray, int]:
+    """:func:`load_rgb`, and how many frames or pages the file holds (from the same open; only
+    the first is read)."""
     p = Path(path)
     try:
         with Image.open(p) as opened:
             if max_pixels is not None:
                 check_pixels(opened.size, max_pixels, name=str(p))
+            frames = max(1, int(getattr(opened, "n_frames", 1)))
             opened.load()
             upright = ImageOps.exif_transpose(opened)
-            return np.ascontiguousarray(to_rgb8(upright))
+            return np.ascontiguousarray(to_rgb8(upright)), frames
     except ImageError:
         raise
     except FileNotFoundError as err:
