@@ -59,8 +59,9 @@ def head_box(box: Sequence[float], shape: tuple[int, ...]) -> tuple[int, int, in
     )
 
 
-def head_block(box: tuple[int, int, int, int], cells: int) -> int:
-    """DP-Pix cell side (pixels) so the head box is at most ``cells`` cells across."""
+def cell_block(box: tuple[int, int, int, int], cells: int) -> int:
+    """DP-Pix cell side (pixels, 4 to 256) so ``box`` is at most ``cells`` cells across: the
+    head box here, a face region for the DP fallback (:mod:`dpface.pipeline`)."""
     x0, y0, x1, y1 = box
     return max(4, min(256, math.ceil(max(x1 - x0, y1 - y0) / cells)))
 

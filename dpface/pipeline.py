@@ -57,8 +57,8 @@ from .head import (
     HeadMode,
     ProtectedRegion,
     as_grey,
+    cell_block,
     grey_outside,
-    head_block,
     head_box,
     head_channels,
     smooth_cells,
@@ -673,11 +673,8 @@ class Anonymizer:
         (coarse enough that no face detail survives, whatever the region's size). A seeded run
         draws its fallback noise from the same seeded stream (reproducible, and labelled NOT
         private like the rest of the run); otherwise from a fresh CSPRNG."""
-        x0, y0, x1, y1 = region
-        block = max(4, min(256, math.ceil(max(x1 - x0, y1 - y0) / self.fallback_cells)))
-        shared = self.mechanism.randomness if self.seeded else None
-        return DPPixelization(
-            epsilon=self.fallback_epsilon, block=block, m=FALLBACK_PIXELS, randomness=shared
+        return self._cells_release(
+            region, self.fallback_cells, self.fallback_epsilon, FALLBACK_PIXELS
         )
 
     def _protect_fallback(
@@ -947,13 +944,15 @@ class Anonymizer:
     def head_mechanism(self, box: tuple[int, int, int, int]) -> DPPixelization:
         """DP-Pix for one head box: ``head_cells`` cells across, m = ``HEAD_PIXELS``, at
         ``head_epsilon`` (seeded runs draw from the run's seeded stream, labelled NOT private)."""
+        return self._cells_release(box, self.head_cells, self.head_epsilon, HEAD_PIXELS)
+
+    def _cells_release(
+        self, box: tuple[int, int, int, int], cells: int, epsilon: float, m: int
+    ) -> DPPixelization:
+        """DP-Pix over ``box`` with at most ``cells`` cells across (the fallback's and the
+        head's): from the run's seeded stream in a seeded run, else a fresh CSPRNG."""
         shared = self.mechanism.randomness if self.seeded else None
-        return DPPixelization(
-            epsilon=self.head_epsilon,
-            block=head_block(box, self.head_cells),
-            m=HEAD_PIXELS,
-            randomness=shared,
-        )
+        return DPPixelization(epsilon=epsilon, block=cell_block(box, cells), m=m, randomness=shared)
 
     def _protect_heads(
         self,

@@ -21,7 +21,7 @@ from dpface.generators.surrogate import SurrogateGenerator
 from dpface.head import (
     AROUND_THE_FACE,
     FaceLayer,
-    head_block,
+    cell_block,
     head_box,
     head_channels,
     smooth_cells,
@@ -77,7 +77,7 @@ def _alpha_canvas(shape: tuple[int, ...], results: list[GeneratedFace]) -> np.nd
 def test_the_head_box_is_a_lifted_square_clipped_to_the_photo() -> None:
     assert head_box((100, 100, 200, 200), (1000, 1000, 3)) == (70, 55, 230, 215)
     assert head_box((0, 10, 100, 110), (150, 90, 3)) == (0, 0, 90, 125)
-    assert head_block((0, 0, 160, 160), 8) == 20 and head_block((0, 0, 10, 10), 8) == 4
+    assert cell_block((0, 0, 160, 160), 8) == 20 and cell_block((0, 0, 10, 10), 8) == 4
 
 
 def test_a_face_layer_blends_only_its_colours_and_the_canvas() -> None:
