@@ -160,3 +160,10 @@ def as_grey(pixels: np.ndarray) -> np.ndarray:
     """A released head drawn in grey (the mean of its colour channels; post-processing)."""
     mean = np.rint(pixels.astype(np.float32).mean(axis=2, keepdims=True))
     return np.repeat(np.clip(mean, 0, 255).astype(np.uint8), 3, axis=2)
+
+
+def published_head(pixels: np.ndarray, block: int, grey: bool) -> np.ndarray:
+    """What is published of a head box's DP-Pix release ``pixels`` (cells of ``block`` px):
+    the cells drawn smoothly, in grey for a grey photo -- post-processing only."""
+    drawn = smooth_cells(pixels, block)
+    return as_grey(drawn) if grey else drawn

@@ -56,12 +56,11 @@ from .head import (
     FaceLayer,
     HeadMode,
     ProtectedRegion,
-    as_grey,
     cell_block,
     grey_outside,
     head_box,
     head_channels,
-    smooth_cells,
+    published_head,
 )
 from .ledger import BudgetExceeded, Ledger, event_to_json
 from .linking import TemplateStore
@@ -991,8 +990,7 @@ class Anonymizer:
                     info.update(protection="mask", reason=why, refused=True)
                     how = f"painted flat grey ({why})"
                 else:
-                    drawn = smooth_cells(pixels, mech.block)
-                    canvas[y0:y1, x0:x1] = as_grey(drawn) if grey else drawn
+                    canvas[y0:y1, x0:x1] = published_head(pixels, mech.block, grey)
                     info.update(
                         protection="dp-pix",
                         ledger_event=event,

@@ -765,10 +765,9 @@ class _Renderer:
         from .head import (
             FaceLayer,
             ProtectedRegion,
-            as_grey,
             grey_outside,
             head_box,
-            smooth_cells,
+            published_head,
         )
         from .pipeline import MASK_VALUE
 
@@ -794,8 +793,7 @@ class _Renderer:
             if how == "dp-pix":
                 mech = anon.head_mechanism(box)
                 released = np.asarray(mech(rgb, box))[y0:y1, x0:x1]
-                smooth = smooth_cells(released, mech.block)
-                canvas[y0:y1, x0:x1] = as_grey(smooth) if grey else smooth
+                canvas[y0:y1, x0:x1] = published_head(released, mech.block, grey)
             else:
                 canvas[y0:y1, x0:x1] = MASK_VALUE
             counts = self.head_frames.setdefault(tr.number, {"dp-pix": 0, "mask": 0})
